@@ -1,0 +1,67 @@
+"""Fitting a Keras model: the one training loop every stage (baseline and fine-tuning) goes through."""
+
+from collections.abc import Sequence
+
+import numpy as np
+import tf_keras as keras
+
+from compresslab.errors import UserError
+
+OPTIMIZERS = {"adam": keras.optimizers.Adam, "sgd": keras.optimizers.SGD, "rmsprop": keras.optimizers.RMSprop}
+
+Split = tuple[np.ndarray, np.ndarray]
+
+
+def make_optimizer(name: str, learning_rate: float) -> keras.optimizers.Optimizer:
+    if name not in OPTIMIZERS:
+        raise UserError(f"unknown optimizer {name!r}: use one of {', '.join(OPTIMIZERS)}")
+    return OPTIMIZERS[name](learning_rate=learning_rate)
+
+
+def check_positive(option: str, value) -> None:
+    """Raise a UserError unless `value` (read from config key `option`) is a positive number."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise UserError(f"{option} must be a positive number, got {value!r}: set it to a value above 0")
+
+
+def compile_model(model: keras.Model, optimizer: str = "adam", learning_rate: float = 1e-3) -> None:
+    """Compile for integer labels and softmax outputs, tracking accuracy."""
+    model.compile(optimizer=make_optimizer(optimizer, learning_rate),
+                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+
+
+def fit(model: keras.Model, train: Split, val: Split, *, epochs: int, batch_size: int,
+        learning_rate: float, optimizer: str = "adam", patience: int | None = None,
+        callbacks: Sequence[keras.callbacks.Callback] = (), compile: bool = True) -> dict[str, list[float]]:
+    """Fit `model` on `train`, validating on `val` each epoch.
+
+    Args:
+      model: the model to fit, in place.
+      train, val: (images, integer labels) pairs.
+      epochs, batch_size, learning_rate, optimizer: the usual knobs.
+      patience: stop after this many epochs without val_loss improving and restore the best weights;
+        None or 0 disables early stopping.
+      callbacks: extra callbacks (pruning needs its step callback).
+      compile: set False when the caller compiled already (a wrapper that needs its own compile).
+
+    Returns:
+      The per-epoch history: {'loss': [...], 'accuracy': [...], 'val_loss': [...], 'val_accuracy': [...]}.
+    """
+    check_positive("epochs", epochs)
+    check_positive("batch_size", batch_size)
+    check_positive("learning_rate", learning_rate)
+    if compile:
+        compile_model(model, optimizer, learning_rate)
+    callbacks = list(callbacks)
+    if patience:
+        callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=int(patience),
+                                                       restore_best_weights=True))
+    history = model.fit(train[0], train[1], validation_data=val, epochs=int(epochs),
+                        batch_size=int(batch_size), callbacks=callbacks, verbose=2, shuffle=True)
+    return {key: [float(v) for v in values] for key, values in history.history.items()}
+
+
+def evaluate(model: keras.Model, split: Split, batch_size: int = 256) -> dict[str, float]:
+    """Loss and accuracy of a compiled model on a split."""
+    loss, accuracy = model.evaluate(split[0], split[1], batch_size=batch_size, verbose=0)
+    return {"loss": float(loss), "accuracy": float(accuracy)}
