@@ -35,9 +35,11 @@ def kernels(model: keras.Model, layer_names=None) -> dict[str, np.ndarray]:
         inner = unwrap(layer)
         if layer_kind(inner) == "other" or (layer_names is not None and inner.name not in layer_names):
             continue
-        for attribute in KERNEL_ATTRIBUTES:
-            if getattr(inner, attribute, None) is not None:
-                found[inner.name] = np.asarray(getattr(inner, attribute).numpy())
+        # Read the variable, not `inner.kernel`: a quantize wrapper swaps that attribute for the
+        # fake-quantized symbolic tensor while it builds.
+        for weight in layer.weights:
+            if weight.name.split("/")[-1].split(":")[0] in KERNEL_ATTRIBUTES:
+                found[inner.name] = np.asarray(weight.numpy())
                 break
     return found
 
