@@ -1,0 +1,127 @@
+"""MLflow tracking: where runs go, and logging one run in one retried step.
+
+Where: `MLFLOW_TRACKING_URI` when set, else `sqlite:///<root>/mlflow.db`, with artifacts under
+`<root>/mlartifacts`. `<root>` is `DVC_ROOT` when set (queued experiments run in a temporary copy under
+`.dvc/tmp/exps/` that is deleted afterwards; DVC_ROOT names the real repository), else the working directory,
+which DVC sets to the project root for every stage.
+
+How: everything a run holds is gathered first and written at the end by `log_run`. SQLite lets one writer in
+at a time, so two queue workers can get "database is locked"; `log_run` then deletes the partial run and
+tries again, so no run is lost and none is half-written.
+"""
+
+import os
+import random
+import subprocess
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import mlflow
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+
+from compresslab.config import flatten
+
+EXPERIMENT = "compresslab"
+ATTEMPTS = 8
+BATCH = 100  # MLflow's log_batch takes at most 100 params (and 1000 metrics) per call
+
+
+def project_root() -> Path:
+    return Path(os.environ.get("DVC_ROOT") or os.getcwd()).resolve()
+
+
+def tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project_root() / 'mlflow.db'}"
+
+
+def experiment_id(client: MlflowClient) -> str:
+    """The id of the `compresslab` experiment (or $MLFLOW_EXPERIMENT_NAME), created with a fixed artifact root."""
+    name = os.environ.get("MLFLOW_EXPERIMENT_NAME", EXPERIMENT)
+    found = client.get_experiment_by_name(name)
+    if found:
+        return found.experiment_id
+    # A local store fixes the artifact location at creation: anchor it on the project root, not the cwd.
+    location = None if tracking_uri().startswith("http") else (project_root() / "mlartifacts").as_uri()
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except mlflow.exceptions.MlflowException:  # another worker created it in the meantime
+        return client.get_experiment_by_name(name).experiment_id
+
+
+def lineage_tags(stage: str) -> dict[str, str]:
+    """Tags that tie a run to its inputs: stage, git commit and dirtiness, DVC experiment, data hash."""
+    tags = {"stage": stage, "dvc_exp_name": os.environ.get("DVC_EXP_NAME", "workspace")}
+    git = ["git", "-C", os.getcwd()]
+    try:
+        tags["git_commit"] = subprocess.run(git + ["rev-parse", "HEAD"], capture_output=True, text=True,
+                                            check=True).stdout.strip()
+        status = subprocess.run(git + ["status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                                text=True, check=True).stdout
+        tags["git_dirty"] = str(bool(status.strip())).lower()
+    except (OSError, subprocess.CalledProcessError):
+        tags["git_commit"] = "unknown"
+    data_hash = read_data_hash()
+    if data_hash:
+        tags["data_hash"] = data_hash
+    return tags
+
+
+def read_data_hash(dvc_file: str | Path = "data.dvc") -> str | None:
+    """The md5 that `data.dvc` records for data/raw (what DVC will check the data against)."""
+    path = Path(dvc_file)
+    if not path.is_file():
+        return None
+    for line in path.read_text().splitlines():
+        if line.strip().startswith("- md5:") or line.strip().startswith("md5:"):
+            return line.split(":", 1)[1].strip()
+    return None
+
+
+def log_run(stage: str, *, params: Mapping, metrics: Mapping[str, float],
+            history: Mapping[str, list[float]] | None = None, tags: Mapping[str, str] | None = None,
+            artifacts: Iterable[str | Path] = (), run_name: str | None = None) -> str:
+    """Log one finished run; returns its id.
+
+    Args:
+      stage: the DVC stage that ran (a tag, and the run name unless run_name is given).
+      params: nested config; logged flattened to dotted keys.
+      metrics: final figures; None values are left out.
+      history: per-epoch curves, logged as metrics with step = epoch index.
+      tags: extra tags on top of the lineage tags.
+      artifacts: files to attach.
+    """
+    client = MlflowClient(tracking_uri())
+    all_tags = {**lineage_tags(stage), **(tags or {})}
+    flat_params = [Param(k, str(v)) for k, v in flatten(params).items()]
+    now = int(time.time() * 1000)
+    flat_metrics = [Metric(k, float(v), now, 0) for k, v in metrics.items() if v is not None]
+    for key, values in (history or {}).items():
+        flat_metrics += [Metric(key, float(v), now, step) for step, v in enumerate(values)]
+    for attempt in range(1, ATTEMPTS + 1):
+        run_id = None
+        try:
+            run = client.create_run(experiment_id(client), run_name=run_name or stage,
+                                    tags={k: str(v) for k, v in all_tags.items()})
+            run_id = run.info.run_id
+            for start in range(0, max(len(flat_params), len(flat_metrics)), BATCH):
+                client.log_batch(run_id, metrics=flat_metrics[start:start + BATCH],
+                                 params=flat_params[start:start + BATCH])
+            for path in artifacts:
+                if Path(path).exists():
+                    client.log_artifact(run_id, str(path))
+            client.set_terminated(run_id)
+            print(f"mlflow: logged run {run_id} ({run_name or stage}) to {tracking_uri()}")
+            return run_id
+        except Exception as err:  # noqa: BLE001 - only "locked" is retried, the rest re-raised below
+            if "locked" not in str(err).lower() or attempt == ATTEMPTS:
+                raise
+            if run_id:
+                try:
+                    client.delete_run(run_id)
+                except Exception:  # noqa: BLE001 - the store is busy; the run stays marked unfinished
+                    pass
+            time.sleep(random.uniform(0.5, 2.0) * attempt)
+            print(f"mlflow: store busy ({err.__class__.__name__}), retry {attempt}/{ATTEMPTS - 1}")
+    raise AssertionError("unreachable")
