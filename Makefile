@@ -1,0 +1,41 @@
+# compresslab: `make run` sets everything up and runs the whole pipeline; `make test` sets up and tests.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: help setup data run test test-fast params benchmark clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): requirements.lock pyproject.toml
+	$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "compresslab needs Python 3.11, found " + sys.version.split()[0]'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip==26.3
+	$(BIN)/pip install --quiet -r requirements.lock
+	$(BIN)/pip install --quiet --no-deps -e .
+	touch $(STAMP)
+
+setup: $(STAMP)  ## create .venv with the pinned dependencies and compresslab itself
+
+data: setup  ## write the bundled MNIST sample into data/raw (unless data/raw already exists)
+	@if [ -d data/raw ]; then echo "data/raw exists: leaving it as it is"; else $(BIN)/compresslab sample-data; fi
+
+run: data  ## set up, write the sample data and run the whole pipeline (dvc repro)
+	. $(BIN)/activate && dvc repro
+
+test: setup  ## set up and run the whole test suite
+	. $(BIN)/activate && python -m pytest
+
+test-fast: setup  ## only the fast unit tests (skips the end-to-end dvc runs)
+	. $(BIN)/activate && python -m pytest -m "not slow"
+
+params: setup  ## rewrite params.yaml from conf/ (what dvc exp run composes; dvc repro does not)
+	$(BIN)/compresslab params
+
+benchmark: data  ## time the default pipeline and print the size/speed figures
+	. $(BIN)/activate && python benchmarks/pipeline.py
+
+clean:  ## remove the virtual environment
+	rm -rf $(VENV)
