@@ -6,10 +6,13 @@ Where: `MLFLOW_TRACKING_URI` when set, else `sqlite:///<root>/mlflow.db`, with a
 which DVC sets to the project root for every stage.
 
 How: everything a run holds is gathered first and written at the end by `log_run`. SQLite lets one writer in
-at a time, so two queue workers can get "database is locked"; `log_run` then deletes the partial run and
-tries again, so no run is lost and none is half-written.
+at a time, and two queue workers that open a new mlflow.db at once both try to create its tables (alembic then
+fails outright). So writes to a SQLite store are serialised across processes by a lock file beside the
+database; should a reader (the MLflow UI) still cause "database is locked", the partial run is deleted and the
+write tried again. No run is lost and none is half-written.
 """
 
+import contextlib
 import os
 import random
 import subprocess
@@ -19,6 +22,7 @@ from pathlib import Path
 
 import mlflow
 from mlflow.entities import Metric, Param, RunTag
+from filelock import FileLock
 from mlflow.tracking import MlflowClient
 
 from compresslab.config import flatten
@@ -34,6 +38,13 @@ def project_root() -> Path:
 
 def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project_root() / 'mlflow.db'}"
+
+
+def write_lock(uri: str) -> FileLock | contextlib.nullcontext:
+    """A cross-process lock for a SQLite store (a server serialises writes itself)."""
+    if uri.startswith("sqlite:///"):
+        return FileLock(uri.removeprefix("sqlite:///") + ".lock", timeout=600)
+    return contextlib.nullcontext()
 
 
 def experiment_id(client: MlflowClient) -> str:
@@ -92,7 +103,7 @@ def log_run(stage: str, *, params: Mapping, metrics: Mapping[str, float],
       tags: extra tags on top of the lineage tags.
       artifacts: files to attach.
     """
-    client = MlflowClient(tracking_uri())
+    uri = tracking_uri()
     all_tags = {**lineage_tags(stage), **(tags or {})}
     flat_params = [Param(k, str(v)) for k, v in flatten(params).items()]
     now = int(time.time() * 1000)
@@ -100,28 +111,38 @@ def log_run(stage: str, *, params: Mapping, metrics: Mapping[str, float],
     for key, values in (history or {}).items():
         flat_metrics += [Metric(key, float(v), now, step) for step, v in enumerate(values)]
     for attempt in range(1, ATTEMPTS + 1):
-        run_id = None
         try:
-            run = client.create_run(experiment_id(client), run_name=run_name or stage,
-                                    tags={k: str(v) for k, v in all_tags.items()})
-            run_id = run.info.run_id
-            for start in range(0, max(len(flat_params), len(flat_metrics)), BATCH):
-                client.log_batch(run_id, metrics=flat_metrics[start:start + BATCH],
-                                 params=flat_params[start:start + BATCH])
-            for path in artifacts:
-                if Path(path).exists():
-                    client.log_artifact(run_id, str(path))
-            client.set_terminated(run_id)
-            print(f"mlflow: logged run {run_id} ({run_name or stage}) to {tracking_uri()}")
+            with write_lock(uri):
+                run_id = write_run(uri, stage, run_name, all_tags, flat_params, flat_metrics, artifacts)
+            print(f"mlflow: logged run {run_id} ({run_name or stage}) to {uri}")
             return run_id
-        except Exception as err:  # noqa: BLE001 - only "locked" is retried, the rest re-raised below
+        except Exception as err:  # noqa: BLE001 - only "locked" is retried, the rest re-raised
             if "locked" not in str(err).lower() or attempt == ATTEMPTS:
                 raise
-            if run_id:
-                try:
-                    client.delete_run(run_id)
-                except Exception:  # noqa: BLE001 - the store is busy; the run stays marked unfinished
-                    pass
             time.sleep(random.uniform(0.5, 2.0) * attempt)
             print(f"mlflow: store busy ({err.__class__.__name__}), retry {attempt}/{ATTEMPTS - 1}")
     raise AssertionError("unreachable")
+
+
+def write_run(uri, stage, run_name, tags, params, metrics, artifacts) -> str:
+    """Create one run and write everything into it; on failure, delete the partial run and re-raise."""
+    client = MlflowClient(uri)
+    run_id = None
+    try:
+        run = client.create_run(experiment_id(client), run_name=run_name or stage,
+                                tags={k: str(v) for k, v in tags.items()})
+        run_id = run.info.run_id
+        for start in range(0, max(len(params), len(metrics)), BATCH):
+            client.log_batch(run_id, metrics=metrics[start:start + BATCH], params=params[start:start + BATCH])
+        for path in map(Path, artifacts):
+            if path.is_dir():
+                client.log_artifacts(run_id, str(path), artifact_path=path.name)
+            elif path.exists():
+                client.log_artifact(run_id, str(path))
+        client.set_terminated(run_id)
+        return run_id
+    except Exception:
+        if run_id:
+            with contextlib.suppress(Exception):  # the store may still be busy: the run stays unfinished
+                client.delete_run(run_id)
+        raise

@@ -1,0 +1,116 @@
+"""Shared fixtures: tiny image data sets, and copies of the project where the real `dvc` runs.
+
+End-to-end tests copy the project (what git tracks, plus new untracked files) into a temporary folder, make it
+a fresh git repository with a tiny data set of its own, select the `smoke` preset as the default, and run the
+real `dvc` commands there. MLflow writes to that copy's own mlflow.db.
+"""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import compresslab  # noqa: F401  (prepares the environment before TensorFlow is imported)
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def make_image_folder(root: Path, classes=("fire", "no_fire", "smoke"), per_class=24, size=32,
+                      seed=0) -> Path:
+    """Write a small, learnable image data set: each class has its own stripe pattern plus noise.
+
+    Files alternate PNG / JPEG / BMP and colour / grayscale, as a user's folder might.
+    """
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size]
+    patterns = [np.sin(xx / 2.0 * (k + 1)) * np.cos(yy / 3.0 * (k % 2 + 1)) for k in range(len(classes))]
+    for k, name in enumerate(classes):
+        folder = root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            pixels = 127 + 100 * patterns[k] + rng.normal(0, 20, (size, size))
+            pixels = np.clip(pixels, 0, 255).astype(np.uint8)
+            suffix = (".png", ".jpg", ".bmp")[i % 3]
+            image = Image.fromarray(pixels, mode="L")
+            if i % 2:
+                image = image.convert("RGB")
+            image.save(folder / f"{name}_{i:03d}{suffix}")
+    return root
+
+
+def run(cmd: list[str] | str, cwd: Path, check: bool = True, env: dict | None = None,
+        timeout: int = 900) -> subprocess.CompletedProcess:
+    """Run a command with the project's virtual environment first on PATH; fail with its output."""
+    full_env = {k: v for k, v in os.environ.items()
+                if not k.startswith(("MLFLOW_", "DVC_")) and k != "TF_USE_LEGACY_KERAS"}
+    full_env["PATH"] = f"{BIN}{os.pathsep}{full_env.get('PATH', '')}"
+    full_env.update(env or {})
+    result = subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout,
+                            shell=isinstance(cmd, str))
+    if check and result.returncode != 0:
+        raise AssertionError(f"{cmd} failed ({result.returncode}):\n{result.stdout[-6000:]}\n"
+                             f"{result.stderr[-6000:]}")
+    return result
+
+
+def stages_ran(output: str) -> list[str]:
+    """Stage names in DVC's "Running stage 'X'" lines, in order."""
+    return re.findall(r"Running stage '([^']+)'", output)
+
+
+def copy_project(dest: Path, preset: str | None = "smoke", sample_data: bool = False) -> Path:
+    """Copy the project into dest as a fresh git repository with data, committed.
+
+    Args:
+      preset: the conf/experiment option made the default (None keeps the project's default config).
+      sample_data: write the bundled sample with `compresslab sample-data` and keep the project's data.dvc,
+        instead of a tiny generated data set tracked anew.
+    """
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True,
+                           text=True, check=True).stdout.split("\n")
+    for name in filter(None, files):
+        source = REPO / name
+        if source.is_file() and not name.startswith(("tests/", "dvc.lock", "reports/")):
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, dest / name)
+    if preset:
+        config = dest / "conf" / "config.yaml"
+        config.write_text(config.read_text().replace("  - experiment: null", f"  - experiment: {preset}"))
+    run(["git", "init", "-q", "-b", "main"], dest)
+    run(["git", "config", "user.email", "test@example.com"], dest)
+    run(["git", "config", "user.name", "compresslab tests"], dest)
+    if sample_data:
+        run(["compresslab", "sample-data"], dest)
+    else:
+        make_image_folder(dest / "data" / "raw")
+        run(["dvc", "add", "-q", "data/raw"], dest)
+        run(["compresslab", "params"], dest)
+    run(["git", "add", "-A"], dest)
+    run(["git", "commit", "-q", "-m", "tiny project"], dest)
+    return dest
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+@pytest.fixture
+def image_folder(tmp_path) -> Path:
+    return make_image_folder(tmp_path / "raw")
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    """A copy of the project on tiny data, already run through `dvc repro` once (shared by a test module)."""
+    root = copy_project(tmp_path_factory.mktemp("project"))
+    result = run(["dvc", "repro"], root)
+    root.joinpath("first_repro.log").write_text(result.stdout + result.stderr)
+    return root

@@ -1,0 +1,60 @@
+"""The model zoo: architectures, parameter counts from the reports, and clear errors."""
+
+import numpy as np
+import pytest
+
+from compresslab import models, training
+from compresslab.errors import UserError
+
+
+def build(name, shape, classes, **cfg):
+    return models.build_model({"name": name, **cfg}, shape, classes)
+
+
+def test_firenet_has_the_reported_646818_parameters():
+    model = build("firenet", (64, 64, 3), 2)
+    assert models.count_parameters(model) == 646_818
+    assert [layer.__class__.__name__ for layer in model.layers][:3] == ["Conv2D", "AveragePooling2D", "Dropout"]
+
+
+def test_resnet8_matches_the_mlperf_tiny_reference():
+    assert models.count_parameters(build("resnet8", (32, 32, 3), 10)) == 78_666
+
+
+def test_mlp_is_the_mnist_reports_model():
+    model = build("mlp", (28, 28, 1), 10)
+    assert [getattr(layer, "units", None) for layer in model.layers if layer.weights] == [80, 60, 10]
+    assert models.count_parameters(model) == 784 * 80 + 80 + 80 * 60 + 60 + 60 * 10 + 10
+
+
+def test_mobilenetv2_alpha_changes_the_width():
+    small = models.count_parameters(build("mobilenetv2", (32, 32, 3), 4, alpha=0.35))
+    large = models.count_parameters(build("mobilenetv2", (32, 32, 3), 4, alpha=0.5))
+    assert small < large
+
+
+@pytest.mark.parametrize("name, shape, message", [
+    ("vgg", (32, 32, 3), "unknown model 'vgg'"),
+    ("firenet", (16, 16, 3), "too small for model 'firenet'"),
+    ("mobilenetv2", (24, 24, 3), "too small for mobilenetv2"),
+])
+def test_bad_model_choices_are_one_line_errors(name, shape, message):
+    with pytest.raises(UserError, match=message) as err:
+        build(name, shape, 2)
+    assert "\n" not in str(err.value)
+
+
+def test_models_learn_a_separable_problem():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 64)
+    x = (rng.random((64, 24, 24, 3)) * 0.2 + y[:, None, None, None] * 0.8).astype(np.float32)
+    model = build("firenet", (24, 24, 3), 2)
+    history = training.fit(model, (x, y), (x, y), epochs=4, batch_size=16, learning_rate=3e-3)
+    assert history["accuracy"][-1] > 0.9
+
+
+@pytest.mark.parametrize("key, value", [("epochs", 0), ("batch_size", -1), ("learning_rate", 0.0)])
+def test_non_positive_training_knobs_are_refused(key, value):
+    knobs = {"epochs": 1, "batch_size": 8, "learning_rate": 1e-3, key: value}
+    with pytest.raises(UserError, match=f"{key} must be a positive number"):
+        training.fit(build("mlp", (8, 8, 1), 2), (None, None), (None, None), **knobs)

@@ -1,0 +1,68 @@
+"""MLflow tracking: where runs land (DVC_ROOT rule), what they hold, and no run lost to concurrent writers."""
+
+import subprocess
+import sys
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from compresslab import tracking
+
+
+@pytest.fixture
+def root(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data.dvc").write_text("outs:\n- md5: abc123.dir\n  path: data/raw\n")
+    return tmp_path
+
+
+def test_uri_and_artifacts_are_anchored_on_dvc_root(root, tmp_path_factory, monkeypatch):
+    elsewhere = tmp_path_factory.mktemp("queued_copy")
+    monkeypatch.chdir(elsewhere)  # a queued experiment runs in a temporary copy
+    assert tracking.tracking_uri() == f"sqlite:///{root.resolve() / 'mlflow.db'}"
+    run_id = tracking.log_run("train", params={"a": 1}, metrics={"m": 1.0})
+    run = MlflowClient(tracking.tracking_uri()).get_run(run_id)
+    assert run.info.artifact_uri.startswith((root.resolve() / "mlartifacts").as_uri())
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5999")
+    assert tracking.tracking_uri() == "http://127.0.0.1:5999"
+
+
+def test_a_run_holds_dotted_params_metrics_curves_tags_and_artifacts(root, monkeypatch):
+    monkeypatch.setenv("DVC_EXP_NAME", "sweep-1")
+    artifact = root / "metrics.json"
+    artifact.write_text("{}")
+    run_id = tracking.log_run("prune", params={"prune": {"final_sparsity": 0.8, "layers": "all"}},
+                              metrics={"test_accuracy": 0.9, "skipped": None},
+                              history={"val_accuracy": [0.5, 0.7, 0.8]}, artifacts=[artifact],
+                              run_name="prune (sweep-1)")
+    client = MlflowClient(tracking.tracking_uri())
+    run = client.get_run(run_id)
+    assert run.data.params == {"prune.final_sparsity": "0.8", "prune.layers": "all"}
+    assert run.data.metrics["test_accuracy"] == 0.9 and "skipped" not in run.data.metrics
+    assert [m.value for m in client.get_metric_history(run_id, "val_accuracy")] == [0.5, 0.7, 0.8]
+    assert run.data.tags["stage"] == "prune" and run.data.tags["dvc_exp_name"] == "sweep-1"
+    assert run.data.tags["data_hash"] == "abc123.dir" and run.info.run_name == "prune (sweep-1)"
+    assert [a.path for a in client.list_artifacts(run_id)] == ["metrics.json"]
+    assert run.info.status == "FINISHED"
+
+
+WRITER = """
+import sys
+from compresslab import tracking
+for i in range(int(sys.argv[2])):
+    tracking.log_run("evaluate", params={"worker": sys.argv[1], "i": i},
+                     metrics={f"m{k}": float(k) for k in range(150)})
+"""
+
+
+def test_concurrent_writers_lose_no_run(root):
+    workers = [subprocess.Popen([sys.executable, "-c", WRITER, str(w), "4"], cwd=root) for w in range(4)]
+    assert [w.wait(timeout=300) for w in workers] == [0, 0, 0, 0]
+    client = MlflowClient(tracking.tracking_uri())
+    experiment = client.get_experiment_by_name(tracking.EXPERIMENT)
+    runs = client.search_runs([experiment.experiment_id], max_results=100)
+    assert sorted((r.data.params["worker"], r.data.params["i"]) for r in runs) == sorted(
+        (str(w), str(i)) for w in range(4) for i in range(4))
+    assert all(len(r.data.metrics) == 150 for r in runs)
