@@ -1,0 +1,34 @@
+"""Stage `cluster`: weight clustering of the baseline while fine-tuning, wrappers stripped before saving.
+
+    dvc repro cluster        # reads params: seed, train.batch_size, cluster
+    dvc exp run -S cluster.number_of_clusters=8  # re-runs cluster, cqat, pcqat and what follows
+
+Outputs: models/clustered.keras; reports/cluster/metrics.json (distinct values per clustered layer next to
+the number asked for) and history.csv.
+"""
+
+import compresslab  # noqa: F401  (prepares the environment before TensorFlow is imported)
+from compresslab import clustering, stage
+from compresslab.config import load_params
+from compresslab.errors import run_main
+from compresslab.model_io import load_model
+from compresslab.seeding import seed_everything
+
+
+def run(params) -> dict:
+    cfg = params.cluster
+    clustering.validate_cluster_config(cfg)
+    train, val, test = stage.load_splits()
+    model = load_model("models/baseline.keras")
+    seed_everything(params.seed)
+    result = clustering.cluster(model, cfg, train, val, batch_size=params.train.batch_size)
+    measurements = {"requested_clusters": result.requested_clusters,
+                    "max_unique_values": max(result.channel_unique_values.values(), default=0),
+                    "unique_values": result.unique_values, "clustered_layers": len(result.clustered_layers)}
+    print(f"cluster: distinct values per layer {result.unique_values} (asked {result.requested_clusters})")
+    return stage.finish("cluster", params, ("seed", "train", "cluster"), result.model, "models/clustered.keras",
+                        test, measurements, result.history)
+
+
+if __name__ == "__main__":
+    run_main(lambda: run(load_params()))

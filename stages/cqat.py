@@ -1,0 +1,37 @@
+"""Stage `cqat`: cluster-preserving QAT of the clustered model.
+
+    dvc repro cqat           # reads params: seed, train.batch_size, cqat
+
+Outputs: models/cqat.keras; reports/cqat/metrics.json (distinct values and sparsity after fine-tuning and their
+drift from the clustered parent) and history.csv.
+"""
+
+import compresslab  # noqa: F401  (prepares the environment before TensorFlow is imported)
+from compresslab import clustering, stage
+from compresslab.config import load_params
+from compresslab.errors import run_main
+from compresslab.model_io import load_model
+from compresslab.seeding import seed_everything
+
+
+def run(params) -> dict:
+    cfg = params.cqat
+    clustering.validate_cqat_config(cfg)
+    train, val, test = stage.load_splits()
+    model = load_model("models/clustered.keras")
+    seed_everything(params.seed)
+    result = clustering.cqat(model, cfg, train, val, batch_size=params.train.batch_size)
+    print(f"cqat: distinct values per layer {result.unique_values_before} -> {result.unique_values_after}")
+    return stage.finish("cqat", params, ("seed", "train", "cqat"), result.model, "models/cqat.keras", test,
+                        clustering_measurements(result), result.history)
+
+
+def clustering_measurements(result: clustering.CqatResult) -> dict:
+    return {"max_unique_values_before": max(result.channel_unique_values_before.values(), default=0),
+            "max_unique_values": max(result.channel_unique_values_after.values(), default=0),
+            "unique_values": result.unique_values_after, "sparsity_before": result.sparsity_before["overall"],
+            "sparsity": result.sparsity_after["overall"], "drift": result.drift}
+
+
+if __name__ == "__main__":
+    run_main(lambda: run(load_params()))

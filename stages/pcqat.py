@@ -1,0 +1,38 @@
+"""Stage `pcqat`: sparsity-preserving clustering of the pruned model, then cluster- and sparsity-preserving QAT.
+
+    dvc repro pcqat          # reads params: seed, train.batch_size, cluster, pcqat
+
+Outputs: models/pcqat.keras; reports/pcqat/metrics.json (sparsity of the pruned parent and after each step,
+distinct values per layer) and history.csv (clustering then QAT epochs).
+"""
+
+import compresslab  # noqa: F401  (prepares the environment before TensorFlow is imported)
+from compresslab import clustering, stage
+from compresslab.config import load_params
+from compresslab.errors import run_main
+from compresslab.model_io import load_model
+from compresslab.seeding import seed_everything
+
+
+def run(params) -> dict:
+    clustering.validate_pcqat_config(params.cluster, params.pcqat)
+    train, val, test = stage.load_splits()
+    model = load_model("models/pruned.keras")
+    seed_everything(params.seed)
+    result = clustering.pcqat(model, params.cluster, params.pcqat, train, val, batch_size=params.train.batch_size)
+    measurements = {"parent_sparsity": result.parent_sparsity["overall"],
+                    "clustered_sparsity": result.cluster.sparsity["overall"],
+                    "sparsity": result.cqat.sparsity_after["overall"],
+                    "sparsity_drift": result.cqat.sparsity_after["overall"] - result.parent_sparsity["overall"],
+                    "requested_clusters": result.cluster.requested_clusters,
+                    "max_unique_values": max(result.cqat.channel_unique_values_after.values(), default=0),
+                    "unique_values": result.cqat.unique_values_after}
+    history = {key: result.cluster.history.get(key, []) + values for key, values in result.cqat.history.items()}
+    print(f"pcqat: sparsity {result.parent_sparsity['overall']:.4f} (pruned) -> "
+          f"{result.cqat.sparsity_after['overall']:.4f}")
+    return stage.finish("pcqat", params, ("seed", "train", "cluster", "pcqat"), result.model,
+                        "models/pcqat.keras", test, measurements, history)
+
+
+if __name__ == "__main__":
+    run_main(lambda: run(load_params()))

@@ -1,0 +1,32 @@
+"""Stage `pqat`: pruning-preserving QAT of the pruned model, measuring how far its zeros drift.
+
+    dvc repro pqat           # reads params: seed, train.batch_size, pqat
+
+Outputs: models/pqat.keras; reports/pqat/metrics.json (sparsity before and after, drift) and history.csv.
+"""
+
+import compresslab  # noqa: F401  (prepares the environment before TensorFlow is imported)
+from compresslab import quantization, stage
+from compresslab.config import load_params
+from compresslab.errors import run_main
+from compresslab.model_io import load_model
+from compresslab.seeding import seed_everything
+
+
+def run(params) -> dict:
+    cfg = params.pqat
+    quantization.validate_qat_config(cfg, "pqat")
+    train, val, test = stage.load_splits()
+    model = load_model("models/pruned.keras")
+    seed_everything(params.seed)
+    result = quantization.pqat(model, cfg, train, val, batch_size=params.train.batch_size)
+    measurements = {"sparsity_before": result.sparsity_before["overall"],
+                    "sparsity": result.sparsity_after["overall"], "sparsity_drift": result.drift["overall"],
+                    "layer_sparsity": result.sparsity_after["layers"], "layer_drift": result.drift["layers"]}
+    print(f"pqat: sparsity {result.sparsity_before['overall']:.4f} -> {result.sparsity_after['overall']:.4f}")
+    return stage.finish("pqat", params, ("seed", "train", "pqat"), result.model, "models/pqat.keras", test,
+                        measurements, result.history)
+
+
+if __name__ == "__main__":
+    run_main(lambda: run(load_params()))

@@ -1,0 +1,31 @@
+"""Stage `quantize`: quantization-aware training of the baseline on the selected layers (TFMOT default 8-bit).
+
+    dvc repro quantize       # reads params: seed, train.batch_size, quantize
+    dvc exp run -S quantize.layers=dense         # dense-only QAT; never re-runs prune
+
+Outputs: models/qat.keras (QAT wrappers kept: `convert` turns it into an int8 file);
+reports/quantize/metrics.json and history.csv.
+"""
+
+import compresslab  # noqa: F401  (prepares the environment before TensorFlow is imported)
+from compresslab import quantization, stage
+from compresslab.config import load_params
+from compresslab.errors import run_main
+from compresslab.model_io import load_model
+from compresslab.seeding import seed_everything
+
+
+def run(params) -> dict:
+    cfg = params.quantize
+    quantization.validate_qat_config(cfg, "quantize")
+    train, val, test = stage.load_splits()
+    model = load_model("models/baseline.keras")
+    seed_everything(params.seed)
+    result = quantization.quantize_aware(model, cfg, train, val, batch_size=params.train.batch_size)
+    print(f"quantize: QAT on {result.quantized_layers}")
+    return stage.finish("quantize", params, ("seed", "train", "quantize"), result.model, "models/qat.keras",
+                        test, {"quantized_layers": len(result.quantized_layers)}, result.history)
+
+
+if __name__ == "__main__":
+    run_main(lambda: run(load_params()))
