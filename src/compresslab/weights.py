@@ -6,6 +6,7 @@ CQAT are known to let pruned zeros and cluster centroids drift.
 
 import numpy as np
 import tf_keras as keras
+from tensorflow_model_optimization.python.core.clustering.keras.cluster_wrapper import ClusterWeights
 
 from compresslab.layers import layer_kind
 
@@ -35,6 +36,11 @@ def kernels(model: keras.Model, layer_names=None) -> dict[str, np.ndarray]:
         inner = unwrap(layer)
         if layer_kind(inner) == "other" or (layer_names is not None and inner.name not in layer_names):
             continue
+        if isinstance(layer, ClusterWeights):
+            clustered = clustered_kernel(layer)
+            if clustered is not None:
+                found[inner.name] = clustered
+                continue
         # Read the variable, not `inner.kernel`: a quantize wrapper swaps that attribute for the
         # fake-quantized symbolic tensor while it builds.
         for weight in layer.weights:
@@ -42,6 +48,24 @@ def kernels(model: keras.Model, layer_names=None) -> dict[str, np.ndarray]:
                 found[inner.name] = np.asarray(weight.numpy())
                 break
     return found
+
+
+def clustered_kernel(wrapper: ClusterWeights) -> np.ndarray | None:
+    """The kernel a cluster wrapper computes (centroids gathered by index), as strip_clustering writes it.
+
+    The wrapper's `kernel` variable keeps the original, unclustered weights, and the layer's `kernel`
+    attribute is a tensor traced inside the last training step, unreadable afterwards. So refresh the
+    association the way every forward pass and strip_clustering do (re-pull indices; with
+    preserve_sparsity, pin the zero centroid back to 0), then read the attribute.
+
+    Returns:
+      The clustered kernel, or None when the wrapper clusters no kernel (e.g. DepthwiseConv2D).
+    """
+    names = [name for name in wrapper.original_clusterable_weights if name in KERNEL_ATTRIBUTES]
+    if not names:
+        return None
+    wrapper.update_clustered_weights_associations()
+    return np.asarray(getattr(wrapper.layer, names[0]))
 
 
 def sparsity_report(model: keras.Model, layer_names=None) -> dict:

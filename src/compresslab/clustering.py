@@ -1,0 +1,375 @@
+"""Weight clustering, cluster-preserving QAT (CQAT) and sparsity-preserving clustering + CQAT (PCQAT).
+
+Every result carries what the weights hold afterwards (distinct values, zeros), measured with
+`compresslab.weights`, next to what was asked for. TFMOT 0.8.1 quirks this module works around:
+
+- Wrapping a layer in `ClusterWeights` changes that layer (its kernel leaves `trainable_weights`), so the
+  caller's model is cloned with its weights before any wrapping.
+- `cluster_weights` silently leaves a Conv2D unclustered for per-channel clustering when the layer has no
+  bias (it counts channels from `trainable_weights[-1]`, which is then the kernel). Wrappers are built
+  directly instead, after `check_cluster_counts` has done the weight-count check correctly.
+- The CQAT quantize registry hands one weight quantizer to every layer of a type, and the first layer
+  without zeros switches `preserve_sparsity` off on it for all later layers: a pruned head after an
+  unpruned Dense lost all its zeros. Each layer gets its own quantizer copy here.
+- A CQAT wrapper holds extra variables (centroids, original weights, indices) that its saved config cannot
+  rebuild, so an HDF5 reload fails; `strip_clustering_cqat` drops them and leaves a plain QAT model.
+"""
+
+import copy
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import tensorflow_model_optimization as tfmot
+import tf_keras as keras
+from tensorflow_model_optimization.python.core.clustering.keras.cluster_wrapper import ClusterWeights
+from tensorflow_model_optimization.python.core.clustering.keras.clustering_registry import ClusteringRegistry
+from tensorflow_model_optimization.python.core.quantization.keras.collab_opts.cluster_preserve import (
+    cluster_preserve_quantize_registry as cluster_preserve)
+
+from compresslab import training, weights
+from compresslab.errors import UserError
+from compresslab.layers import select_layers
+
+CentroidInitialization = tfmot.clustering.keras.CentroidInitialization
+CENTROID_INITS = {
+    "kmeans++": CentroidInitialization.KMEANS_PLUS_PLUS,
+    "density-based": CentroidInitialization.DENSITY_BASED,
+    "linear": CentroidInitialization.LINEAR,
+    "random": CentroidInitialization.RANDOM,
+}
+DEFAULT_CENTROID_INIT = "kmeans++"
+# Sparsity-preserving clustering pins one centroid at zero; TFMOT then needs two more to cluster anything.
+MIN_CLUSTERS_PRESERVING_SPARSITY = 3
+
+
+@dataclass
+class ClusterResult:
+    """A clustered model, stripped of its wrappers, and what its kernels hold.
+
+    unique_values counts distinct values over a whole kernel; with per-channel clustering each output
+    channel has its own centroids, so channel_unique_values (the most in any one channel) is the figure
+    bounded by number_of_clusters. skipped_layers names selected layers TFMOT cannot cluster, with why.
+    """
+    model: keras.Model
+    history: dict[str, list[float]]
+    clustered_layers: list[str]
+    requested_clusters: int
+    unique_values: dict[str, int]
+    channel_unique_values: dict[str, int]
+    sparsity: dict
+    skipped_layers: dict[str, str]
+
+
+@dataclass
+class CqatResult:
+    """A cluster-preserving QAT model (QAT wrappers kept for conversion) and how its kernels moved.
+
+    drift maps each layer to the mean and max absolute change of its kernel from the parent's.
+    """
+    model: keras.Model
+    history: dict[str, list[float]]
+    unique_values_before: dict[str, int]
+    unique_values_after: dict[str, int]
+    channel_unique_values_before: dict[str, int]
+    channel_unique_values_after: dict[str, int]
+    sparsity_before: dict
+    sparsity_after: dict
+    drift: dict[str, dict[str, float]]
+
+
+@dataclass
+class PcqatResult:
+    """Both PCQAT stages: sparsity-preserving clustering of the pruned parent, then sparsity-preserving CQAT."""
+    parent_sparsity: dict
+    cluster: ClusterResult
+    cqat: CqatResult
+
+    @property
+    def model(self) -> keras.Model:
+        return self.cqat.model
+
+
+def validate_cluster_config(cfg: Mapping, option: str = "cluster") -> None:
+    """Raise a UserError for a clustering config that cannot run, before any training.
+
+    Args:
+      cfg: the cluster.* keys (number_of_clusters, centroid_init, layers, per_channel, epochs, learning_rate).
+      option: the config group named in errors.
+    """
+    clusters = cfg.get("number_of_clusters")
+    if isinstance(clusters, bool) or not isinstance(clusters, int) or clusters < 2:
+        raise UserError(f"{option}.number_of_clusters must be an integer of at least 2, got {clusters!r}: "
+                        "set it to 2 or more (8 or 16 are usual)")
+    init = cfg.get("centroid_init")
+    if init is not None and init not in CENTROID_INITS:
+        raise UserError(f"{option}.centroid_init={init!r} is not a centroid initialization: "
+                        f"use one of {', '.join(CENTROID_INITS)}")
+    per_channel = cfg.get("per_channel")
+    if per_channel is not None and not isinstance(per_channel, bool):
+        raise UserError(f"{option}.per_channel must be true or false, got {per_channel!r}")
+    check_epochs(f"{option}.epochs", cfg.get("epochs"))
+    training.check_positive(f"{option}.learning_rate", cfg.get("learning_rate"))
+
+
+def validate_cqat_config(cfg: Mapping, option: str = "cqat") -> None:
+    """Raise a UserError unless cfg holds positive `epochs` (an integer) and `learning_rate`."""
+    check_epochs(f"{option}.epochs", cfg.get("epochs"))
+    training.check_positive(f"{option}.learning_rate", cfg.get("learning_rate"))
+
+
+def validate_pcqat_config(cluster_cfg: Mapping, pcqat_cfg: Mapping) -> None:
+    """Raise a UserError for a PCQAT run that cannot work: cluster.* and pcqat.* are checked together.
+
+    Args:
+      cluster_cfg: the cluster.* keys; its epochs are unused (pcqat.cluster_epochs replaces them) but checked.
+      pcqat_cfg: the pcqat.* keys (cluster_epochs, epochs, learning_rate).
+    """
+    validate_cluster_config(cluster_cfg)
+    clusters = cluster_cfg["number_of_clusters"]
+    if clusters < MIN_CLUSTERS_PRESERVING_SPARSITY:
+        raise UserError(f"cluster.number_of_clusters={clusters} is too few for pcqat: sparsity-preserving "
+                        f"clustering keeps one centroid at zero, set it to {MIN_CLUSTERS_PRESERVING_SPARSITY} "
+                        "or more")
+    check_epochs("pcqat.cluster_epochs", pcqat_cfg.get("cluster_epochs"))
+    validate_cqat_config(pcqat_cfg, "pcqat")
+
+
+def check_epochs(option: str, value) -> None:
+    """Raise a UserError unless `value` is a positive whole number of epochs."""
+    training.check_positive(option, value)
+    if isinstance(value, float) and not value.is_integer():
+        raise UserError(f"{option} must be a whole number of epochs, got {value!r}")
+
+
+def clusterable_kernels(layer: keras.layers.Layer) -> list[str]:
+    """Names of the weights TFMOT clusters in `layer` (e.g. ['kernel']); empty when it clusters none."""
+    if not ClusteringRegistry.supports(layer):
+        return []
+    return list(ClusteringRegistry._weight_names(layer))  # pylint: disable=protected-access
+
+
+def weights_per_cluster_group(layer: keras.layers.Layer, weight_name: str, per_channel: bool) -> int:
+    """How many weights share one set of centroids: the whole tensor, or one output channel of a Conv2D."""
+    shape = getattr(layer, weight_name).shape
+    size = int(np.prod(shape))
+    if per_channel and isinstance(layer, keras.layers.Conv2D):
+        return size // int(shape[-1])  # Keras keeps output channels last in the kernel, whatever data_format
+    return size
+
+
+def check_cluster_counts(model: keras.Model, names: Sequence[str], number_of_clusters: int,
+                         per_channel: bool = False) -> None:
+    """Raise a UserError naming the first selected layer with no more weights than clusters.
+
+    A layer with as many clusters as weights gains nothing, and TFMOT silently skips such a Conv2D, so
+    equality is refused too.
+
+    Args:
+      model: the model to be clustered.
+      names: the selected layer names.
+      number_of_clusters: the requested cluster count.
+      per_channel: count the weights of one output channel for Conv2D layers.
+    """
+    for name in names:
+        layer = model.get_layer(name)
+        for weight_name in clusterable_kernels(layer):
+            count = weights_per_cluster_group(layer, weight_name, per_channel)
+            if count <= number_of_clusters:
+                where = " per output channel" if per_channel and isinstance(layer, keras.layers.Conv2D) else ""
+                raise UserError(f"layer {name!r} has {count} {weight_name} weights{where}, not more than "
+                                f"cluster.number_of_clusters={number_of_clusters}: lower number_of_clusters "
+                                f"or leave {name!r} out of cluster.layers")
+
+
+def reject_wrapped(model: keras.Model, what: str) -> None:
+    """Raise a UserError if `model` still holds TFMOT wrappers: these stages start from stripped models."""
+    wrapped = sorted({type(layer).__name__ for layer in model.layers if isinstance(layer, keras.layers.Wrapper)})
+    if wrapped:
+        raise UserError(f"the {what} model {model.name!r} still holds {', '.join(wrapped)} wrappers: "
+                        "pass the stripped model its stage saved")
+
+
+def clusterable_selection(model: keras.Model, cfg: Mapping, option: str) -> tuple[list[str], dict[str, str]]:
+    """Resolve `layers` to the names TFMOT can cluster, and the selected ones it cannot, with the reason.
+
+    Words ('all', 'dense', 'conv') skip layers whose weights TFMOT leaves alone (DepthwiseConv2D); a layer
+    named in a list must be clusterable.
+    """
+    selection = cfg.get("layers") or "all"
+    names, skipped = [], {}
+    for name in select_layers(model, selection, option):
+        layer = model.get_layer(name)
+        if clusterable_kernels(layer):
+            names.append(name)
+            continue
+        reason = f"TFMOT 0.8.1 clusters no weight of a {type(layer).__name__}"
+        if not isinstance(selection, str):
+            raise UserError(f"{option} names {name!r}, but {reason}: leave it out of the list")
+        skipped[name] = reason
+    if not names:
+        raise UserError(f"{option}={selection!r} selects no layer TFMOT can cluster in model {model.name!r} "
+                        f"(skipped: {skipped}): pick dense or conv layers")
+    return names, skipped
+
+
+def wrap_for_clustering(model: keras.Model, names: Sequence[str], cfg: Mapping, *,
+                        preserve_sparsity: bool = False) -> keras.Model:
+    """A copy of `model` with the named layers in TFMOT cluster wrappers, ready to fine-tune.
+
+    Args:
+      model: a plain Keras model (functional or Sequential); it is left unchanged.
+      names: layers to cluster, already checked with check_cluster_counts.
+      cfg: the cluster.* keys (number_of_clusters, centroid_init, per_channel).
+      preserve_sparsity: keep zero weights at zero (a zero centroid that never moves).
+
+    Returns:
+      The wrapped copy.
+    """
+    fresh = keras.models.clone_model(model)
+    fresh.set_weights(model.get_weights())
+    wanted = set(names)
+    init = CENTROID_INITS[cfg.get("centroid_init") or DEFAULT_CENTROID_INIT]
+
+    def wrap(layer):
+        if layer.name not in wanted:
+            return layer
+        return ClusterWeights(layer, int(cfg["number_of_clusters"]), init, preserve_sparsity=preserve_sparsity,
+                              cluster_per_channel=bool(cfg.get("per_channel")))
+
+    return keras.models.clone_model(fresh, clone_function=wrap)
+
+
+def channel_unique_values(model: keras.Model, layer_names=None) -> dict[str, int]:
+    """Most distinct kernel values in any one output channel (the last kernel axis), per layer."""
+    return {name: max(int(np.unique(kernel[..., channel]).size) for channel in range(kernel.shape[-1]))
+            for name, kernel in weights.kernels(model, layer_names).items()}
+
+
+def cluster(model: keras.Model, cfg: Mapping, train: training.Split, val: training.Split, *, batch_size: int,
+            preserve_sparsity: bool = False, epochs: int | None = None) -> ClusterResult:
+    """Cluster the selected layers' weights, fine-tune, and strip the wrappers.
+
+    Args:
+      model: a trained plain Keras model; it is left unchanged.
+      cfg: the cluster.* keys.
+      train, val: (images, integer labels) for fine-tuning.
+      batch_size: fine-tuning batch size.
+      preserve_sparsity: sparsity-preserving clustering (for a pruned model): zeros stay zeros.
+      epochs: overrides cfg['epochs'] (pcqat passes pcqat.cluster_epochs).
+
+    Returns:
+      ClusterResult with the stripped model and the distinct values / sparsity its kernels hold.
+    """
+    validate_cluster_config(cfg)
+    if preserve_sparsity and cfg["number_of_clusters"] < MIN_CLUSTERS_PRESERVING_SPARSITY:
+        raise UserError(f"cluster.number_of_clusters={cfg['number_of_clusters']} is too few to preserve "
+                        f"sparsity: set it to {MIN_CLUSTERS_PRESERVING_SPARSITY} or more")
+    reject_wrapped(model, "input")
+    names, skipped = clusterable_selection(model, cfg, "cluster.layers")
+    check_cluster_counts(model, names, cfg["number_of_clusters"], bool(cfg.get("per_channel")))
+    wrapped = wrap_for_clustering(model, names, cfg, preserve_sparsity=preserve_sparsity)
+    history = training.fit(wrapped, train, val, epochs=int(epochs or cfg["epochs"]), batch_size=batch_size,
+                           learning_rate=cfg["learning_rate"])
+    stripped = tfmot.clustering.keras.strip_clustering(wrapped)
+    return ClusterResult(model=stripped, history=history, clustered_layers=names,
+                         requested_clusters=int(cfg["number_of_clusters"]),
+                         unique_values=weights.unique_values_report(stripped, names),
+                         channel_unique_values=channel_unique_values(stripped, names),
+                         sparsity=weights.sparsity_report(stripped), skipped_layers=skipped)
+
+
+class _PerLayerClusterPreserveRegistry(cluster_preserve.Default8bitClusterPreserveQuantizeRegistry):
+    """TFMOT's CQAT registry, but each layer gets its own weight quantizer (see the module docstring)."""
+
+    def get_quantize_config(self, layer):
+        config = super().get_quantize_config(layer)
+        quantizer = getattr(config, "weight_quantizer", None)
+        if isinstance(quantizer, cluster_preserve.ClusterPreserveDefaultWeightsQuantizer):
+            config.weight_quantizer = copy.copy(quantizer)
+        return config
+
+
+class _PerLayerClusterPreserveScheme(tfmot.experimental.combine.Default8BitClusterPreserveQuantizeScheme):
+    def get_quantize_registry(self):
+        return _PerLayerClusterPreserveRegistry(self.preserve_sparsity)
+
+
+def quantize_preserving_clusters(model: keras.Model, preserve_sparsity: bool = False) -> keras.Model:
+    """The QAT model of a clustered `model`, whose training keeps each kernel on its centroids.
+
+    TFMOT reads the centroids from the distinct values of each kernel (per output channel for Conv2D) and
+    lets them train; kernels with more than 1024 distinct values get plain QAT.
+    """
+    annotated = tfmot.quantization.keras.quantize_annotate_model(model)
+    return tfmot.quantization.keras.quantize_apply(annotated, _PerLayerClusterPreserveScheme(preserve_sparsity))
+
+
+def kernel_drift(parent: dict[str, np.ndarray], child: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
+    """Mean and max absolute kernel change, per layer present in both."""
+    drift = {}
+    for name in parent.keys() & child.keys():
+        change = np.abs(child[name] - parent[name])
+        drift[name] = {"mean_abs": float(change.mean()), "max_abs": float(change.max())}
+    return dict(sorted(drift.items()))
+
+
+def cqat(clustered_model: keras.Model, cfg: Mapping, train: training.Split, val: training.Split, *,
+         batch_size: int, preserve_sparsity: bool = False, option: str = "cqat") -> CqatResult:
+    """Cluster-preserving quantization-aware training of a clustered model.
+
+    During training TFMOT writes the centroid-gathered kernel into each layer's kernel variable, which is
+    what the converter reads; that is what is measured (it trails the trainable centroids by the last
+    optimizer step).
+
+    Args:
+      clustered_model: a stripped clustered model (ClusterResult.model); it is left unchanged.
+      cfg: the cqat.* keys (epochs, learning_rate).
+      train, val: (images, integer labels) for fine-tuning.
+      batch_size: fine-tuning batch size.
+      preserve_sparsity: also keep zero weights at zero (PCQAT).
+      option: the config group named in errors.
+
+    Returns:
+      CqatResult with the QAT-wrapped model (clustering variables stripped, so it saves, reloads and
+      converts) and the distinct values, sparsity and drift of its kernels against the parent's.
+    """
+    validate_cqat_config(cfg, option)
+    reject_wrapped(clustered_model, "clustered")
+    parent = weights.kernels(clustered_model)
+    qat_model = quantize_preserving_clusters(clustered_model, preserve_sparsity)
+    history = training.fit(qat_model, train, val, epochs=int(cfg["epochs"]), batch_size=batch_size,
+                           learning_rate=cfg["learning_rate"])
+    stripped = tfmot.experimental.combine.strip_clustering_cqat(qat_model)
+    return CqatResult(model=stripped, history=history,
+                      unique_values_before=weights.unique_values_report(clustered_model),
+                      unique_values_after=weights.unique_values_report(stripped),
+                      channel_unique_values_before=channel_unique_values(clustered_model),
+                      channel_unique_values_after=channel_unique_values(stripped),
+                      sparsity_before=weights.sparsity_report(clustered_model),
+                      sparsity_after=weights.sparsity_report(stripped),
+                      drift=kernel_drift(parent, weights.kernels(stripped)))
+
+
+def pcqat(pruned_model: keras.Model, cluster_cfg: Mapping, pcqat_cfg: Mapping, train: training.Split,
+          val: training.Split, *, batch_size: int) -> PcqatResult:
+    """Prune-cluster-preserving QAT: sparsity-preserving clustering, then sparsity-preserving CQAT.
+
+    Args:
+      pruned_model: a stripped pruned model; it is left unchanged.
+      cluster_cfg: the cluster.* keys for the clustering stage (its learning_rate too; pcqat.cluster_epochs
+        replaces cluster.epochs).
+      pcqat_cfg: the pcqat.* keys: cluster_epochs, epochs and learning_rate of the QAT stage.
+      train, val: (images, integer labels) for fine-tuning.
+      batch_size: fine-tuning batch size.
+
+    Returns:
+      PcqatResult with the parent's sparsity and both stages' results; .model is the final QAT model.
+    """
+    validate_pcqat_config(cluster_cfg, pcqat_cfg)
+    parent_sparsity = weights.sparsity_report(pruned_model)
+    clustered = cluster(pruned_model, cluster_cfg, train, val, batch_size=batch_size, preserve_sparsity=True,
+                        epochs=int(pcqat_cfg["cluster_epochs"]))
+    quantized = cqat(clustered.model, pcqat_cfg, train, val, batch_size=batch_size, preserve_sparsity=True,
+                     option="pcqat")
+    return PcqatResult(parent_sparsity=parent_sparsity, cluster=clustered, cqat=quantized)
