@@ -1,0 +1,197 @@
+"""Tests for compresslab.quantization: QAT of selected layers, PQAT sparsity drift, save/load/int8 conversion."""
+
+import compresslab  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tf_keras as keras
+from ai_edge_litert.interpreter import Interpreter
+
+from compresslab import model_io, quantization, weights
+from compresslab.errors import UserError
+
+L = keras.layers
+qk = quantization.qk
+BATCH = 16
+
+
+def qat_cfg(**overrides):
+    cfg = {"name": "test", "layers": "all", "epochs": 1, "learning_rate": 1e-3}
+    cfg.update(overrides)
+    return cfg
+
+
+def firenet_like():
+    """Conv2D / AveragePooling2D / Dropout / Flatten / Dense, as in the FireNet study, at toy size."""
+    inputs = keras.Input((8, 8, 1))
+    x = L.Conv2D(4, 3, activation="relu", name="conv")(inputs)
+    x = L.AveragePooling2D(name="pool")(x)
+    x = L.Dropout(0.1, name="drop")(x)
+    x = L.Flatten(name="flat")(x)
+    x = L.Dense(16, activation="relu", name="fc")(x)
+    return keras.Model(inputs, L.Dense(3, activation="softmax", name="out")(x))
+
+
+def zero_smallest_half(model):
+    """Stand-in for a pruned, stripped model: the smaller half of each kernel set to exactly 0."""
+    for layer in model.layers:
+        if layer.name in ("conv", "fc", "out"):
+            kernel, bias = layer.get_weights()
+            kernel[np.abs(kernel) < np.median(np.abs(kernel))] = 0.0
+            layer.set_weights([kernel, bias])
+    return model
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.default_rng(0)
+    return rng.random((64, 8, 8, 1), dtype=np.float32), rng.integers(0, 3, 64)
+
+
+@pytest.fixture(scope="module")
+def qat_results(data):
+    keras.utils.set_random_seed(0)
+    model = firenet_like()
+    original = [w.copy() for w in model.get_weights()]
+    results = {selection: quantization.quantize_aware(model, qat_cfg(layers=selection), data, data,
+                                                      batch_size=BATCH)
+               for selection in ("dense", "conv", "all")}
+    return model, original, results
+
+
+@pytest.fixture(scope="module")
+def pqat_result(data):
+    keras.utils.set_random_seed(1)
+    pruned = zero_smallest_half(firenet_like())
+    original = [w.copy() for w in pruned.get_weights()]
+    result = quantization.pqat(pruned, qat_cfg(epochs=2), data, data, batch_size=BATCH)
+    assert all(np.array_equal(a, b) for a, b in zip(original, pruned.get_weights())), "pqat changed its input"
+    return pruned, result
+
+
+def wrapped_names(model):
+    return {layer.layer.name for layer in model.layers if isinstance(layer, qk.QuantizeWrapper)}
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"epochs": 0}, r"quantize.epochs must be a positive number"),
+    ({"epochs": 1.5}, r"quantize.epochs must be a whole number"),
+    ({"learning_rate": -1.0}, r"quantize.learning_rate must be a positive number"),
+    ({"learning_rate": None}, r"quantize.learning_rate must be a positive number"),
+    ({"layers": None}, r"quantize.layers is not set"),
+])
+def test_invalid_qat_config_is_a_user_error(overrides, message):
+    with pytest.raises(UserError, match=message):
+        quantization.validate_qat_config(qat_cfg(**overrides), "quantize")
+
+
+def test_pqat_config_errors_name_the_pqat_group():
+    with pytest.raises(UserError, match=r"pqat.epochs must be a positive number"):
+        quantization.validate_qat_config({"name": "pqat", "epochs": -2, "learning_rate": 1e-4}, "pqat")
+
+
+@pytest.mark.parametrize("selection, wanted, unwanted", [
+    ("dense", {"fc", "out"}, {"conv"}),
+    ("conv", {"conv"}, {"fc", "out"}),
+    ("all", {"conv", "fc", "out"}, set()),
+])
+def test_qat_wraps_only_the_selected_layers(qat_results, data, selection, wanted, unwanted):
+    _, _, results = qat_results
+    result = results[selection]
+    assert result.quantized_layers == sorted(wanted, key=["conv", "fc", "out"].index)
+    names = wrapped_names(result.model)
+    assert wanted <= names and not unwanted & names
+    assert len(result.history["loss"]) == 1 and np.isfinite(result.history["loss"][0])
+    assert result.model.predict(data[0][:2], verbose=0).shape == (2, 3)
+
+
+def test_qat_leaves_the_input_model_alone(qat_results):
+    model, original, _ = qat_results
+    assert all(np.array_equal(a, b) for a, b in zip(original, model.get_weights()))
+    assert not any(isinstance(layer, keras.layers.Wrapper) for layer in model.layers)
+
+
+def test_layers_the_default_scheme_cannot_quantize_are_named(data):
+    inputs = keras.Input((8, 3))
+    x = L.Flatten()(L.Conv1D(2, 3, name="c1")(inputs))
+    model = keras.Model(inputs, L.Dense(3, activation="softmax", name="out")(x))
+    with pytest.raises(UserError, match=r"quantize.layers: layer 'c1' \(Conv1D\) is not supported by TFMOT's "
+                                        r"Default8BitQuantizeScheme: leave it out of quantize.layers"):
+        quantization.quantize_aware(model, qat_cfg(layers="conv", epochs=100), data, data, batch_size=BATCH)
+
+
+def test_pqat_names_an_unsupported_weightless_layer(data):
+    inputs = keras.Input((8, 8, 1))
+    x = L.Rescaling(1 / 255.0, name="scale")(inputs)
+    model = keras.Model(inputs, L.Dense(3, activation="softmax", name="out")(L.Flatten()(x)))
+    zero_smallest_half(model)
+    with pytest.raises(UserError, match=r"pqat: layer 'scale' \(Rescaling\) is not supported by TFMOT's "
+                                        r"Default8BitPrunePreserveQuantizeScheme: PQAT quantizes every layer"):
+        quantization.pqat(model, qat_cfg(epochs=100), data, data, batch_size=BATCH)
+
+
+def test_quantize_needs_a_layer_selection(data):
+    cfg = qat_cfg()
+    del cfg["layers"]
+    with pytest.raises(UserError, match=r"quantize.layers is not set"):
+        quantization.quantize_aware(firenet_like(), cfg, data, data, batch_size=BATCH)
+
+
+def test_pqat_refuses_a_model_without_zeros(data):
+    with pytest.raises(UserError, match=r"pqat: no kernel of model .* holds a zero"):
+        quantization.pqat(firenet_like(), qat_cfg(), data, data, batch_size=BATCH)
+
+
+def test_pqat_reports_sparsity_before_after_and_drift(pqat_result):
+    pruned, result = pqat_result
+    assert result.pruned_layers == ["conv", "fc", "out"]
+    assert result.sparsity_before == weights.sparsity_report(pruned, result.pruned_layers)
+    assert result.sparsity_before["overall"] == pytest.approx(0.5, abs=0.02)
+    for name in result.pruned_layers:
+        change = result.sparsity_after["layers"][name] - result.sparsity_before["layers"][name]
+        assert result.drift["layers"][name] == pytest.approx(change)
+    assert result.drift["overall"] == pytest.approx(
+        result.sparsity_after["overall"] - result.sparsity_before["overall"])
+    # The prune-preserving quantizer masks the kernels, so pruned weights get no gradient and stay 0.
+    assert result.drift["overall"] == pytest.approx(0.0, abs=1e-9)
+    assert {"conv", "fc", "out"} <= wrapped_names(result.model)
+
+
+def convert_int8(model):
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    return converter.convert()
+
+
+def run_one(tflite: bytes, x: np.ndarray):
+    interpreter = Interpreter(model_content=tflite)
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(interpreter.get_input_details()[0]["index"], x[:1])
+    interpreter.invoke()
+    output = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+    return interpreter, output
+
+
+def int8_weight(interpreter, shape):
+    """The int8 tensor holding a kernel, by its TFLite shape (Dense: [out, in])."""
+    found = [d for d in interpreter.get_tensor_details()
+             if d["dtype"] == np.int8 and tuple(d["shape"]) == shape]
+    assert found, f"no int8 tensor of shape {shape}"
+    return interpreter.get_tensor(found[0]["index"])
+
+
+@pytest.mark.parametrize("which", ["qat", "pqat"])
+def test_trained_model_round_trips_and_converts_to_int8(qat_results, pqat_result, data, tmp_path, which):
+    model = qat_results[2]["all"].model if which == "qat" else pqat_result[1].model
+    model_io.save_model(model, tmp_path / "model.keras")
+    loaded = model_io.load_model(tmp_path / "model.keras")
+    np.testing.assert_allclose(loaded.predict(data[0][:4], verbose=0), model.predict(data[0][:4], verbose=0),
+                               atol=1e-6)
+    interpreter, output = run_one(convert_int8(loaded), data[0])
+    assert output.shape == (1, 3) and np.isclose(output.sum(), 1.0, atol=0.02)
+    fc = int8_weight(interpreter, (16, 36))
+    if which == "pqat":
+        # The zeros PQAT kept in the float kernel are still zeros in the int8 file.
+        float_zeros = int(np.count_nonzero(weights.kernels(loaded)["fc"] == 0))
+        assert np.count_nonzero(fc == 0) >= float_zeros > 0
