@@ -1,0 +1,661 @@
+"""The files a researcher reads after a compression study: a CSV of every figure, headline metrics for DVC,
+plots, and a markdown report tying them together.
+
+Input is the list of result rows the evaluation stage builds, one per evaluated .tflite file (keys in
+`BASE_COLUMNS` plus the per-thread latency keys). A row whose `error` is set could not be evaluated: it is
+listed as failed and never drawn or tabulated. Any other figure may be None (a measurement that was skipped
+or failed on its own) and is then left out of plots and shown as a dash in tables.
+
+Pure Python, pandas and matplotlib: this module must not import TensorFlow, so the report can be rebuilt
+(and tested) without it. Figures are built on `matplotlib.figure.Figure` directly rather than through pyplot:
+no GUI backend is ever touched (headless machines, CI) and no global figure state leaks between calls.
+"""
+
+import csv
+import io
+import math
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib import colormaps
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import FuncFormatter
+
+from compresslab.errors import UserError
+from compresslab.metrics import pareto_front
+from compresslab.outputs import write_text_atomically
+
+# Column order of variants.csv; the per-thread latency columns go in after `macs`, the unknown keys last.
+BASE_COLUMNS = (
+    "variant", "mode", "file", "accuracy", "macro_precision", "macro_recall", "macro_f1", "positive_class",
+    "positive_precision", "positive_recall", "positive_f1", "file_bytes", "gzip_bytes", "parameters",
+    "nonzero_parameters", "sparsity", "macs",
+)
+TAIL_COLUMNS = ("peak_rss_mb", "model_rss_mb", "gzip_ratio", "latency_ratio", "accuracy_delta_pp", "error")
+THREAD_METRICS = ("latency_median_ms", "latency_p90_ms", "latency_mean_ms", "latency_std_ms", "fps")
+_THREAD_KEY = re.compile(r"^latency_median_ms_t(\d+)$")
+
+# Reading order of the study (each variant builds on the ones before); names not listed sort after, by name.
+VARIANT_ORDER = ("baseline", "pruned", "qat", "pqat", "clustered", "cqat", "pcqat")
+MODE_ORDER = ("float32", "dynamic", "float16", "int8")
+MODE_MARKERS = {"float32": "o", "dynamic": "s", "float16": "^", "int8": "D"}
+_SPARE_MARKERS = ("v", "P", "X", "*", "h", "<", ">")
+
+DPI = 150
+TRADEOFF_SIZE = (9.0, 5.5)   # inches; at DPI this gives the pixel size the tests check
+HISTORY_SIZE = (11.0, 4.5)
+PLOT_WIDTH = 9.0
+KB = 1024.0
+DASH = "—"
+
+
+# ----------------------------------------------------------------------------------------------- CSV
+
+def write_variants_csv(rows: Sequence[Mapping], path: str | Path) -> Path:
+    """Every figure of every evaluated file, one CSV row per file, numbers unrounded.
+
+    Args:
+      rows: result rows (see the module docstring).
+      path: the CSV to write (atomically: a killed stage never leaves half a file).
+
+    Returns:
+      The path written. Columns follow `csv_columns`; None and NaN become empty cells; floats are written
+      with repr, so reading the file back gives the same numbers.
+    """
+    columns = csv_columns(rows)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(columns)
+    for row in rows:
+        writer.writerow([_csv_cell(row.get(column)) for column in columns])
+    write_text_atomically(path, buffer.getvalue())
+    return Path(path)
+
+
+def csv_columns(rows: Sequence[Mapping]) -> list[str]:
+    """Stable column order: BASE_COLUMNS, per-thread latency keys by thread count, TAIL_COLUMNS, then any
+    other key in the order first seen."""
+    threads = thread_counts(rows)
+    columns = [*BASE_COLUMNS, *(f"{metric}_t{n}" for n in threads for metric in THREAD_METRICS), *TAIL_COLUMNS]
+    known = set(columns)
+    extras = [key for row in rows for key in row if key not in known]
+    return columns + list(dict.fromkeys(extras))
+
+
+def thread_counts(rows: Sequence[Mapping]) -> list[int]:
+    """The thread counts the rows hold a median latency key for, ascending."""
+    found = {int(match.group(1)) for row in rows for key in row if (match := _THREAD_KEY.match(key))}
+    return sorted(found)
+
+
+def _csv_cell(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, (bool, np.bool_)):
+        return str(bool(value))
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    if isinstance(value, (float, np.floating)):
+        return "" if math.isnan(value) else repr(float(value))
+    return str(value)
+
+
+# ----------------------------------------------------------------------------------------- metrics.json
+
+def headline_metrics(rows: Sequence[Mapping]) -> dict:
+    """The DVC metrics for reports/metrics.json, nested {variant: {mode: {...}}}.
+
+    Rounded so `dvc exp show` columns stay readable: accuracy, ratios, sparsity and latency to 4
+    significant digits, bytes to ints, accuracy_delta_pp to 0.01 pp (the resolution of a 4-digit
+    accuracy). Figures that are None or NaN are left out rather than written as null.
+
+    Args:
+      rows: result rows.
+
+    Returns:
+      {variant: {mode: {accuracy, gzip_bytes, gzip_ratio, sparsity, latency_median_ms_t<n> for every
+      thread count, accuracy_delta_pp}}}, plus 'failed': ['variant-mode', ...] when any row has an error.
+    """
+    latency_keys = [f"latency_median_ms_t{n}" for n in thread_counts(rows)]
+    rounders = {"accuracy": _significant, "gzip_bytes": _whole, "gzip_ratio": _significant,
+                "sparsity": _significant, **{key: _significant for key in latency_keys},
+                "accuracy_delta_pp": _hundredths}
+    metrics: dict = {}
+    failed = []
+    for row in rows:
+        if _failed(row):
+            failed.append(label(row))
+            continue
+        figures = {}
+        for key, rounder in rounders.items():
+            value = _number(row.get(key))
+            if value is not None:
+                figures[key] = rounder(value)
+        metrics.setdefault(str(row["variant"]), {})[str(row["mode"])] = figures
+    if failed:
+        metrics["failed"] = failed
+    return metrics
+
+
+def _significant(value: float, digits: int = 4) -> float:
+    if value == 0 or math.isinf(value):
+        return float(value)
+    return round(value, digits - 1 - math.floor(math.log10(abs(value))))
+
+
+def _whole(value: float) -> int:
+    return int(round(value))
+
+
+def _hundredths(value: float) -> float:
+    return round(value, 2)
+
+
+# ------------------------------------------------------------------------------------------ plots
+
+def plot_tradeoff(rows: Sequence[Mapping], path: str | Path) -> Path:
+    """Accuracy (%) against gzipped size (KB), with the Pareto front as a step line.
+
+    One point per evaluated file: colour per variant, marker per mode. The size axis is logarithmic when
+    the sizes span more than 10x. Points on the front (nothing both smaller and more accurate) are
+    labelled `variant-mode`; the step line shows the best accuracy reachable within each size budget.
+
+    Args:
+      rows: result rows; rows without gzip_bytes or accuracy are not drawn.
+      path: the PNG to write.
+
+    Returns:
+      The path written.
+    """
+    # A zero or missing size has no place on a (possibly log) size axis.
+    points = [row for row in _drawable(rows) if (_number(row.get("gzip_bytes")) or 0) > 0 and
+              _number(row.get("accuracy")) is not None]
+    fig = Figure(figsize=TRADEOFF_SIZE, dpi=DPI, layout="constrained")
+    ax = fig.add_subplot()
+    if not points:
+        _no_data(ax, "no file has both a size and an accuracy")
+        return _save(fig, path)
+    sizes = np.array([_number(row["gzip_bytes"]) / KB for row in points])
+    accuracy = np.array([_number(row["accuracy"]) * 100 for row in points])
+    colours = _variant_colours(points)
+    markers = _mode_markers(points)
+    for row, x, y in zip(points, sizes, accuracy):
+        ax.scatter(x, y, s=60, color=colours[row["variant"]], marker=markers[row["mode"]],
+                   edgecolors="black", linewidths=0.5, zorder=3)
+    _draw_front(ax, points, sizes, accuracy)
+    if sizes.max() / sizes.min() > 10:
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    ax.set_xlabel("gzipped size (KB, smaller is better)")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title("Accuracy vs. size")
+    ax.grid(True, which="both", alpha=0.3)
+    _tradeoff_legends(ax, colours, markers)
+    return _save(fig, path)
+
+
+def _draw_front(ax, points: list[Mapping], sizes: np.ndarray, accuracy: np.ndarray) -> None:
+    on_front = pareto_front(list(zip(sizes, accuracy)))
+    front = sorted((x, y, label(row)) for row, x, y, keep in zip(points, sizes, accuracy, on_front) if keep)
+    xs = [x for x, _, _ in front] + [sizes.max()]
+    ys = [y for _, y, _ in front] + [front[-1][1]]
+    # 'post': past each front point its accuracy holds until a larger file buys more.
+    ax.step(xs, ys, where="post", color="grey", linestyle="--", linewidth=1.2, zorder=2)
+    for x, y, name in front:
+        ax.annotate(name, (x, y), xytext=(6, 6), textcoords="offset points", fontsize=8)
+
+
+def _tradeoff_legends(ax, colours: dict[str, tuple], markers: dict[str, str]) -> None:
+    variant_handles = [Line2D([], [], linestyle="", marker="o", color=colour, markeredgecolor="black",
+                              label=name) for name, colour in colours.items()]
+    mode_handles = [Line2D([], [], linestyle="", marker=marker, color="lightgrey", markeredgecolor="black",
+                           label=name) for name, marker in markers.items()]
+    front_handle = [Line2D([], [], color="grey", linestyle="--", label="Pareto front")]
+    variants = ax.legend(handles=variant_handles, title="variant", loc="upper left", bbox_to_anchor=(1.01, 1),
+                         fontsize=8, title_fontsize=9)
+    ax.add_artist(variants)
+    ax.legend(handles=mode_handles + front_handle, title="mode", loc="lower left", bbox_to_anchor=(1.01, 0),
+              fontsize=8, title_fontsize=9)
+
+
+def plot_latency(rows: Sequence[Mapping], path: str | Path) -> Path:
+    """Median latency per file and thread count as grouped horizontal bars, p90 as whiskers.
+
+    Files run top to bottom by variant then mode (VARIANT_ORDER, MODE_ORDER); one bar per thread count,
+    labelled with its median. A missing median draws no bar, a missing p90 no whisker.
+
+    Args:
+      rows: result rows.
+      path: the PNG to write.
+
+    Returns:
+      The path written.
+    """
+    threads = thread_counts(rows)
+    files = [row for row in sort_rows(_drawable(rows))
+             if any(_number(row.get(f"latency_median_ms_t{n}")) is not None for n in threads)]
+    height = max(3.0, 1.2 + 0.28 * max(1, len(files)) * max(1, len(threads)))
+    fig = Figure(figsize=(PLOT_WIDTH, height), dpi=DPI, layout="constrained")
+    ax = fig.add_subplot()
+    if not files:
+        _no_data(ax, "no latency was measured")
+        return _save(fig, path)
+    bar = 0.8 / len(threads)
+    colours = _palette(len(threads), "viridis")
+    longest = 0.0
+    for j, n in enumerate(threads):
+        for i, row in enumerate(files):
+            median = _number(row.get(f"latency_median_ms_t{n}"))
+            if median is None:
+                continue
+            y = i - 0.4 + (j + 0.5) * bar
+            ax.barh(y, median, height=bar * 0.9, color=colours[j], label=f"{n} thread{'s' * (n > 1)}"
+                    if i == _first_with(files, n) else None)
+            p90 = _number(row.get(f"latency_p90_ms_t{n}"))
+            end = median
+            if p90 is not None and p90 >= median:
+                ax.errorbar(median, y, xerr=[[0], [p90 - median]], fmt="none", ecolor="black", capsize=2,
+                            linewidth=0.8)
+                end = p90
+            ax.annotate(_ms(median), (end, y), xytext=(3, 0), textcoords="offset points", va="center",
+                        fontsize=7)
+            longest = max(longest, end)
+    ax.set_yticks(range(len(files)), [label(row) for row in files])
+    ax.invert_yaxis()
+    ax.set_xlim(0, longest * 1.15)
+    ax.set_xlabel("median latency per inference (ms); whisker: p90")
+    ax.set_title("Latency by file and thread count")
+    ax.grid(True, axis="x", alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    return _save(fig, path)
+
+
+def _first_with(files: list[Mapping], n: int) -> int:
+    """Index of the first file with a median at n threads: the bar that carries the legend label."""
+    return next(i for i, row in enumerate(files) if _number(row.get(f"latency_median_ms_t{n}")) is not None)
+
+
+def plot_confusion(confusion: Mapping, title: str, path: str | Path) -> Path:
+    """Confusion matrix as a heatmap with the count written in each cell.
+
+    Args:
+      confusion: {'class_names': [...], 'matrix': [[...]]}, rows = true class, columns = predicted.
+      title: the figure title (e.g. 'baseline-float32').
+      path: the PNG to write.
+
+    Returns:
+      The path written.
+    """
+    names = [str(name) for name in confusion["class_names"]]
+    matrix = np.asarray(confusion["matrix"], dtype=float)
+    if matrix.shape != (len(names), len(names)):
+        raise UserError(f"confusion matrix for {title!r} has shape {matrix.shape} but {len(names)} class "
+                        f"names: it must be square with one row and column per class")
+    side = max(4.5, 1.5 + 0.6 * len(names))
+    fig = Figure(figsize=(side + 1.0, side), dpi=DPI, layout="constrained")
+    ax = fig.add_subplot()
+    image = ax.imshow(matrix, cmap="Blues", vmin=0)
+    fig.colorbar(image, ax=ax, shrink=0.8, label="samples")
+    fontsize = 9 if len(names) <= 10 else 6
+    threshold = matrix.max() / 2 if matrix.size else 0
+    for (i, j), count in np.ndenumerate(matrix):
+        ax.text(j, i, f"{count:g}", ha="center", va="center", fontsize=fontsize,
+                color="white" if count > threshold else "black")
+    ticks = range(len(names))
+    slanted = len(names) > 3   # long names collide when written flat under more than three columns
+    ax.set_xticks(ticks, names, rotation=45 if slanted else 0, ha="right" if slanted else "center",
+                  fontsize=fontsize)
+    ax.set_yticks(ticks, names, fontsize=fontsize)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    return _save(fig, path)
+
+
+def plot_history(history_csvs: Mapping[str, str | Path], path: str | Path) -> Path:
+    """Training and fine-tuning curves: validation accuracy and loss per epoch, one line per stage.
+
+    Each stage trains from its own epoch 1, so the curves share the epoch axis. A missing file is skipped;
+    a history without validation columns falls back to the training ones (marked 'train' in the legend).
+
+    Args:
+      history_csvs: {stage name: history CSV with an `epoch` column and accuracy/val_accuracy/loss/val_loss}.
+      path: the PNG to write (a placeholder saying so when no history exists, so the output always exists).
+
+    Returns:
+      The path written.
+    """
+    fig = Figure(figsize=HISTORY_SIZE, dpi=DPI, layout="constrained")
+    acc_ax, loss_ax = fig.subplots(1, 2)
+    drawn = 0
+    for stage, csv_path in history_csvs.items():
+        if not Path(csv_path).is_file():
+            continue
+        history = pd.read_csv(csv_path)
+        epochs = history["epoch"] if "epoch" in history else pd.Series(range(1, len(history) + 1))
+        drawn += _history_line(acc_ax, history, epochs, stage, "accuracy", scale=100)
+        _history_line(loss_ax, history, epochs, stage, "loss", scale=1)
+    if not drawn:
+        _no_data(acc_ax, "no training history found")
+        loss_ax.set_axis_off()
+        return _save(fig, path)
+    acc_ax.set_ylabel("validation accuracy (%)")
+    loss_ax.set_ylabel("validation loss")
+    for ax in (acc_ax, loss_ax):
+        ax.set_xlabel("epoch")
+        ax.grid(True, alpha=0.3)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    acc_ax.legend(fontsize=8)
+    fig.suptitle("Training and fine-tuning")
+    return _save(fig, path)
+
+
+def _history_line(ax, history: pd.DataFrame, epochs: pd.Series, stage: str, metric: str, scale: float) -> bool:
+    for column, suffix in ((f"val_{metric}", ""), (metric, " (train)")):
+        if column in history:
+            ax.plot(epochs, history[column] * scale, marker="o", markersize=3, label=f"{stage}{suffix}")
+            return True
+    return False
+
+
+# ----------------------------------------------------------------------------------- dvc plots data
+
+def write_plot_data(rows: Sequence[Mapping], out_dir: str | Path) -> list[Path]:
+    """The CSVs `dvc plots` draws: tradeoff.csv and latency.csv in out_dir.
+
+    tradeoff.csv: label, variant, mode, gzip_kb, accuracy (a fraction, like metrics.json), one line per
+    file with both figures. latency.csv, long format: label, threads, median_ms, one line per file and
+    thread count with a median. Failed rows and missing figures are left out.
+
+    Args:
+      rows: result rows.
+      out_dir: folder to write into (created).
+
+    Returns:
+      The two paths written.
+    """
+    out_dir = Path(out_dir)
+    drawable = sort_rows(_drawable(rows))
+    threads = thread_counts(rows)
+    tradeoff = [{"label": label(row), "variant": row["variant"], "mode": row["mode"],
+                 "gzip_kb": _number(row.get("gzip_bytes")) / KB, "accuracy": _number(row.get("accuracy"))}
+                for row in drawable
+                if _number(row.get("gzip_bytes")) is not None and _number(row.get("accuracy")) is not None]
+    latency = [{"label": label(row), "threads": n, "median_ms": _number(row.get(f"latency_median_ms_t{n}"))}
+               for row in drawable for n in threads
+               if _number(row.get(f"latency_median_ms_t{n}")) is not None]
+    tradeoff_columns = ["label", "variant", "mode", "gzip_kb", "accuracy"]
+    return [_write_frame(tradeoff, tradeoff_columns, out_dir / "tradeoff.csv"),
+            _write_frame(latency, ["label", "threads", "median_ms"], out_dir / "latency.csv")]
+
+
+def write_confusion_samples(y_true: Sequence[int], y_pred: Sequence[int], class_names: Sequence[str],
+                            path: str | Path) -> Path:
+    """One line per test sample with its actual and predicted class names: DVC's confusion template input.
+
+    Args:
+      y_true: int labels, indices into class_names.
+      y_pred: int predictions, same length.
+      class_names: class names in label order.
+      path: the CSV to write (columns actual, predicted).
+
+    Returns:
+      The path written.
+    """
+    names = [str(name) for name in class_names]
+    true, pred = _class_indices(y_true, names, "y_true"), _class_indices(y_pred, names, "y_pred")
+    if len(true) != len(pred):
+        raise UserError(f"y_true has {len(true)} labels but y_pred has {len(pred)}: pass the predictions for "
+                        f"the same samples")
+    samples = [{"actual": names[t], "predicted": names[p]} for t, p in zip(true, pred)]
+    return _write_frame(samples, ["actual", "predicted"], path)
+
+
+def _class_indices(values: Sequence[int], names: list[str], what: str) -> list[int]:
+    array = np.asarray(values)
+    if array.ndim != 1 or (array.size and not np.issubdtype(array.dtype, np.integer)):
+        raise UserError(f"{what} must be a 1-D list of integer class indices, got dtype {array.dtype} and "
+                        f"shape {array.shape}")
+    if array.size and (array.min() < 0 or array.max() >= len(names)):
+        raise UserError(f"{what} holds labels outside 0..{len(names) - 1}: class_names lists {len(names)} "
+                        f"classes")
+    return array.tolist()
+
+
+def _write_frame(records: list[dict], columns: list[str], path: Path) -> Path:
+    text = pd.DataFrame(records, columns=columns).to_csv(index=False, lineterminator="\n")
+    write_text_atomically(path, text)
+    return Path(path)
+
+
+# ------------------------------------------------------------------------------------------- report
+
+def write_report(rows: Sequence[Mapping], confusions: Mapping[str, Mapping], out_dir: str | Path, *,
+                 title: str, config_summary: Mapping, notes: Sequence[str] = ()) -> Path:
+    """Write out_dir/report.md with its plots in out_dir/plots/.
+
+    Sections: the title, the configuration summary, the results table (one line per evaluated file, by
+    variant then mode), the failed files with their reasons, the notes, then the plots: accuracy vs. size,
+    latency, and one confusion matrix per entry of `confusions`. Nothing time-dependent is written, so an
+    unchanged study reproduces the same report.
+
+    Args:
+      rows: result rows.
+      confusions: {'variant-mode': {'class_names': [...], 'matrix': [[...]]}}.
+      out_dir: the report folder (created).
+      title: the report's heading.
+      config_summary: {knob: value} worth stating (model, data, the compression settings); nested
+        mappings are written as `key=value` lists.
+      notes: free-text remarks, written as a bullet list.
+
+    Returns:
+      The path of report.md.
+    """
+    out_dir = Path(out_dir)
+    plots = _write_report_plots(rows, confusions, out_dir / "plots")
+    parts = [f"# {title}", _config_section(config_summary), _results_section(rows), _failed_section(rows),
+             _notes_section(notes), _plots_section(plots)]
+    path = out_dir / "report.md"
+    write_text_atomically(path, "\n\n".join(part for part in parts if part) + "\n")
+    return path
+
+
+def results_table(rows: Sequence[Mapping]) -> str:
+    """The main table as GitHub markdown with padded, aligned columns (readable as plain text too)."""
+    threads = thread_counts(rows)
+    fps_threads = 1 if 1 in threads else (threads[0] if threads else None)
+    columns = [("variant", False), ("mode", False), ("acc %", True), ("Δacc pp", True), ("gzip KB", True),
+               ("×smaller", True), ("sparsity %", True), ("MACs", True),
+               *((f"ms t{n}", True) for n in threads),
+               *(((f"FPS t{fps_threads}", True),) if fps_threads is not None else ()), ("peak MB", True)]
+    body = [_table_cells(row, threads, fps_threads) for row in sort_rows(_drawable(rows))]
+    return _markdown_table(columns, body)
+
+
+def _table_cells(row: Mapping, threads: list[int], fps_threads: int | None) -> list[str]:
+    gzip_ratio = _number(row.get("gzip_ratio"))
+    cells = [str(row["variant"]), str(row["mode"]),
+             _fmt(row.get("accuracy"), "{:.2f}", scale=100),
+             _fmt(row.get("accuracy_delta_pp"), "{:+.2f}"),
+             _fmt(row.get("gzip_bytes"), "{:.1f}", scale=1 / KB),
+             _fmt(1 / gzip_ratio if gzip_ratio else None, "{:.2f}×"),
+             _fmt(row.get("sparsity"), "{:.1f}", scale=100),
+             _count(row.get("macs")),
+             *(_ms(row.get(f"latency_median_ms_t{n}")) for n in threads)]
+    if fps_threads is not None:
+        cells.append(_fmt(row.get(f"fps_t{fps_threads}"), "{:.1f}"))
+    cells.append(_fmt(row.get("peak_rss_mb"), "{:.1f}"))
+    return cells
+
+
+def _markdown_table(columns: list[tuple[str, bool]], body: list[list[str]]) -> str:
+    cells = [[cell.replace("|", "\\|") for cell in line] for line in body]
+    widths = [max(3, len(name), *(len(line[k]) for line in cells)) for k, (name, _) in enumerate(columns)]
+
+    def line(values: Iterable[str]) -> str:
+        padded = (value.rjust(width) if right else value.ljust(width)
+                  for value, width, (_, right) in zip(values, widths, columns))
+        return "| " + " | ".join(padded) + " |"
+
+    rule = "|" + "|".join(("-" * (width + 1) + ":") if right else ("-" * (width + 2))
+                          for width, (_, right) in zip(widths, columns)) + "|"
+    return "\n".join([line(name for name, _ in columns), rule, *(line(values) for values in cells)])
+
+
+def _config_section(config_summary: Mapping) -> str:
+    if not config_summary:
+        return ""
+    lines = [f"- **{key}**: {_config_value(value)}" for key, value in config_summary.items()]
+    return "## Configuration\n\n" + "\n".join(lines)
+
+
+def _config_value(value) -> str:
+    if isinstance(value, Mapping):
+        return ", ".join(f"{key}={_config_value(item)}" for key, item in value.items())
+    if isinstance(value, Iterable) and not isinstance(value, (str, bytes)):
+        return "[" + ", ".join(_config_value(item) for item in value) + "]"
+    return str(value)
+
+
+def _results_section(rows: Sequence[Mapping]) -> str:
+    legend = ("acc: test accuracy; Δacc: percentage points vs. baseline-float32; gzip KB: gzipped .tflite "
+              "size; ×smaller: baseline size / this size; ms tN: median latency of one inference at N "
+              "threads; FPS: 1000 / median ms; peak MB: peak memory of a process running the file. "
+              f"{DASH} = not measured.")
+    return f"## Results\n\n{results_table(rows)}\n\n{legend}"
+
+
+def _failed_section(rows: Sequence[Mapping]) -> str:
+    failed = [row for row in rows if _failed(row)]
+    if not failed:
+        return ""
+    lines = [f"- **{label(row)}** (`{row.get('file') or '?'}`): {_one_line(row['error'])}" for row in failed]
+    return "## Failed\n\n" + "\n".join(lines)
+
+
+def _notes_section(notes: Sequence[str]) -> str:
+    if not notes:
+        return ""
+    return "## Notes\n\n" + "\n".join(f"- {_one_line(note)}" for note in notes)
+
+
+def _plots_section(plots: list[tuple[str, str]]) -> str:
+    return "## Plots\n\n" + "\n\n".join(f"### {caption}\n\n![{caption}]({link})" for caption, link in plots)
+
+
+def _write_report_plots(rows: Sequence[Mapping], confusions: Mapping[str, Mapping],
+                        plot_dir: Path) -> list[tuple[str, str]]:
+    """Draw every plot of the report; returns (caption, link relative to report.md) pairs in order."""
+    plots = [("Accuracy vs. size", plot_tradeoff(rows, plot_dir / "tradeoff.png")),
+             ("Latency", plot_latency(rows, plot_dir / "latency.png"))]
+    for name in _confusion_order(rows, confusions):
+        file_name = "confusion_" + re.sub(r"[^A-Za-z0-9_.-]+", "_", name) + ".png"
+        path = plot_confusion(confusions[name], name, plot_dir / file_name)
+        plots.append((f"Confusion matrix: {name}", path))
+    return [(caption, f"plots/{path.name}") for caption, path in plots]
+
+
+def _confusion_order(rows: Sequence[Mapping], confusions: Mapping[str, Mapping]) -> list[str]:
+    ordered = [label(row) for row in sort_rows(rows) if label(row) in confusions]
+    return list(dict.fromkeys(ordered)) + sorted(set(confusions) - set(ordered))
+
+
+# ------------------------------------------------------------------------------------------ helpers
+
+def label(row: Mapping) -> str:
+    """The 'variant-mode' name of a row, as used in metrics.json, plots and `confusions`."""
+    return f"{row['variant']}-{row['mode']}"
+
+
+def sort_rows(rows: Iterable[Mapping]) -> list[Mapping]:
+    """Rows by variant (VARIANT_ORDER, then others by name), then mode (MODE_ORDER, then others by name)."""
+    def rank(name, order):
+        return (order.index(name), "") if name in order else (len(order), str(name))
+    return sorted(rows, key=lambda row: (rank(row["variant"], VARIANT_ORDER), rank(row["mode"], MODE_ORDER)))
+
+
+def _failed(row: Mapping) -> bool:
+    return bool(row.get("error"))
+
+
+def _drawable(rows: Iterable[Mapping]) -> list[Mapping]:
+    return [row for row in rows if not _failed(row)]
+
+
+def _number(value) -> float | None:
+    """A finite-or-infinite float, or None for None, NaN and values that are not numbers."""
+    if value is None or isinstance(value, (str, bytes)):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(number) else number
+
+
+def _fmt(value, pattern: str, scale: float = 1.0) -> str:
+    number = _number(value)
+    return DASH if number is None else pattern.format(number * scale)
+
+
+def _ms(value) -> str:
+    """A latency with 3 significant digits but fixed decimals per magnitude, so a column lines up."""
+    number = _number(value)
+    if number is None:
+        return DASH
+    decimals = 0 if abs(number) >= 100 else 1 if abs(number) >= 10 else 2
+    return f"{number:.{decimals}f}"
+
+
+def _count(value) -> str:
+    """A large count in k/M/G (3 significant digits) so the MACs column stays narrow."""
+    number = _number(value)
+    if number is None:
+        return DASH
+    for factor, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(number) >= factor:
+            return f"{number / factor:.3g}{suffix}"
+    return f"{number:.0f}"
+
+
+def _one_line(text) -> str:
+    return " ".join(str(text).split())
+
+
+def _variant_colours(rows: list[Mapping]) -> dict[str, tuple]:
+    variants = list(dict.fromkeys(row["variant"] for row in sort_rows(rows)))
+    palette = _palette(len(variants), "tab10" if len(variants) <= 10 else "tab20")
+    return dict(zip(variants, palette))
+
+
+def _mode_markers(rows: list[Mapping]) -> dict[str, str]:
+    modes = list(dict.fromkeys(row["mode"] for row in sort_rows(rows)))
+    spare = iter(_SPARE_MARKERS * (len(modes) // len(_SPARE_MARKERS) + 1))
+    return {mode: MODE_MARKERS.get(mode) or next(spare) for mode in modes}
+
+
+def _palette(n: int, name: str) -> list[tuple]:
+    cmap = colormaps[name]
+    if name.startswith("tab"):
+        return [cmap(i % cmap.N) for i in range(n)]
+    # Continuous maps: stay off the pale end so every bar is visible on white.
+    return [cmap(x) for x in np.linspace(0.15, 0.75, n)] if n > 1 else [cmap(0.35)]
+
+
+def _no_data(ax, message: str) -> None:
+    ax.text(0.5, 0.5, message, ha="center", va="center", fontsize=12, transform=ax.transAxes)
+    ax.set_axis_off()
+
+
+def _save(fig: Figure, path: str | Path) -> Path:
+    """Save as PNG atomically (temp file + rename), like every other stage output."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    fig.savefig(partial, format="png", dpi=DPI)
+    partial.replace(path)
+    return path

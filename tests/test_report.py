@@ -1,0 +1,208 @@
+"""Report files from hand-made result rows: CSV round trip, headline metrics, plots, report.md."""
+
+import json
+import math
+import subprocess
+import sys
+
+import matplotlib.image
+import pandas as pd
+import pytest
+
+from compresslab.errors import UserError
+from compresslab.report import (DPI, TRADEOFF_SIZE, csv_columns, headline_metrics, plot_confusion,
+                                plot_history, plot_latency, plot_tradeoff, write_confusion_samples,
+                                write_plot_data, write_report, write_variants_csv)
+
+THREADS = (1, 4)
+CLASSES = ["cat", "dog", "fox"]
+
+
+def make_row(variant, mode, accuracy, gzip_bytes, median_t1, median_t4, sparsity=0.0, error=None):
+    """A full result row with made-up but self-consistent figures (baseline gzip 200 000 bytes, acc 0.9)."""
+    row = {"variant": variant, "mode": mode, "file": f"models/tflite/{variant}-{mode}.tflite",
+           "accuracy": accuracy, "macro_precision": accuracy, "macro_recall": accuracy, "macro_f1": accuracy,
+           "positive_class": None, "positive_precision": None, "positive_recall": None, "positive_f1": None,
+           "file_bytes": gzip_bytes and gzip_bytes * 2, "gzip_bytes": gzip_bytes, "parameters": 50_000,
+           "nonzero_parameters": int(50_000 * (1 - sparsity)), "sparsity": sparsity, "macs": 1_234_567}
+    for n, median in zip(THREADS, (median_t1, median_t4)):
+        row.update({f"latency_median_ms_t{n}": median, f"latency_p90_ms_t{n}": median and median * 1.2,
+                    f"latency_mean_ms_t{n}": median and median * 1.05, f"latency_std_ms_t{n}": median and 0.1,
+                    f"fps_t{n}": median and 1000 / median})
+    row.update({"peak_rss_mb": 41.5, "model_rss_mb": None if error else 1.25,
+                "gzip_ratio": gzip_bytes and gzip_bytes / 200_000,
+                "latency_ratio": median_t1 and median_t1 / 2.0,
+                "accuracy_delta_pp": None if accuracy is None else (accuracy - 0.9) * 100, "error": error})
+    if error:
+        row.update({key: None for key in row if key not in ("variant", "mode", "file", "error")})
+    return row
+
+
+@pytest.fixture
+def rows():
+    return [
+        make_row("baseline", "float32", 0.9, 200_000, 2.0, 0.9),
+        make_row("baseline", "int8", 0.8912345, 52_000, 1.1234567, 0.5),
+        make_row("pruned", "float32", 0.88, 90_000, 2.0, None, sparsity=0.8),   # t4 latency missing
+        make_row("pruned", "int8", 0.87, 15_000, 1.0, 0.45, sparsity=0.8),
+        make_row("qat", "int8", 0.905, 51_000, 1.05, 0.48),
+        make_row("clustered", "int8", None, None, None, None, error="conversion failed: unsupported op\nX"),
+    ]
+
+
+@pytest.fixture
+def confusions():
+    return {"baseline-float32": {"class_names": CLASSES, "matrix": [[9, 1, 0], [2, 7, 1], [0, 0, 10]]},
+            "pruned-int8": {"class_names": CLASSES, "matrix": [[8, 2, 0], [1, 8, 1], [1, 0, 9]]}}
+
+
+def check_png(path, shape=None, min_bytes=5_000):
+    assert path.is_file() and path.stat().st_size > min_bytes
+    assert not path.with_name(path.name + ".partial").exists()
+    image = matplotlib.image.imread(path)
+    assert image.ndim == 3 and image.shape[2] == 4
+    if shape is not None:
+        assert image.shape[:2] == shape
+    return image
+
+
+def test_module_does_not_import_tensorflow():
+    code = "import sys, compresslab.report; sys.exit('tensorflow' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_variants_csv_round_trips_every_key_in_stable_order(rows, tmp_path):
+    path = write_variants_csv(rows, tmp_path / "variants.csv")
+    table = pd.read_csv(path)
+    columns = csv_columns(rows)
+    assert list(table.columns) == columns
+    assert columns[:3] == ["variant", "mode", "file"] and columns[-1] == "error"
+    assert columns.index("macs") + 1 == columns.index("latency_median_ms_t1")
+    assert columns.index("fps_t4") + 1 == columns.index("peak_rss_mb")
+    assert set(columns) == set(rows[0])
+    assert len(table) == len(rows)
+    # Unrounded: repr floats read back exactly.
+    assert table.loc[1, "accuracy"] == 0.8912345
+    assert table.loc[1, "latency_median_ms_t1"] == 1.1234567
+    assert math.isnan(table.loc[2, "latency_median_ms_t4"])
+    assert table.loc[5, "error"].startswith("conversion failed")
+    assert table["error"].isna().sum() == 5
+    # Ints stay ints in the text even in a column that has a missing value.
+    assert ",200000," in path.read_text().splitlines()[1]
+
+
+def test_variants_csv_keeps_unknown_keys_at_the_end(rows, tmp_path):
+    rows[0]["converter"] = "2.21"
+    table = pd.read_csv(write_variants_csv(rows, tmp_path / "v.csv"))
+    assert list(table.columns)[-1] == "converter"
+    assert table.loc[0, "converter"] == 2.21 and table["converter"].isna().sum() == len(rows) - 1
+
+
+def test_headline_metrics_structure_and_rounding(rows):
+    metrics = headline_metrics(rows)
+    assert set(metrics) == {"baseline", "pruned", "qat", "failed"}
+    assert metrics["failed"] == ["clustered-int8"]
+    assert set(metrics["baseline"]) == {"float32", "int8"}
+    int8 = metrics["baseline"]["int8"]
+    assert set(int8) == {"accuracy", "gzip_bytes", "gzip_ratio", "sparsity", "latency_median_ms_t1",
+                         "latency_median_ms_t4", "accuracy_delta_pp"}
+    assert int8["accuracy"] == 0.8912
+    assert int8["gzip_bytes"] == 52_000 and isinstance(int8["gzip_bytes"], int)
+    assert int8["gzip_ratio"] == 0.26
+    assert int8["latency_median_ms_t1"] == 1.123
+    assert int8["accuracy_delta_pp"] == -0.88
+    # A missing latency is left out, not written as null.
+    assert "latency_median_ms_t4" not in metrics["pruned"]["float32"]
+    assert metrics["pruned"]["int8"]["sparsity"] == 0.8
+    json.dumps(metrics, allow_nan=False)
+
+
+def test_headline_metrics_has_no_failed_key_without_failures(rows):
+    assert "failed" not in headline_metrics(rows[:-1])
+
+
+def test_plots_are_written_and_non_trivial(rows, confusions, tmp_path):
+    width, height = TRADEOFF_SIZE
+    check_png(plot_tradeoff(rows, tmp_path / "tradeoff.png"), shape=(round(height * DPI), round(width * DPI)))
+    latency = check_png(plot_latency(rows, tmp_path / "latency.png"))
+    assert latency.shape[0] > 400 and latency.shape[1] > 1000
+    check_png(plot_confusion(confusions["baseline-float32"], "baseline-float32", tmp_path / "confusion.png"))
+
+
+def test_plots_tolerate_rows_with_nothing_to_draw(tmp_path):
+    failed = [make_row("baseline", "float32", None, None, None, None, error="file missing")]
+    check_png(plot_tradeoff(failed, tmp_path / "t.png"), min_bytes=1_000)
+    check_png(plot_latency(failed, tmp_path / "l.png"), min_bytes=1_000)
+
+
+def test_confusion_shape_mismatch_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match="square"):
+        plot_confusion({"class_names": CLASSES, "matrix": [[1, 2], [3, 4]]}, "bad", tmp_path / "c.png")
+
+
+def test_history_plot_skips_missing_files(tmp_path):
+    history = pd.DataFrame({"epoch": [1, 2, 3], "accuracy": [0.5, 0.7, 0.8], "val_accuracy": [0.45, 0.6, 0.7],
+                            "loss": [1.0, 0.7, 0.5], "val_loss": [1.1, 0.8, 0.6]})
+    history.to_csv(tmp_path / "train.csv", index=False)
+    history.assign(val_accuracy=[0.7, 0.72, 0.74]).to_csv(tmp_path / "prune.csv", index=False)
+    path = plot_history({"train": tmp_path / "train.csv", "prune": tmp_path / "prune.csv",
+                         "qat": tmp_path / "missing.csv"}, tmp_path / "history.png")
+    check_png(path)
+    check_png(plot_history({"qat": tmp_path / "missing.csv"}, tmp_path / "none.png"), min_bytes=1_000)
+
+
+def test_plot_data_csvs(rows, tmp_path):
+    tradeoff_path, latency_path = write_plot_data(rows, tmp_path)
+    tradeoff = pd.read_csv(tradeoff_path)
+    assert list(tradeoff.columns) == ["label", "variant", "mode", "gzip_kb", "accuracy"]
+    assert list(tradeoff["label"]) == ["baseline-float32", "baseline-int8", "pruned-float32", "pruned-int8",
+                                       "qat-int8"]
+    assert tradeoff.loc[0, "gzip_kb"] == pytest.approx(200_000 / 1024)
+    latency = pd.read_csv(latency_path)
+    assert list(latency.columns) == ["label", "threads", "median_ms"]
+    assert len(latency) == 5 * 2 - 1   # pruned-float32 has no 4-thread latency
+    assert latency.query("label == 'pruned-int8' and threads == 4")["median_ms"].item() == 0.45
+
+
+def test_confusion_samples_csv(tmp_path):
+    path = write_confusion_samples([0, 1, 2, 2], [0, 2, 2, 1], CLASSES, tmp_path / "confusion.csv")
+    table = pd.read_csv(path)
+    assert list(table.columns) == ["actual", "predicted"]
+    assert table.values.tolist() == [["cat", "cat"], ["dog", "fox"], ["fox", "fox"], ["fox", "dog"]]
+    with pytest.raises(UserError, match="outside"):
+        write_confusion_samples([0, 3], [0, 1], CLASSES, tmp_path / "bad.csv")
+    with pytest.raises(UserError, match="same samples"):
+        write_confusion_samples([0, 1], [0], CLASSES, tmp_path / "bad.csv")
+
+
+def test_report_has_table_failed_section_notes_and_plots(rows, confusions, tmp_path):
+    path = write_report(rows, confusions, tmp_path / "report", title="Study A",
+                        config_summary={"model": "tiny_cnn", "data": {"image_size": 16, "classes": 3}},
+                        notes=["int8 calibrated on 100 images"])
+    text = path.read_text()
+    lines = text.splitlines()
+    assert lines[0] == "# Study A"
+    assert "- **data**: image_size=16, classes=3" in lines
+    header = next(line for line in lines if line.startswith("| variant"))
+    assert "ms t1" in header and "ms t4" in header and "FPS t1" in header and "Δacc pp" in header
+    table = [line for line in lines if line.startswith("|")]
+    assert len(table) == 2 + 5                                  # header, rule, five evaluated files
+    assert len({len(line) for line in table}) == 1              # padded: all lines equally wide
+    cells = {tuple(c.strip() for c in line.strip("|").split("|"))[:2]: [c.strip() for c in line.split("|")]
+             for line in table[2:]}
+    pruned_int8 = cells[("pruned", "int8")]
+    for expected in ("87.00", "-3.00", "14.6", "13.33×", "80.0", "1.23M", "1.00", "0.45", "1000.0", "41.5"):
+        assert expected in pruned_int8
+    assert "—" in cells[("pruned", "float32")]                  # missing 4-thread latency
+    assert ("clustered", "int8") not in cells
+    assert "## Failed" in text
+    failure = ("- **clustered-int8** (`models/tflite/clustered-int8.tflite`): "
+               "conversion failed: unsupported op X")
+    assert failure in lines
+    assert "- int8 calibrated on 100 images" in lines
+    for link in ("plots/tradeoff.png", "plots/latency.png", "plots/confusion_baseline-float32.png",
+                 "plots/confusion_pruned-int8.png"):
+        assert f"]({link})" in text
+        check_png(path.parent / link)
+    # Order: table first, then failures, notes, plots.
+    assert text.index("## Results") < text.index("## Failed") < text.index("## Notes") < text.index("## Plots")
