@@ -1,0 +1,244 @@
+"""Converting a Keras model (plain, pruned, clustered or QAT-trained) to a TFLite flatbuffer.
+
+Four modes, the usual post-training choices:
+  float32  no optimisation: the reference file.
+  dynamic  dynamic-range quantization: int8 weights, float activations. The converter leaves tensors of
+           fewer than 1024 elements in float32 (TF 2.21), so small layers stay float.
+  float16  float16 weights, dequantized to float32 at load time (DEQUANTIZE ops in the file).
+  int8     full-integer quantization calibrated on representative samples; every op must have an int8
+           kernel, else the conversion fails instead of silently keeping float ops.
+A QAT-trained model (TFMOT `quantize_apply`/`quantize_model`) carries its own ranges and converts to int8
+without calibration.
+
+Conversion is deterministic: the same model converts to the same bytes in every mode (QAT and int8 I/O
+included), within a process and across processes after an HDF5 round trip (checked with TF 2.21), given
+the same representative samples. The file stores tensor names made from the model and layer names, so
+equal weights under other auto-generated names ("dense_1") give other bytes.
+"""
+
+import os
+import re
+import tempfile
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_model_optimization as tfmot
+import tf_keras as keras
+from tensorflow.lite.python.convert_phase import ConverterError
+from tensorflow_model_optimization.python.core.clustering.keras.cluster_wrapper import ClusterWeights
+from tensorflow_model_optimization.python.core.sparsity.keras.pruning_wrapper import PruneLowMagnitude
+
+from compresslab.errors import UserError
+
+MODES = ("float32", "dynamic", "float16", "int8")
+
+# Wrappers that only make sense while training. Converted with them, the file computes every kernel at
+# run time (kernel x mask, centroid lookup): no kernel is stored as a constant, the file grows (x5 for
+# clustering in a small test) and the weights read back from it say nothing.
+TRAINING_WRAPPERS = (PruneLowMagnitude, ClusterWeights)
+
+# What the converter raises when it gives up: its own error, runtime errors from calibration (the
+# calibrator runs the half-converted model), and TensorFlow errors from tracing the Keras model.
+CONVERTER_FAILURES = (ConverterError, RuntimeError, ValueError, tf.errors.OpError)
+
+
+class ConversionError(Exception):
+    """The TFLite converter refused a model; the message is its reason, condensed to one line.
+
+    The text carries no file paths, line numbers or traced-function ids, so the same failure reads the
+    same for every variant and mode. The converter's full error is kept as `__cause__`.
+    """
+
+
+def convert(model: keras.Model, mode: str, *, representative: np.ndarray | None = None,
+            int8_io: bool = False, qat: bool = False) -> bytes:
+    """Convert `model` to a TFLite flatbuffer.
+
+    Args:
+      model: a Keras 2 (tf_keras) model, plain or QAT-wrapped. Pruning and clustering wrappers must be
+        stripped first (tfmot strip_pruning / strip_clustering).
+      mode: one of MODES. A QAT model converts to int8 only.
+      representative: float32 samples (N, H, W, C) for int8 calibration, e.g. from `calibration_samples`;
+        required for mode 'int8' unless `qat`, used if given for a QAT model, ignored otherwise.
+      int8_io: give the int8 file int8 input and output tensors (scale and zero point in the file) instead
+        of float32 ones with QUANTIZE/DEQUANTIZE ops at the edges. Ignored by the float modes, so one
+        setting can serve every mode of a run.
+      qat: `model` was trained with quantization-aware training (holds TFMOT quantize wrappers).
+
+    Returns:
+      The flatbuffer bytes.
+
+    Raises:
+      UserError: an unknown mode, a missing or misshaped representative set, or an option that does not
+        fit the mode or the model.
+      ConversionError: the converter failed; the message is its reason on one line.
+    """
+    check_options(model, mode, representative, int8_io, qat)
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    if qat:
+        configure_qat(converter, representative, int8_io)
+    else:
+        configure_mode(converter, mode, representative, int8_io)
+    with warnings.catch_warnings():
+        # Raised for every int8 conversion: the converter would like fixed input ranges, which it does
+        # not need once it calibrates from data or reads QAT ranges.
+        warnings.filterwarnings("ignore", message="Statistics for quantized inputs were expected")
+        try:
+            return bytes(converter.convert())
+        except CONVERTER_FAILURES as err:
+            raise ConversionError(converter_reason(err)) from err
+
+
+def check_options(model: keras.Model, mode: str, representative, int8_io: bool, qat: bool) -> None:
+    """Raise a UserError for options that cannot give the file asked for, before converting."""
+    if mode not in MODES:
+        raise UserError(f"unknown TFLite mode {mode!r}: use one of {', '.join(MODES)}")
+    if qat and mode != "int8":
+        raise UserError(f"a QAT-trained model converts to mode int8 only, got {mode!r}: use mode int8")
+    wrapped = [layer.name for layer in model.layers if isinstance(layer, TRAINING_WRAPPERS)]
+    if wrapped:
+        raise UserError(f"model {model.name!r} still holds pruning/clustering wrappers "
+                        f"({', '.join(wrapped)}): strip them (strip_pruning / strip_clustering) first")
+    if qat != is_qat_model(model):
+        found = "holds" if is_qat_model(model) else "holds no"
+        raise UserError(f"model {model.name!r} {found} QAT quantize wrappers but qat={qat}: "
+                        f"set qat to {not qat}")
+    if mode == "int8" and not qat and representative is None:
+        raise UserError("mode int8 needs representative samples for calibration: pass some training images")
+    if representative is not None:
+        check_representative(model, representative)
+
+
+def is_qat_model(model: keras.Model) -> bool:
+    """True when `model` holds TFMOT quantize wrappers (the output of quantize_apply)."""
+    qat_types = (tfmot.quantization.keras.QuantizeWrapperV2, tfmot.quantization.keras.QuantizeWrapper)
+    return any(isinstance(layer, qat_types) for layer in model.layers)
+
+
+def check_representative(model: keras.Model, representative: np.ndarray) -> None:
+    """Raise a UserError unless `representative` is a non-empty batch of model-shaped samples."""
+    samples = np.asarray(representative)
+    expected = tuple(model.input_shape[1:])
+    if samples.ndim != len(expected) + 1 or len(samples) == 0:
+        raise UserError(f"representative samples must be a non-empty array of shape (N, "
+                        f"{', '.join(map(str, expected))}), got shape {samples.shape}")
+    if any(want is not None and want != got for want, got in zip(expected, samples.shape[1:])):
+        raise UserError(f"representative samples have shape {samples.shape[1:]} but model "
+                        f"{model.name!r} takes {expected}: calibrate with the model's own input data")
+
+
+def configure_mode(converter: tf.lite.TFLiteConverter, mode: str, representative, int8_io: bool) -> None:
+    """Set the converter options of a post-training mode."""
+    if mode == "float32":
+        return
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if mode == "float16":
+        converter.target_spec.supported_types = [tf.float16]
+    elif mode == "int8":
+        converter.representative_dataset = representative_dataset(representative)
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        set_io_type(converter, int8_io)
+
+
+def configure_qat(converter: tf.lite.TFLiteConverter, representative, int8_io: bool) -> None:
+    """Set the converter options for a QAT model: quantize with the ranges learnt in training."""
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if representative is not None:
+        # TF 2.21 keeps the learnt ranges either way (same scales with samples of another range);
+        # only tensor names and buffer count change.
+        converter.representative_dataset = representative_dataset(representative)
+    set_io_type(converter, int8_io)
+
+
+def set_io_type(converter: tf.lite.TFLiteConverter, int8_io: bool) -> None:
+    io_type = tf.int8 if int8_io else tf.float32
+    converter.inference_input_type = io_type
+    converter.inference_output_type = io_type
+
+
+def representative_dataset(samples: np.ndarray):
+    """The converter's calibration callable: yields one float32 sample at a time, with batch 1."""
+    samples = np.asarray(samples, dtype=np.float32)
+
+    def generate() -> Iterator[list[np.ndarray]]:
+        for i in range(len(samples)):
+            yield [samples[i:i + 1]]
+
+    return generate
+
+
+def calibration_samples(x_train: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """A fixed, seeded choice of `n` training samples for int8 calibration.
+
+    The chosen indices are sorted, so the samples keep their order in `x_train`; with the same data, n and
+    seed the choice (and so the int8 file) repeats exactly.
+
+    Args:
+      x_train: the training images (N, H, W, C).
+      n: how many samples; at least N means all of them, in order.
+      seed: seed of the choice.
+
+    Returns:
+      float32 array (min(n, N), H, W, C).
+    """
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n <= 0:
+        raise UserError(f"calibration sample count must be a positive integer, got {n!r}: set it above 0")
+    x_train = np.asarray(x_train)
+    if n >= len(x_train):
+        return x_train.astype(np.float32, copy=False)
+    chosen = np.sort(np.random.default_rng(seed).choice(len(x_train), size=int(n), replace=False))
+    return x_train[chosen].astype(np.float32, copy=False)
+
+
+# Noise in converter messages that differs between runs and variants: source locations
+# ("/path/file.py:11:1: error: ") and traced function ids ("@__inference__wrapped_model_54").
+LOCATION = re.compile(r"(?:\S+:\d+:\d+|<unknown>:\d+):\s*(?:error|note|warning):\s*")
+FUNCTION_ID = re.compile(r"@?__inference_\w*?_\d+")
+
+
+def converter_reason(err: Exception) -> str:
+    """The converter's reason for `err`, on one line without run-specific details.
+
+    ConverterError lists structured errors (`err.errors`) whose messages start with the reason (e.g.
+    "'tf.MatrixDeterminant' op is neither a custom op nor a flex op"); otherwise the first error line of
+    the message is used, then its first non-empty line.
+    """
+    for data in getattr(err, "errors", None) or ():
+        reason = clean_line(data.error_message.splitlines()[0] if data.error_message else "")
+        if reason:
+            return reason
+    lines = str(err).splitlines()
+    for line in lines:
+        if LOCATION.search(line) and "error:" in line:
+            reason = clean_line(line[line.rindex("error:") + len("error:"):])
+            if reason:
+                return reason
+    for line in lines:
+        reason = clean_line(line)
+        if reason:
+            return reason
+    return type(err).__name__
+
+
+def clean_line(line: str) -> str:
+    line = FUNCTION_ID.sub("", LOCATION.sub("", line))
+    return " ".join(line.split()).strip(" :")
+
+
+def write_atomically(data: bytes, path: str | Path) -> None:
+    """Write `data` to `path` through a temporary file beside it, so a killed stage leaves no half file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, partial = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(partial, path)
+    except BaseException:
+        Path(partial).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,231 @@
+"""Converting Keras models to TFLite: every mode, QAT, determinism, errors, calibration and atomic writes."""
+
+import compresslab  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_model_optimization as tfmot
+import tf_keras as keras
+from ai_edge_litert.interpreter import Interpreter
+
+from compresslab.errors import UserError
+from compresslab.tflite import (MODES, ConversionError, calibration_samples, convert, converter_reason,
+                                write_atomically)
+from compresslab.tflite_file import TYPE_NAMES, op_name, predict, read_model, stored_tensor
+
+CLASSES = 4
+
+
+def quadrant_images(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """16x16 noise images whose class is the quadrant holding a bright square: learnt in a few epochs."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, CLASSES, n)
+    x = rng.uniform(0.0, 0.3, (n, 16, 16, 1)).astype(np.float32)
+    for i, label in enumerate(y):
+        row, col = divmod(int(label), 2)
+        x[i, row * 8 + 2:row * 8 + 6, col * 8 + 2:col * 8 + 6, 0] += 0.7
+    return x, y
+
+
+def tiny_classifier() -> keras.Model:
+    return keras.Sequential([
+        keras.Input((16, 16, 1)),
+        keras.layers.Conv2D(4, 3, padding="same", activation="relu", name="conv"),
+        keras.layers.MaxPooling2D(name="pool"),
+        keras.layers.Flatten(name="flatten"),
+        keras.layers.Dense(32, activation="relu", name="hidden"),
+        keras.layers.Dense(CLASSES, activation="softmax", name="scores"),
+    ], name="tiny")
+
+
+@pytest.fixture(scope="module")
+def data():
+    return quadrant_images(256, seed=0)
+
+
+@pytest.fixture(scope="module")
+def model(data):
+    keras.utils.set_random_seed(0)
+    model = tiny_classifier()
+    model.compile(optimizer=keras.optimizers.Adam(0.01), loss="sparse_categorical_crossentropy")
+    model.fit(*data, epochs=4, batch_size=32, verbose=0)
+    return model
+
+
+@pytest.fixture(scope="module")
+def samples(data):
+    return calibration_samples(data[0], 64, seed=0)
+
+
+@pytest.fixture(scope="module")
+def files(model, samples):
+    return {mode: convert(model, mode, representative=samples) for mode in MODES}
+
+
+@pytest.fixture(scope="module")
+def qat_model(data):
+    keras.utils.set_random_seed(0)
+    qat = tfmot.quantization.keras.quantize_model(tiny_classifier())
+    qat.compile(optimizer=keras.optimizers.Adam(0.01), loss="sparse_categorical_crossentropy")
+    qat.fit(*data, epochs=1, batch_size=32, verbose=0)
+    return qat
+
+
+def interpreter(data: bytes) -> Interpreter:
+    interp = Interpreter(model_content=data, num_threads=1)
+    interp.allocate_tensors()
+    return interp
+
+
+def stored_types(data: bytes) -> dict[str, tuple[str, str | None]]:
+    """{op name + position: (stored kernel type, stored bias type or None)} of the weighted ops."""
+    model, _ = read_model(data)
+    graph = model.subgraphs[0]
+    producers = {int(out): op for op in graph.operators for out in op.outputs}
+    found = {}
+    for position, op in enumerate(graph.operators):
+        name = op_name(model, op)
+        if name in ("CONV_2D", "FULLY_CONNECTED"):
+            kernel, bias = (stored_tensor(model, graph, producers, op, slot) for slot in (1, 2))
+            found[f"{name}#{position}"] = (TYPE_NAMES[kernel.type], bias and TYPE_NAMES[bias.type])
+    return found
+
+
+def test_each_mode_stores_the_weights_in_its_type(files):
+    kernel_types = {mode: sorted({kernel for kernel, _ in stored_types(data).values()})
+                    for mode, data in files.items()}
+    assert kernel_types == {"float32": ["FLOAT32"], "float16": ["FLOAT16"], "int8": ["INT8"],
+                            # dynamic range leaves tensors under 1024 elements (the 36-weight conv and
+                            # the 128-weight output layer) in float32; the 2048-weight hidden one is int8
+                            "dynamic": ["FLOAT32", "INT8"]}
+    assert sorted(kernel for kernel, _ in stored_types(files["dynamic"]).values()).count("INT8") == 1
+    for mode, data in files.items():
+        inp = interpreter(data).get_input_details()[0]
+        assert inp["dtype"] == np.float32, mode  # float I/O unless int8_io asks otherwise
+
+
+def test_file_sizes_follow_the_weight_types(files):
+    sizes = {mode: len(data) for mode, data in files.items()}
+    assert sizes["int8"] < 0.4 * sizes["float32"]
+    assert 0.45 < sizes["float16"] / sizes["float32"] < 0.65  # halved weights plus fixed graph overhead
+    assert sizes["dynamic"] < sizes["float16"]
+
+
+def test_float32_file_predicts_like_keras(model, files, data):
+    expected = model.predict(data[0], verbose=0)
+    got = predict(interpreter(files["float32"]), data[0], batch_size=32)
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("int8_io", [False, True])
+def test_int8_file_predicts_close_to_keras(model, files, samples, data, int8_io):
+    expected = model.predict(data[0], verbose=0)
+    assert np.mean(expected.argmax(1) == data[1]) > 0.9  # the model learnt the task: margins are real
+    file = convert(model, "int8", representative=samples, int8_io=True) if int8_io else files["int8"]
+    got = predict(interpreter(file), data[0])
+    assert np.abs(got - expected).max() < 0.02  # a few output steps of 1/256
+    assert np.mean(got.argmax(1) == expected.argmax(1)) >= 0.95
+
+
+def test_int8_io_gives_int8_input_and_output(model, samples):
+    interp = interpreter(convert(model, "int8", representative=samples, int8_io=True))
+    inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
+    assert (inp["dtype"], out["dtype"]) == (np.int8, np.int8)
+    assert inp["quantization"][0] > 0  # a scale to quantize inputs with
+    float_file = interpreter(convert(model, "float16", int8_io=True))  # float modes ignore int8_io
+    assert float_file.get_input_details()[0]["dtype"] == np.float32
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_conversion_repeats_byte_for_byte(model, samples, files, mode):
+    assert convert(model, mode, representative=samples) == files[mode]
+
+
+def test_qat_model_converts_to_int8_weights(qat_model, data):
+    file = convert(qat_model, "int8", qat=True)
+    assert set(stored_types(file).values()) == {("INT8", "INT32")}
+    assert interpreter(file).get_input_details()[0]["dtype"] == np.float32
+    assert convert(qat_model, "int8", qat=True) == file
+    with_io = interpreter(convert(qat_model, "int8", qat=True, int8_io=True))
+    assert with_io.get_input_details()[0]["dtype"] == np.int8
+    expected = qat_model.predict(data[0][:64], verbose=0)
+    assert np.mean(predict(interpreter(file), data[0][:64]).argmax(1) == expected.argmax(1)) >= 0.9
+
+
+def test_qat_flag_must_match_the_model(model, qat_model, samples):
+    with pytest.raises(UserError, match="holds QAT quantize wrappers but qat=False"):
+        convert(qat_model, "int8", representative=samples)
+    with pytest.raises(UserError, match="holds no QAT quantize wrappers but qat=True"):
+        convert(model, "int8", qat=True)
+    with pytest.raises(UserError, match="QAT-trained model converts to mode int8 only"):
+        convert(qat_model, "float16", qat=True)
+
+
+def test_pruning_and_clustering_wrappers_must_be_stripped():
+    pruned = tfmot.sparsity.keras.prune_low_magnitude(
+        tiny_classifier(), pruning_schedule=tfmot.sparsity.keras.ConstantSparsity(0.5, 0))
+    clustered = tfmot.clustering.keras.cluster_weights(
+        tiny_classifier(), number_of_clusters=4,
+        cluster_centroids_init=tfmot.clustering.keras.CentroidInitialization.LINEAR)
+    for wrapped in (pruned, clustered):
+        with pytest.raises(UserError, match="strip them"):
+            convert(wrapped, "float32")
+    assert convert(tfmot.sparsity.keras.strip_pruning(pruned), "float32")
+
+
+@pytest.mark.parametrize("mode, kwargs, message", [
+    ("int4", {}, "unknown TFLite mode 'int4'"),
+    ("int8", {}, "mode int8 needs representative samples"),
+    ("int8", {"representative": np.zeros((4, 8, 8, 1), np.float32)}, r"have shape \(8, 8, 1\)"),
+    ("int8", {"representative": np.zeros((0, 16, 16, 1), np.float32)}, "non-empty array"),
+])
+def test_bad_options_are_user_errors(model, mode, kwargs, message):
+    with pytest.raises(UserError, match=message):
+        convert(model, mode, **kwargs)
+
+
+def test_converter_failure_is_one_line_and_the_same_for_every_mode():
+    inp = keras.Input((4, 4))
+    determinant = keras.layers.Lambda(lambda t: tf.expand_dims(tf.linalg.det(t), -1))(inp)
+    model = keras.Model(inp, keras.layers.Dense(2)(determinant))
+    reasons = []
+    for mode in ("float32", "dynamic"):
+        with pytest.raises(ConversionError) as caught:
+            convert(model, mode)
+        reasons.append(str(caught.value))
+    assert reasons[0] == reasons[1]
+    assert "MatrixDeterminant" in reasons[0] and "\n" not in reasons[0]
+    assert "/" not in reasons[0] and "__inference" not in reasons[0]
+
+
+def test_converter_reason_keeps_the_first_error_line():
+    message = ("Could not translate MLIR to FlatBuffer./tmp/x.py:11:1: error: 'tf.Foo' op is odd\n"
+               "    try: c.convert()\n^\n<unknown>:0: error: failed while converting: 'main'\n")
+    assert converter_reason(RuntimeError(message)) == "'tf.Foo' op is odd"
+    assert converter_reason(RuntimeError("\n  Node number 1 (SUB) failed to prepare.\nmore")) == \
+        "Node number 1 (SUB) failed to prepare."
+    assert converter_reason(ValueError("")) == "ValueError"
+
+
+def test_calibration_samples_are_a_fixed_ordered_choice():
+    x = np.arange(100, dtype=np.float32).reshape(100, 1, 1, 1)
+    first = calibration_samples(x, 10, seed=3)
+    assert first.shape == (10, 1, 1, 1) and first.dtype == np.float32
+    np.testing.assert_array_equal(first, calibration_samples(x, 10, seed=3))
+    assert np.all(np.diff(first.ravel()) > 0)  # sorted indices, no repeats
+    assert not np.array_equal(first, calibration_samples(x, 10, seed=4))
+    np.testing.assert_array_equal(calibration_samples(x, 500, seed=3), x)
+    with pytest.raises(UserError, match="positive integer"):
+        calibration_samples(x, 0, seed=3)
+
+
+def test_write_atomically_replaces_whole_files_only(tmp_path):
+    target = tmp_path / "out" / "model.tflite"
+    write_atomically(b"first", target)
+    write_atomically(b"second version", target)
+    assert target.read_bytes() == b"second version"
+    with pytest.raises(TypeError):
+        write_atomically("not bytes", target)  # fails mid-write
+    assert target.read_bytes() == b"second version"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["model.tflite"]
