@@ -69,7 +69,10 @@ def write_outputs(params, rows: list[dict], confusions: dict) -> None:
                f"{params.prune.final_sparsity or params.prune.target_sparsity} on {params.prune.layers}",
                "quantize": f"QAT on {params.quantize.layers}", "cluster": f"{params.cluster.number_of_clusters} "
                f"clusters on {params.cluster.layers}", "threads": list(params.evaluate.threads)}
-    report_path = report.write_report(rows, confusions, REPORTS, title="compresslab report",
+    # The float32 baseline and the int8 files (what ships to a device) get a confusion heatmap each.
+    shown = {label: c for label, c in confusions.items()
+             if label == variants.BASELINE_FILE or label.endswith("-int8")}
+    report_path = report.write_report(rows, shown, REPORTS, title="compresslab report",
                                       config_summary=summary, notes=report_notes())
     experiment = os.environ.get("DVC_EXP_NAME", "workspace")
     metrics = {f"{r['variant']}.{r['mode']}.{key}": value for r in rows if not r.get("error")

@@ -25,7 +25,7 @@ BIN = Path(sys.executable).parent
 
 def make_image_folder(root: Path, classes=("fire", "no_fire", "smoke"), per_class=24, size=32,
                       seed=0) -> Path:
-    """Write a small, learnable image data set: each class has its own stripe pattern plus noise.
+    """Write a small, learnable image data set: each class has its own brightness and stripe pattern, plus noise.
 
     Files alternate PNG / JPEG / BMP and colour / grayscale, as a user's folder might.
     """
@@ -36,7 +36,7 @@ def make_image_folder(root: Path, classes=("fire", "no_fire", "smoke"), per_clas
         folder = root / name
         folder.mkdir(parents=True, exist_ok=True)
         for i in range(per_class):
-            pixels = 127 + 100 * patterns[k] + rng.normal(0, 20, (size, size))
+            pixels = 50 + 150 * k / max(len(classes) - 1, 1) + 30 * patterns[k] + rng.normal(0, 15, (size, size))
             pixels = np.clip(pixels, 0, 255).astype(np.uint8)
             suffix = (".png", ".jpg", ".bmp")[i % 3]
             image = Image.fromarray(pixels, mode="L")
