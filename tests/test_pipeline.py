@@ -1,0 +1,131 @@
+"""End to end: the real `dvc repro` / `dvc exp run` on a tiny copy of the project (the `smoke` preset).
+
+One module-scoped `project` runs the whole pipeline once; the tests then read its outputs, MLflow store and
+DVC state, and run experiments that change one knob each, checking which stages re-ran.
+"""
+
+import json
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from compresslab import variants
+from conftest import read_json, run, stages_ran
+
+pytestmark = pytest.mark.slow
+
+ALL_STAGES = {"prepare", "train", "prune", "quantize", "pqat", "cluster", "cqat", "pcqat", "convert", "evaluate"}
+FILES = [f"{v}-{m}" for v in variants.FLOAT_VARIANTS for m in ("float32", "dynamic", "float16", "int8")] + [
+    f"{v}-int8" for v in variants.QAT_VARIANTS]
+
+
+def mlflow_runs(root, **filters) -> list:
+    client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("compresslab")
+    query = " and ".join(f"tags.{key} = '{value}'" for key, value in filters.items())
+    return client.search_runs([experiment.experiment_id], query, max_results=500)
+
+
+def test_repro_runs_every_stage_and_writes_every_output(project):
+    assert set(stages_ran((project / "first_repro.log").read_text())) == ALL_STAGES
+    for name in ("baseline", "pruned", "qat", "pqat", "clustered", "cqat", "pcqat"):
+        assert (project / "models" / f"{name}.keras").stat().st_size > 0
+    assert sorted(p.stem for p in (project / "models" / "tflite").glob("*.tflite")) == sorted(FILES)
+    for path in ("reports/metrics.json", "reports/variants.csv", "reports/report.md", "reports/plots/tradeoff.png",
+                 "reports/plots/latency.png", "reports/plots/tradeoff.csv", "reports/plots/confusion.csv"):
+        assert (project / path).stat().st_size > 0, path
+    counts = read_json(project / "reports/prepare/metrics.json")["classes"]
+    assert set(counts) == {"train", "val", "test"} and all(set(c) == {"fire", "no_fire", "smoke"}
+                                                           for c in counts.values())
+    assert "Data and pipelines are up to date" in run(["dvc", "status"], project).stdout
+
+
+def test_int8_files_are_smaller_and_pruned_sparsity_survives_conversion(project):
+    import pandas as pd
+
+    from compresslab.model_io import load_model
+    from compresslab.weights import sparsity_report
+
+    rows = pd.read_csv(project / "reports/variants.csv").set_index(["variant", "mode"])
+    assert len(rows) == len(FILES) and rows["error"].isna().all()
+    for variant in variants.FLOAT_VARIANTS:
+        assert rows.loc[(variant, "int8"), "file_bytes"] < rows.loc[(variant, "float32"), "file_bytes"] / 3
+    keras_sparsity = sparsity_report(load_model(project / "models/pruned.keras"))["overall"]
+    assert keras_sparsity == pytest.approx(0.5, abs=0.02)
+    assert rows.loc[("pruned", "float32"), "sparsity"] == pytest.approx(keras_sparsity, abs=1e-6)
+    assert rows.loc[("pruned", "int8"), "sparsity"] == pytest.approx(keras_sparsity, abs=0.01)
+    assert rows.loc[("baseline", "float32"), "gzip_ratio"] == 1.0
+    assert (rows["gzip_ratio"] <= 1.0).all()
+
+
+def test_compression_stages_report_what_they_measured(project):
+    prune = read_json(project / "reports/prune/metrics.json")
+    assert prune["target_sparsity"] == 0.5 and abs(prune["sparsity"] - 0.5) < 0.02
+    pqat = read_json(project / "reports/pqat/metrics.json")
+    assert abs(pqat["sparsity_drift"]) < 0.02
+    cluster = read_json(project / "reports/cluster/metrics.json")
+    assert cluster["requested_clusters"] == 8 and 1 < cluster["max_unique_values"] <= 8
+    pcqat = read_json(project / "reports/pcqat/metrics.json")
+    assert abs(pcqat["sparsity"] - pcqat["parent_sparsity"]) < 0.02
+    history = (project / "reports/prune/history.csv").read_text().splitlines()
+    assert history[0].startswith("epoch,") and len(history) == 2  # smoke: one fine-tuning epoch
+
+
+def test_mlflow_holds_a_run_per_stage_and_the_summary(project):
+    stages = {run_.data.tags["stage"] for run_ in mlflow_runs(project)}
+    assert stages == ALL_STAGES - {"prepare", "convert"}
+    (summary,) = mlflow_runs(project, summary="true")
+    assert summary.data.params["prune.final_sparsity"] == "0.5"
+    assert summary.data.params["model.name"] == "firenet"
+    assert 0 <= summary.data.metrics["pruned.int8.accuracy"] <= 1
+    assert summary.data.metrics["baseline.float32.gzip_ratio"] == 1.0
+    assert summary.data.tags["git_commit"] and summary.data.tags["data_hash"].endswith(".dir")
+    (train,) = mlflow_runs(project, stage="train")
+    client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    curve = client.get_metric_history(train.info.run_id, "val_accuracy")
+    assert len(curve) == read_json(project / "reports/train/metrics.json")["epochs_run"]
+    artifacts = {a.path for a in client.list_artifacts(summary.info.run_id)}
+    assert {"report.md", "variants.csv", "metrics.json", "dvc.lock", "params.yaml", "plots"} <= artifacts
+
+
+@pytest.mark.parametrize("override, readers", [
+    ("train.epochs=3", {"train"}),
+    ("data.seed=7", {"prepare"}),
+    ("prune.final_sparsity=0.8", {"prune"}),
+    ("quantize.layers=dense", {"quantize"}),
+    ("cluster.number_of_clusters=4", {"cluster", "pcqat"}),
+    ("evaluate.threads=[1,2]", {"evaluate"}),
+    ("data.name=renamed", set()),
+])
+def test_each_param_is_read_only_by_its_stages(project, override, readers):
+    run(["compresslab", "params", "-S", override], project)
+    try:
+        status = json.loads(run(["dvc", "status", "--json"], project).stdout or "{}")
+    finally:
+        run(["compresslab", "params"], project)
+    assert set(status) == readers
+
+
+def test_exp_run_reruns_only_what_the_knob_touches(project):
+    # First, while the workspace still matches the commit: a key no stage reads re-runs nothing.
+    result = run(["dvc", "exp", "run", "-S", "data.name=renamed", "-n", "nothing"], project)
+    assert stages_ran(result.stdout) == []
+    result = run(["dvc", "exp", "run", "-S", "prune.final_sparsity=0.8", "-n", "sparse80"], project)
+    assert set(stages_ran(result.stdout)) == {"prune", "pqat", "pcqat", "convert", "evaluate"}
+    assert read_json(project / "reports/prune/metrics.json")["sparsity"] == pytest.approx(0.8, abs=0.02)
+    result = run(["dvc", "exp", "run", "-S", "quantize.layers=dense", "-n", "dense-qat"], project)
+    assert set(stages_ran(result.stdout)) == {"quantize", "convert", "evaluate"}
+    shown = json.loads(run(["dvc", "exp", "show", "--json"], project).stdout)
+    experiments = {exp["name"]: exp for rev in shown for exp in rev.get("experiments") or []}
+    assert {"sparse80", "dense-qat"} <= set(experiments)
+    sparse = experiments["sparse80"]["revs"][0]["data"]
+    assert sparse["params"]["params.yaml"]["data"]["prune"]["final_sparsity"] == 0.8
+    assert "pruned" in sparse["metrics"]["reports/metrics.json"]["data"]
+    names = {r.data.tags["dvc_exp_name"] for r in mlflow_runs(project, summary="true")}
+    assert {"sparse80", "dense-qat"} <= names
+
+
+def test_cluster_count_change_reruns_only_the_clustering_branch(project):
+    result = run(["dvc", "exp", "run", "-S", "cluster.number_of_clusters=4", "-n", "clusters4"], project)
+    assert set(stages_ran(result.stdout)) == {"cluster", "cqat", "pcqat", "convert", "evaluate"}
+    assert read_json(project / "reports/cluster/metrics.json")["max_unique_values"] <= 4
