@@ -2,6 +2,7 @@
 
     compresslab sample-data        # write the bundled MNIST sample into data/raw (what data.dvc records)
     compresslab params [-S k=v]    # compose conf/ into params.yaml exactly as `dvc exp run` does
+    compresslab compare [--max-drop PP]   # every experiment's files in one table, Pareto fronts, a choice
 """
 
 import argparse
@@ -57,6 +58,17 @@ def params(args: argparse.Namespace) -> None:
     print("wrote params.yaml from conf/" + (f" with {args.set}" if args.set else ""))
 
 
+def compare(args: argparse.Namespace) -> None:
+    # Imported here: MLflow, pandas and matplotlib would slow every other sub-command down.
+    from compresslab.compare import compare as run_compare, summary_lines
+
+    if args.objective is not None and args.max_drop is None:
+        raise UserError("--objective only steers the choice: pass --max-drop POINTS with it")
+    result = run_compare(args.experiments, out=args.out, max_drop=args.max_drop,
+                         objective=args.objective or "size")
+    print("\n".join(summary_lines(result)))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="compresslab", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -66,6 +78,18 @@ def main(argv: list[str] | None = None) -> None:
     command = commands.add_parser("params", help="compose conf/ into params.yaml as dvc exp run does")
     command.add_argument("-S", "--set", action="append", help="a Hydra override, e.g. prune=constant")
     command.set_defaults(func=params)
+    command = commands.add_parser("compare", help="compare the experiments' summary runs: table, Pareto "
+                                  "fronts, plot and an accuracy-aware choice")
+    command.add_argument("--experiments", nargs="+", metavar="NAME",
+                         help="DVC experiment names to compare ('workspace' for `dvc repro`); default: all")
+    command.add_argument("--out", default="reports/compare", help="folder for compare.csv, compare.png and "
+                         "selection.json (default: reports/compare)")
+    command.add_argument("--max-drop", type=float, metavar="POINTS",
+                         help="choose the smallest file whose accuracy is at most POINTS percentage points "
+                         "below its run's baseline-float32, and say why every other file lost")
+    command.add_argument("--objective", choices=["size", "latency"],
+                         help="what the choice minimises: gzipped size (default) or median latency")
+    command.set_defaults(func=compare)
     args = parser.parse_args(argv)
     run_main(lambda: args.func(args))
 

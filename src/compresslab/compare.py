@@ -1,0 +1,586 @@
+"""Comparing experiments: every pipeline execution's files in one table, the Pareto fronts across all of them,
+and an accuracy-aware choice of the file to ship.
+
+Input is the MLflow "summary" runs the `evaluate` stage logs (tag summary=true, the whole configuration as
+dotted params, every figure as `<variant>.<mode>.<figure>` metrics). The newest run of each DVC experiment
+name counts; runs that are deleted, unfinished or not summaries are ignored.
+
+The choice follows Intel Neural Compressor's accuracy-aware tuning: a file qualifies when its accuracy lies
+within a tolerated drop (percentage points) of its own run's float32 baseline, and the smallest (or fastest)
+qualifying file wins. Each run's baseline-float32 is the reference every drop is measured against, so it is
+never a candidate itself.
+
+Pure MLflow, pandas and matplotlib: this module must not import TensorFlow (comparing needs no model).
+"""
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib import colormaps
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import FuncFormatter
+from mlflow.entities import Run, ViewType
+from mlflow.tracking import MlflowClient
+
+from compresslab import tracking, variants
+from compresslab.errors import UserError
+from compresslab.metrics import pareto_front
+from compresslab.outputs import write_json, write_text_atomically
+from compresslab.report import DPI, KB, MODE_MARKERS, sort_rows
+
+OUT_DIR = Path("reports/compare")
+REFERENCE = variants.split_label(variants.BASELINE_FILE)   # ('baseline', 'float32')
+FIGURE_COLUMNS = ("variant", "mode", "accuracy", "accuracy_delta_pp", "gzip_bytes", "gzip_ratio",
+                  "latency_median_ms", "latency_threads", "pareto_size", "pareto_latency")
+OBJECTIVES = {"size": "gzip_bytes", "latency": "latency_median_ms"}
+# accuracy_delta_pp comes from float differences: (0.95 - 0.96) * 100 is -1.0000000000000009, which must
+# still pass --max-drop 1.
+TOLERANCE_PP = 1e-9
+COMPARE_SIZE = (15.0, 6.0)   # inches: two panels side by side, legends outside on the right
+_SPARE_MARKERS = ("v", "P", "X", "*", "h", "<", ">")
+_SEARCH_PAGE = 1000
+
+
+@dataclass
+class Selection:
+    """The file an accuracy-aware selection chose, and why each other candidate lost.
+
+    chosen: the winning table row (a dict); rejected: ('exp/variant-mode', reason) for every other file
+    except the baseline-float32 references.
+    """
+    max_drop: float
+    objective: str
+    chosen: dict
+    rejected: list[tuple[str, str]]
+
+
+@dataclass
+class Comparison:
+    """What `compare` found and wrote."""
+    table: pd.DataFrame
+    varying: list[str]
+    experiments: list[str]
+    csv_path: Path
+    png_path: Path
+    selection: Selection | None = None
+    selection_path: Path | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+# ------------------------------------------------------------------------------------------ entry point
+
+def compare(experiments: Sequence[str] | None = None, *, out: str | Path = OUT_DIR, max_drop: float | None = None,
+            objective: str = "size", uri: str | None = None) -> Comparison:
+    """Gather the summary runs into one table, write compare.csv and compare.png, and optionally select a file.
+
+    Args:
+      experiments: DVC experiment names to keep (the `dvc_exp_name` tag; 'workspace' for `dvc repro`);
+        None keeps all.
+      out: the folder to write into (created).
+      max_drop: when set, choose a file whose accuracy is at most this many percentage points below its
+        run's baseline-float32, and write out/selection.json. When None, a selection.json left by an earlier
+        call is removed so the folder never mixes two comparisons.
+      objective: 'size' (smallest gzip_bytes) or 'latency' (smallest median latency) for the choice.
+      uri: the MLflow tracking URI; `tracking.tracking_uri()` when None.
+
+    Returns:
+      A Comparison: the table (see `build_table`), the varying param names, the experiments in table order,
+      the paths written, the selection and notes worth printing (e.g. runs on different data).
+
+    Raises:
+      UserError: no summary run, an unknown experiment name, a bad max_drop or objective, or no file within
+        max_drop (after compare.csv and compare.png are written).
+    """
+    if max_drop is not None:
+        _check_selection_args(max_drop, objective)
+    runs = summary_runs(experiments, uri=uri)
+    varying = varying_params(runs)
+    table = build_table(runs, varying)
+    out = Path(out)
+    csv_path = write_table(table, out / "compare.csv")
+    png_path = plot_comparison(table, out / "compare.png")
+    result = Comparison(table, varying, [experiment_name(run) for run in runs], csv_path, png_path,
+                        notes=_notes(runs, table))
+    selection_path = out / "selection.json"
+    selection_path.unlink(missing_ok=True)
+    if max_drop is not None:
+        try:
+            result.selection = select(table, max_drop, objective)
+        except UserError as err:
+            raise UserError(f"{err} (the comparison is in {csv_path})") from None
+        result.selection_path = write_selection(result.selection, varying, selection_path)
+    return result
+
+
+# ----------------------------------------------------------------------------------------------- runs
+
+def summary_runs(experiments: Sequence[str] | None = None, *, uri: str | None = None) -> list[Run]:
+    """The newest finished summary run of each DVC experiment name, newest first.
+
+    Args:
+      experiments: names to keep (None: all); every name must have a run.
+      uri: the tracking URI; `tracking.tracking_uri()` when None.
+
+    Returns:
+      MLflow Run objects.
+    """
+    uri = uri or tracking.tracking_uri()
+    name = os.environ.get("MLFLOW_EXPERIMENT_NAME", tracking.EXPERIMENT)
+    no_runs = UserError(f"no summary runs in MLflow experiment '{name}' at {uri}: run `dvc repro` or "
+                        f"`dvc exp run` first (the evaluate stage logs one per pipeline run)")
+    # Opening a SQLite URI creates the database: a missing file simply means nothing ran here yet.
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        raise no_runs
+    client = MlflowClient(uri)
+    found = client.get_experiment_by_name(name)
+    if found is None:
+        raise no_runs
+    newest: dict[str, Run] = {}
+    for run in sorted(_search_all(client, found.experiment_id), key=_started, reverse=True):
+        newest.setdefault(experiment_name(run), run)
+    if not newest:
+        raise no_runs
+    if experiments:
+        missing = [wanted for wanted in dict.fromkeys(experiments) if wanted not in newest]
+        if missing:
+            raise UserError(f"no summary run for experiment(s) {', '.join(missing)}: runs exist for "
+                            f"{', '.join(newest)} (names as `dvc exp show` lists them; 'workspace' for "
+                            f"`dvc repro`)")
+        return [run for exp, run in newest.items() if exp in experiments]
+    return list(newest.values())
+
+
+def _search_all(client: MlflowClient, experiment_id: str) -> list[Run]:
+    runs, token = [], None
+    while True:
+        page = client.search_runs([experiment_id], "tags.summary = 'true' and attributes.status = 'FINISHED'",
+                                  run_view_type=ViewType.ACTIVE_ONLY, max_results=_SEARCH_PAGE,
+                                  page_token=token)
+        runs += list(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def _started(run: Run) -> tuple[int, int]:
+    return run.info.start_time or 0, run.info.end_time or 0
+
+
+def experiment_name(run: Run) -> str:
+    """The DVC experiment a run belongs to ('workspace' for `dvc repro`)."""
+    return run.data.tags.get("dvc_exp_name") or "workspace"
+
+
+def varying_params(runs: Sequence[Run]) -> list[str]:
+    """The dotted params whose value differs between the runs (missing counts as a value), sorted."""
+    keys = sorted({key for run in runs for key in run.data.params})
+    return [key for key in keys if len({run.data.params.get(key) for run in runs}) > 1]
+
+
+# ---------------------------------------------------------------------------------------------- table
+
+def build_table(runs: Sequence[Run], varying: Sequence[str] = ()) -> pd.DataFrame:
+    """One row per (experiment, variant, mode) with the figures that decide a trade-off.
+
+    Columns: experiment, run_id, the `varying` params (as logged, text), variant, mode, accuracy (fraction),
+    accuracy_delta_pp (vs. the run's own baseline-float32), gzip_bytes, gzip_ratio (vs. the same),
+    latency_median_ms at `latency_threads` (the lowest thread count every run measured; each run's lowest
+    when they share none), and pareto_size / pareto_latency: on the front of (gzip_bytes, accuracy) or
+    (latency_median_ms, accuracy) over all rows. Rows run by experiment (newest first), variant, mode.
+
+    Args:
+      runs: summary runs, in the order their rows should appear.
+      varying: param names to add as columns.
+    """
+    threads = _latency_threads(runs)
+    rows = [row for run in runs for row in _run_rows(run, varying, threads[run.info.run_id])]
+    if not rows:
+        raise UserError("the summary runs hold no `<variant>.<mode>.<figure>` metrics: were they logged by "
+                        "an older evaluate stage? Run `dvc repro evaluate` again")
+    for flag, cost in (("pareto_size", "gzip_bytes"), ("pareto_latency", "latency_median_ms")):
+        on_front = pareto_front([(row[cost], row["accuracy"]) for row in rows])
+        for row, keep in zip(rows, on_front):
+            row[flag] = keep
+    columns = ["experiment", "run_id", *_param_columns(varying), *FIGURE_COLUMNS]
+    table = pd.DataFrame(rows, columns=columns)
+    return table.astype({"gzip_bytes": "Int64", "latency_threads": "Int64"})
+
+
+def _param_columns(varying: Sequence[str]) -> list[str]:
+    taken = {"experiment", "run_id", *FIGURE_COLUMNS}
+    return [f"params.{key}" if key in taken else key for key in varying]
+
+
+def _figures(run: Run) -> dict[tuple[str, str], dict[str, float]]:
+    """{(variant, mode): {figure: value}} from the run's `<variant>.<mode>.<figure>` metrics."""
+    files: dict[tuple[str, str], dict[str, float]] = {}
+    for key, value in run.data.metrics.items():
+        parts = key.split(".")
+        if len(parts) == 3:
+            files.setdefault((parts[0], parts[1]), {})[parts[2]] = _number(value)
+    return files
+
+
+def _latency_threads(runs: Sequence[Run]) -> dict[str, int | None]:
+    """run_id -> the thread count whose median latency goes in the table.
+
+    Latencies only compare at one thread count, so the lowest count every run measured is used; runs that
+    share none fall back to their own lowest.
+    """
+    measured = {run.info.run_id: {int(figure.removeprefix("latency_median_ms_t"))
+                                  for figures in _figures(run).values() for figure in figures
+                                  if figure.startswith("latency_median_ms_t")
+                                  and figure.removeprefix("latency_median_ms_t").isdigit()}
+                for run in runs}
+    common = set.intersection(*measured.values()) if measured else set()
+    if common:
+        return {run_id: min(common) for run_id in measured}
+    return {run_id: min(counts) if counts else None for run_id, counts in measured.items()}
+
+
+def _run_rows(run: Run, varying: Sequence[str], threads: int | None) -> list[dict]:
+    files = _figures(run)
+    reference = files.get(REFERENCE, {})
+    params = {column: run.data.params.get(key) for column, key in zip(_param_columns(varying), varying)}
+    rows = []
+    for (variant, mode), figures in files.items():
+        accuracy, gzip_bytes = figures.get("accuracy"), figures.get("gzip_bytes")
+        rows.append({
+            "experiment": experiment_name(run), "run_id": run.info.run_id, **params,
+            "variant": variant, "mode": mode, "accuracy": accuracy,
+            "accuracy_delta_pp": _delta_pp(accuracy, reference.get("accuracy"), figures),
+            "gzip_bytes": None if gzip_bytes is None else int(round(gzip_bytes)),
+            "gzip_ratio": _ratio(gzip_bytes, reference.get("gzip_bytes"), figures.get("gzip_ratio")),
+            "latency_median_ms": None if threads is None else figures.get(f"latency_median_ms_t{threads}"),
+            "latency_threads": threads,
+        })
+    return sort_rows(rows)
+
+
+def _delta_pp(accuracy: float | None, reference: float | None, figures: Mapping) -> float | None:
+    # Recomputed from the accuracies so the reference is certainly this run's baseline-float32; the logged
+    # figure only stands in when the run lacks that file.
+    if accuracy is None or reference is None:
+        return figures.get("accuracy_delta_pp")
+    return (accuracy - reference) * 100.0
+
+
+def _ratio(value: float | None, reference: float | None, logged: float | None) -> float | None:
+    if value is None or not reference:
+        return logged
+    return value / reference
+
+
+def _notes(runs: Sequence[Run], table: pd.DataFrame) -> list[str]:
+    notes = []
+    hashes = {run.data.tags.get("data_hash") for run in runs}
+    if len(hashes) > 1:
+        notes.append(f"the runs were evaluated on different data (data_hash {', '.join(sorted(map(str, hashes)))}"
+                     f"): their accuracies do not compare directly")
+    threads = set(table["latency_threads"].dropna())
+    if len(threads) > 1:
+        notes.append(f"the runs share no thread count: latency is each run's lowest ({sorted(threads)} "
+                     f"threads), so latencies of different runs do not compare directly")
+    return notes
+
+
+def write_table(table: pd.DataFrame, path: str | Path) -> Path:
+    """The table as CSV, numbers unrounded, missing figures as empty cells (written atomically)."""
+    write_text_atomically(path, table.to_csv(index=False, lineterminator="\n"))
+    return Path(path)
+
+
+def records(table: pd.DataFrame) -> list[dict]:
+    """The table's rows as plain dicts with None (not NaN / pd.NA) for missing values and Python numbers."""
+    return [{key: _plain(value) for key, value in row.items()}
+            for row in table.astype(object).to_dict("records")]
+
+
+def _plain(value):
+    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
+        return None
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _number(value) -> float | None:
+    number = None if value is None else float(value)
+    return None if number is None or math.isnan(number) else number
+
+
+def file_name(row: Mapping) -> str:
+    """'experiment/variant-mode': how a row is named in plots, printed tables and rejection lines."""
+    return f"{row['experiment']}/{row['variant']}-{row['mode']}"
+
+
+# ------------------------------------------------------------------------------------------ selection
+
+def select(table: pd.DataFrame, max_drop: float, objective: str = "size") -> Selection:
+    """Accuracy-aware choice: the smallest (or fastest) file within max_drop pp of its run's baseline-float32.
+
+    Ties on the objective go to the more accurate file, then to the one listed first (the newest run).
+
+    Args:
+      table: the comparison table (`build_table`).
+      max_drop: the tolerated accuracy drop in percentage points (>= 0).
+      objective: 'size' (gzip_bytes) or 'latency' (latency_median_ms).
+
+    Returns:
+      A Selection; every file but the choice and the baseline-float32 references gets a rejection reason.
+
+    Raises:
+      UserError: when no file qualifies, naming the smallest drop found and the --max-drop that admits it.
+    """
+    _check_selection_args(max_drop, objective)
+    cost = OBJECTIVES[objective]
+    candidates = [row for row in records(table) if (row["variant"], row["mode"]) != REFERENCE]
+    if not candidates:
+        raise UserError("the runs hold no compressed file, only baseline-float32: run the whole pipeline "
+                        "(`dvc repro`) before selecting")
+    qualified = [row for row in candidates if _within(row, max_drop) and row[cost] is not None]
+    if not qualified:
+        raise _nothing_qualifies(candidates, max_drop, objective)
+    chosen = min(qualified, key=lambda row: (row[cost], -(row["accuracy"] or 0.0)))
+    rejected = [(file_name(row), _rejection(row, chosen, cost, max_drop)) for row in candidates
+                if row is not chosen]
+    return Selection(float(max_drop), objective, chosen, rejected)
+
+
+def _check_selection_args(max_drop, objective: str) -> None:
+    if objective not in OBJECTIVES:
+        raise UserError(f"--objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
+    if isinstance(max_drop, bool) or not isinstance(max_drop, (int, float)) or not math.isfinite(max_drop) \
+            or max_drop < 0:
+        raise UserError(f"--max-drop must be a number of percentage points >= 0 (e.g. 1 for 1 pp), got {max_drop}")
+
+
+def _within(row: Mapping, max_drop: float) -> bool:
+    delta = row["accuracy_delta_pp"]
+    return delta is not None and delta >= -max_drop - TOLERANCE_PP
+
+
+def _nothing_qualifies(candidates: list[dict], max_drop: float, objective: str) -> UserError:
+    scored = [row for row in candidates if row["accuracy_delta_pp"] is not None]
+    if not scored:
+        return UserError("no file has an accuracy next to a baseline-float32 of its run: check that the "
+                         "evaluate stage ran on every file (reports/report.md)")
+    best = max(scored, key=lambda row: row["accuracy_delta_pp"])
+    drop = -best["accuracy_delta_pp"]
+    if drop <= max_drop + TOLERANCE_PP:   # within the drop, but the objective was never measured
+        return UserError(f"no file within {max_drop:g} pp has a measured {objective}: check "
+                         f"evaluate.threads and the evaluate stage's output")
+    needed = math.ceil(round(drop * 100, 6)) / 100
+    return UserError(f"no compressed file is within {max_drop:g} pp of its run's baseline-float32 accuracy: "
+                     f"the smallest drop is {drop:.2f} pp ({file_name(best)}); pass --max-drop {needed:g} "
+                     f"or more")
+
+
+def _rejection(row: Mapping, chosen: Mapping, cost: str, max_drop: float) -> str:
+    delta = row["accuracy_delta_pp"]
+    if delta is None:
+        return "no accuracy against a baseline-float32 of its run"
+    if not _within(row, max_drop):
+        drop, limit = _pp(-delta), _pp(max_drop)
+        if drop == limit:   # 1.004 must not read "1.00 pp > 1.00 pp"
+            drop = f"{-delta:.4f}"
+        return f"accuracy drop {drop} pp > {limit} pp"
+    if row[cost] is None:
+        return f"no {'gzip size' if cost == 'gzip_bytes' else 'latency'} measured"
+    show = _size_text if cost == "gzip_bytes" else _latency_text
+    mine, theirs = show(row[cost]), show(chosen[cost])
+    if row[cost] > chosen[cost]:
+        if mine == theirs:   # a difference the rounding hides
+            mine, theirs = show(row[cost], exact=True), show(chosen[cost], exact=True)
+        return f"{'larger' if cost == 'gzip_bytes' else 'slower'}: {mine} vs {theirs} chosen"
+    if (row["accuracy"] or 0.0) < (chosen["accuracy"] or 0.0):
+        return (f"as {'small' if cost == 'gzip_bytes' else 'fast'} as the choice ({mine}) but less accurate: "
+                f"{row['accuracy'] * 100:.2f} % vs {chosen['accuracy'] * 100:.2f} %")
+    return f"ties with the choice ({mine}, same accuracy): the newer run's file was taken"
+
+
+def _pp(value: float) -> str:
+    return f"{value:.2f}"
+
+
+def _size_text(size: float, exact: bool = False) -> str:
+    return f"{size:,.0f} B" if exact else f"{size / KB:.1f} KB"
+
+
+def _latency_text(ms: float, exact: bool = False) -> str:
+    return f"{ms:.5f} ms" if exact else f"{ms:.3f} ms"
+
+
+def write_selection(selection: Selection, varying: Sequence[str], path: str | Path) -> Path:
+    """selection.json: the rule, the chosen file with its figures and params, and every rejection."""
+    chosen = selection.chosen
+    params = {key: chosen.get(column) for column, key in zip(_param_columns(varying), varying)}
+    figures = {key: chosen.get(key) for key in ("accuracy", "accuracy_delta_pp", "gzip_bytes", "gzip_ratio",
+                                                "latency_median_ms", "latency_threads")}
+    write_json(path, {
+        "max_drop_pp": selection.max_drop,
+        "objective": selection.objective,
+        "chosen": {"experiment": chosen["experiment"], "run_id": chosen["run_id"], "variant": chosen["variant"],
+                   "mode": chosen["mode"], "file": str(variants.tflite_path(chosen["variant"], chosen["mode"])),
+                   **figures, "params": params},
+        "rejected": [{"file": name, "reason": reason} for name, reason in selection.rejected],
+    })
+    return Path(path)
+
+
+# ---------------------------------------------------------------------------------------------- text
+
+def summary_lines(result: Comparison) -> list[str]:
+    """What the command prints: the runs, the Pareto front, the selection with its reasons, the paths."""
+    table = result.table
+    lines = [f"compare: {len(result.experiments)} run(s) ({', '.join(result.experiments)}), {len(table)} files; "
+             f"params that differ: {', '.join(result.varying) or 'none'}"]
+    lines += [f"note: {note}" for note in result.notes]
+    lines += ["", "Pareto front (size: smallest file for its accuracy; latency: fastest for its accuracy):",
+              front_text(table), ""]
+    if result.selection is not None:
+        lines += selection_lines(result.selection) + [""]
+    lines += [f"wrote {path}" for path in (result.csv_path, result.png_path, result.selection_path) if path]
+    return lines
+
+
+def front_text(table: pd.DataFrame) -> str:
+    """The rows on either front as an aligned text table, smallest file first."""
+    front = [row for row in records(table) if row["pareto_size"] or row["pareto_latency"]]
+    if not front:
+        return "  (no file has both an accuracy and a size or latency)"
+    front.sort(key=lambda row: (row["gzip_bytes"] is None, row["gzip_bytes"] or 0, file_name(row)))
+    shown = pd.DataFrame({
+        "file": [file_name(row) for row in front],
+        "acc %": [_fmt(row["accuracy"], "{:.2f}", 100) for row in front],
+        "Δ pp": [_fmt(row["accuracy_delta_pp"], "{:+.2f}") for row in front],
+        "gzip KB": [_fmt(row["gzip_bytes"], "{:.1f}", 1 / KB) for row in front],
+        "ms": [_fmt(row["latency_median_ms"], "{:.3f}") for row in front],
+        "front": [", ".join(name for name, flag in (("size", row["pareto_size"]),
+                                                    ("latency", row["pareto_latency"])) if flag)
+                  for row in front],
+    })
+    return shown.to_string(index=False)
+
+
+def selection_lines(selection: Selection) -> list[str]:
+    """The choice, where to get its file, and one line per rejected file."""
+    row = selection.chosen
+    latency = "" if row["latency_median_ms"] is None else \
+        f", {row['latency_median_ms']:.3f} ms at {row['latency_threads']} thread(s)"
+    where = ("the workspace run" if row["experiment"] == "workspace"
+             else f"experiment {row['experiment']} (`dvc exp apply {row['experiment']}` restores it)")
+    return [f"selection: the {'smallest' if selection.objective == 'size' else 'fastest'} file within "
+            f"{selection.max_drop:g} pp of its run's baseline-float32 accuracy",
+            f"chosen: {file_name(row)}: {row['accuracy'] * 100:.2f} % ({row['accuracy_delta_pp']:+.2f} pp), "
+            f"{_fmt(row['gzip_bytes'], '{:.1f}', 1 / KB)} KB gzipped{latency}",
+            f"  file {variants.tflite_path(row['variant'], row['mode'])} of {where}",
+            *(f"rejected {name}: {reason}" for name, reason in selection.rejected)]
+
+
+def _fmt(value, pattern: str, scale: float = 1.0) -> str:
+    return "-" if value is None else pattern.format(value * scale)
+
+
+# ---------------------------------------------------------------------------------------------- plot
+
+def plot_comparison(table: pd.DataFrame, path: str | Path) -> Path:
+    """Two panels, accuracy (%) against gzipped size (KB) and against median latency (ms).
+
+    One point per row: colour per experiment, marker per mode. Each panel's Pareto front is a step line
+    (the best accuracy reachable within each budget) and its points are labelled `exp/variant-mode`
+    (points at the same place share one label). A cost axis is logarithmic when it spans more than 10x.
+
+    Args:
+      table: the comparison table (`build_table`).
+      path: the PNG to write.
+
+    Returns:
+      The path written.
+    """
+    rows = records(table)
+    fig = Figure(figsize=COMPARE_SIZE, dpi=DPI, layout="constrained")
+    size_ax, latency_ax = fig.subplots(1, 2)
+    colours = _experiment_colours(rows)
+    markers = _mode_markers(rows)
+    threads = sorted({row["latency_threads"] for row in rows if row["latency_threads"] is not None})
+    at = f"at {threads[0]} thread{'s' * (threads[0] > 1)}, " if len(threads) == 1 else ""
+    _panel(size_ax, rows, "gzip_bytes", 1 / KB, "pareto_size", colours, markers,
+           "gzipped size (KB, smaller is better)", "Accuracy vs. size")
+    _panel(latency_ax, rows, "latency_median_ms", 1.0, "pareto_latency", colours, markers,
+           f"median latency (ms {at}lower is better)", "Accuracy vs. latency")
+    _legends(fig, colours, markers)
+    return _save(fig, path)
+
+
+def _panel(ax, rows: list[dict], cost: str, scale: float, flag: str, colours: dict, markers: dict,
+           xlabel: str, title: str) -> None:
+    points = [row for row in rows if (row[cost] or 0) > 0 and row["accuracy"] is not None]
+    if not points:
+        ax.text(0.5, 0.5, f"no file has both {cost} and accuracy", ha="center", va="center",
+                transform=ax.transAxes)
+        ax.set_axis_off()
+        return
+    xs = np.array([row[cost] * scale for row in points])
+    for row, x in zip(points, xs):
+        ax.scatter(x, row["accuracy"] * 100, s=55, color=colours[row["experiment"]], marker=markers[row["mode"]],
+                   edgecolors="black", linewidths=0.5, zorder=3)
+    _front(ax, [(x, row["accuracy"] * 100, file_name(row)) for row, x in zip(points, xs) if row[flag]],
+           xs.max())
+    if xs.max() / xs.min() > 10:
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+
+
+def _front(ax, front: list[tuple[float, float, str]], x_end: float) -> None:
+    if not front:
+        return
+    places: dict[tuple[float, float], list[str]] = {}
+    for x, y, name in sorted(front):
+        places.setdefault((x, y), []).append(name)
+    xs = [x for x, _ in places] + [x_end]
+    ys = [y for _, y in places] + [list(places)[-1][1]]
+    # 'post': past each front point its accuracy holds until a costlier file buys more.
+    ax.step(xs, ys, where="post", color="grey", linestyle="--", linewidth=1.2, zorder=2)
+    for (x, y), names in places.items():
+        ax.annotate("\n".join(names), (x, y), xytext=(6, 6), textcoords="offset points", fontsize=7)
+
+
+def _experiment_colours(rows: list[dict]) -> dict[str, tuple]:
+    names = list(dict.fromkeys(row["experiment"] for row in rows))
+    cmap = colormaps["tab10" if len(names) <= 10 else "tab20"]
+    return {name: cmap(i % cmap.N) for i, name in enumerate(names)}
+
+
+def _mode_markers(rows: list[dict]) -> dict[str, str]:
+    modes = list(dict.fromkeys(row["mode"] for row in sort_rows(rows)))
+    spare = iter(_SPARE_MARKERS * (len(modes) // len(_SPARE_MARKERS) + 1))
+    return {mode: MODE_MARKERS.get(mode) or next(spare) for mode in modes}
+
+
+def _legends(fig: Figure, colours: dict[str, tuple], markers: dict[str, str]) -> None:
+    experiments = [Line2D([], [], linestyle="", marker="o", color=colour, markeredgecolor="black", label=name)
+                   for name, colour in colours.items()]
+    modes = [Line2D([], [], linestyle="", marker=marker, color="lightgrey", markeredgecolor="black", label=name)
+             for name, marker in markers.items()]
+    front = [Line2D([], [], color="grey", linestyle="--", label="Pareto front")]
+    fig.legend(handles=experiments, title="experiment", loc="outside right upper", fontsize=8, title_fontsize=9)
+    fig.legend(handles=modes + front, title="mode", loc="outside right lower", fontsize=8, title_fontsize=9)
+
+
+def _save(fig: Figure, path: str | Path) -> Path:
+    """Save as PNG atomically (temp file + rename), like every other output."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    fig.savefig(partial, format="png", dpi=DPI)
+    partial.replace(path)
+    return path
