@@ -15,11 +15,14 @@ Every result carries what the weights hold afterwards (distinct values, zeros), 
   rebuild, so an HDF5 reload fails; `strip_clustering_cqat` drops them and leaves a plain QAT model.
 """
 
+import contextlib
 import copy
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 import tf_keras as keras
 from tensorflow_model_optimization.python.core.clustering.keras.cluster_wrapper import ClusterWeights
@@ -314,6 +317,26 @@ def kernel_drift(parent: dict[str, np.ndarray], child: dict[str, np.ndarray]) ->
     return dict(sorted(drift.items()))
 
 
+@contextlib.contextmanager
+def expected_gradient_warning_silenced():
+    """Drop TensorFlow's "Gradients do not exist for variables [...kernel]" warning during CQAT.
+
+    The cluster-preserving scheme trains the centroids and writes the gathered kernel into the kernel
+    variable itself, so that variable never gets a gradient: the warning is expected, and repeated every
+    step it would bury the stage's output. Other warnings pass.
+    """
+    class DropGradientWarning(logging.Filter):
+        def filter(self, record):
+            return "Gradients do not exist for variables" not in record.getMessage()
+
+    logger, dropper = tf.get_logger(), DropGradientWarning()
+    logger.addFilter(dropper)
+    try:
+        yield
+    finally:
+        logger.removeFilter(dropper)
+
+
 def cqat(clustered_model: keras.Model, cfg: Mapping, train: training.Split, val: training.Split, *,
          batch_size: int, preserve_sparsity: bool = False, option: str = "cqat") -> CqatResult:
     """Cluster-preserving quantization-aware training of a clustered model.
@@ -338,8 +361,9 @@ def cqat(clustered_model: keras.Model, cfg: Mapping, train: training.Split, val:
     reject_wrapped(clustered_model, "clustered")
     parent = weights.kernels(clustered_model)
     qat_model = quantize_preserving_clusters(clustered_model, preserve_sparsity)
-    history = training.fit(qat_model, train, val, epochs=int(cfg["epochs"]), batch_size=batch_size,
-                           learning_rate=cfg["learning_rate"])
+    with expected_gradient_warning_silenced():
+        history = training.fit(qat_model, train, val, epochs=int(cfg["epochs"]), batch_size=batch_size,
+                               learning_rate=cfg["learning_rate"])
     stripped = tfmot.experimental.combine.strip_clustering_cqat(qat_model)
     return CqatResult(model=stripped, history=history,
                       unique_values_before=weights.unique_values_report(clustered_model),
