@@ -10,6 +10,10 @@ at a time, and two queue workers that open a new mlflow.db at once both try to c
 fails outright). So writes to a SQLite store are serialised across processes by a lock file beside the
 database; should a reader (the MLflow UI) still cause "database is locked", the partial run is deleted and the
 write tried again. No run is lost and none is half-written.
+
+Lineage (`compresslab.lineage`): every run is tagged with the md5 of the data and model files its stage read
+and wrote (`dvc.dep.<path>`, `dvc.out.<path>`, the values dvc.lock holds once the stage has finished), and
+carries the data set that data.dvc tracks as an MLflow dataset input (digest = its DVC md5).
 """
 
 import contextlib
@@ -25,11 +29,13 @@ from mlflow.entities import Metric, Param, RunTag
 from filelock import FileLock
 from mlflow.tracking import MlflowClient
 
+from compresslab import lineage
 from compresslab.config import flatten
 
 EXPERIMENT = "compresslab"
 ATTEMPTS = 8
 BATCH = 100  # MLflow's log_batch takes at most 100 params (and 1000 metrics) per call
+DATA_DVC = "data.dvc"  # what `dvc add data/raw` writes: the raw data set and its md5
 
 
 def project_root() -> Path:
@@ -62,32 +68,32 @@ def experiment_id(client: MlflowClient) -> str:
 
 
 def lineage_tags(stage: str) -> dict[str, str]:
-    """Tags that tie a run to its inputs: stage, git commit and dirtiness, DVC experiment, data hash."""
+    """Tags that tie a run to its inputs: stage, git commit and dirtiness, DVC experiment, data hash, and the
+    md5 of each data/model file the stage reads and writes (`dvc.dep.<path>`, `dvc.out.<path>`)."""
     tags = {"stage": stage, "dvc_exp_name": os.environ.get("DVC_EXP_NAME", "workspace")}
     git = ["git", "-C", os.getcwd()]
     try:
         tags["git_commit"] = subprocess.run(git + ["rev-parse", "HEAD"], capture_output=True, text=True,
                                             check=True).stdout.strip()
-        status = subprocess.run(git + ["status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                                text=True, check=True).stdout
+        # Dirty means the code or conf differs from the commit; what the pipeline itself rewrites (dvc.lock,
+        # params.yaml on `dvc exp run`, the metrics under reports/) does not count.
+        status = subprocess.run(git + ["status", "--porcelain", "--untracked-files=no", "--", ".",
+                                       ":!dvc.lock", ":!params.yaml", ":!reports"],
+                                capture_output=True, text=True, check=True).stdout
         tags["git_dirty"] = str(bool(status.strip())).lower()
     except (OSError, subprocess.CalledProcessError):
         tags["git_commit"] = "unknown"
     data_hash = read_data_hash()
     if data_hash:
         tags["data_hash"] = data_hash
+    # DVC runs every stage in the folder of dvc.yaml (a queued experiment: in its temporary copy).
+    tags.update(lineage.stage_hashes(stage, os.getcwd()))
     return tags
 
 
-def read_data_hash(dvc_file: str | Path = "data.dvc") -> str | None:
+def read_data_hash(dvc_file: str | Path = DATA_DVC) -> str | None:
     """The md5 that `data.dvc` records for data/raw (what DVC will check the data against)."""
-    path = Path(dvc_file)
-    if not path.is_file():
-        return None
-    for line in path.read_text().splitlines():
-        if line.strip().startswith("- md5:") or line.strip().startswith("md5:"):
-            return line.split(":", 1)[1].strip()
-    return None
+    return next(iter(lineage.dvc_file_outs(Path("."), dvc_file).values()), None)
 
 
 def log_run(stage: str, *, params: Mapping, metrics: Mapping[str, float],
@@ -105,6 +111,7 @@ def log_run(stage: str, *, params: Mapping, metrics: Mapping[str, float],
     """
     uri = tracking_uri()
     all_tags = {**lineage_tags(stage), **(tags or {})}
+    data_input = lineage.dataset_input(DATA_DVC, project_root(), context=stage)
     flat_params = [Param(k, str(v)) for k, v in flatten(params).items()]
     now = int(time.time() * 1000)
     flat_metrics = [Metric(k, float(v), now, 0) for k, v in metrics.items() if v is not None]
@@ -113,7 +120,8 @@ def log_run(stage: str, *, params: Mapping, metrics: Mapping[str, float],
     for attempt in range(1, ATTEMPTS + 1):
         try:
             with write_lock(uri):
-                run_id = write_run(uri, stage, run_name, all_tags, flat_params, flat_metrics, artifacts)
+                run_id = write_run(uri, stage, run_name, all_tags, flat_params, flat_metrics, artifacts,
+                                   datasets=[data_input] if data_input else [])
             print(f"mlflow: logged run {run_id} ({run_name or stage}) to {uri}")
             return run_id
         except Exception as err:  # noqa: BLE001 - only "locked" is retried, the rest re-raised
@@ -124,8 +132,9 @@ def log_run(stage: str, *, params: Mapping, metrics: Mapping[str, float],
     raise AssertionError("unreachable")
 
 
-def write_run(uri, stage, run_name, tags, params, metrics, artifacts) -> str:
-    """Create one run and write everything into it; on failure, delete the partial run and re-raise."""
+def write_run(uri, stage, run_name, tags, params, metrics, artifacts, datasets=()) -> str:
+    """Create one run and write everything into it (datasets: MLflow DatasetInputs); on failure, delete the
+    partial run and re-raise."""
     client = MlflowClient(uri)
     run_id = None
     try:
@@ -134,6 +143,8 @@ def write_run(uri, stage, run_name, tags, params, metrics, artifacts) -> str:
         run_id = run.info.run_id
         for start in range(0, max(len(params), len(metrics)), BATCH):
             client.log_batch(run_id, metrics=metrics[start:start + BATCH], params=params[start:start + BATCH])
+        if datasets:
+            client.log_inputs(run_id, datasets=list(datasets))
         for path in map(Path, artifacts):
             if path.is_dir():
                 client.log_artifacts(run_id, str(path), artifact_path=path.name)
