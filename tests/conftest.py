@@ -8,7 +8,6 @@ real `dvc` commands there. MLflow writes to that copy's own mlflow.db.
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +17,7 @@ import pytest
 from PIL import Image
 
 import compresslab  # noqa: F401  (prepares the environment before TensorFlow is imported)
+from compresslab import sandbox
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -74,28 +74,29 @@ def copy_project(dest: Path, preset: str | None = "smoke", sample_data: bool = F
       sample_data: write the bundled sample with `compresslab sample-data` and keep the project's data.dvc,
         instead of a tiny generated data set tracked anew.
     """
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True,
-                           text=True, check=True).stdout.split("\n")
-    for name in filter(None, files):
-        source = REPO / name
-        if source.is_file() and not name.startswith(("tests/", "dvc.lock", "reports/")):
-            (dest / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, dest / name)
+    sandbox.copy_project(REPO, dest)
     if preset:
         config = dest / "conf" / "config.yaml"
         config.write_text(config.read_text().replace("  - experiment: null", f"  - experiment: {preset}"))
-    run(["git", "init", "-q", "-b", "main"], dest)
-    run(["git", "config", "user.email", "test@example.com"], dest)
-    run(["git", "config", "user.name", "compresslab tests"], dest)
+    sandbox.init_git(dest)
     if sample_data:
         run(["compresslab", "sample-data"], dest)
     else:
         make_image_folder(dest / "data" / "raw")
         run(["dvc", "add", "-q", "data/raw"], dest)
         run(["compresslab", "params"], dest)
-    run(["git", "add", "-A"], dest)
-    run(["git", "commit", "-q", "-m", "tiny project"], dest)
+    sandbox.commit_all(dest, "tiny project")
     return dest
+
+
+def mlflow_runs(root: Path, **tags) -> list:
+    """Runs of the project's `compresslab` MLflow experiment whose tags equal the given values."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("compresslab")
+    query = " and ".join(f"tags.{key} = '{value}'" for key, value in tags.items())
+    return client.search_runs([experiment.experiment_id], query, max_results=500)
 
 
 def read_json(path: Path) -> dict:
@@ -107,10 +108,20 @@ def image_folder(tmp_path) -> Path:
     return make_image_folder(tmp_path / "raw")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def project(tmp_path_factory) -> Path:
-    """A copy of the project on tiny data, already run through `dvc repro` once (shared by a test module)."""
+    """A copy of the project on tiny data, run through `dvc repro` once and shared by the end-to-end modules.
+
+    Tests on it change only what they check (experiments, MLflow runs), never its committed results.
+    """
     root = copy_project(tmp_path_factory.mktemp("project"))
     result = run(["dvc", "repro"], root)
-    root.joinpath("first_repro.log").write_text(result.stdout + result.stderr)
+    (root / ".git" / "first_repro.log").write_text(result.stdout + result.stderr)
+    sandbox.commit_all(root, "pipeline results")  # queued experiments start from these
     return root
+
+
+def restore_committed(root: Path) -> None:
+    """Put the workspace back to the committed pipeline results (an exp run applies its own to it)."""
+    run(["git", "reset", "-q", "--hard"], root)
+    run(["dvc", "checkout", "--force", "--quiet"], root)

@@ -10,7 +10,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from compresslab import variants
-from conftest import read_json, run, stages_ran
+from conftest import mlflow_runs, read_json, run, stages_ran
 
 pytestmark = pytest.mark.slow
 
@@ -19,15 +19,8 @@ FILES = [f"{v}-{m}" for v in variants.FLOAT_VARIANTS for m in ("float32", "dynam
     f"{v}-int8" for v in variants.QAT_VARIANTS]
 
 
-def mlflow_runs(root, **filters) -> list:
-    client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
-    experiment = client.get_experiment_by_name("compresslab")
-    query = " and ".join(f"tags.{key} = '{value}'" for key, value in filters.items())
-    return client.search_runs([experiment.experiment_id], query, max_results=500)
-
-
 def test_repro_runs_every_stage_and_writes_every_output(project):
-    assert set(stages_ran((project / "first_repro.log").read_text())) == ALL_STAGES
+    assert set(stages_ran((project / ".git" / "first_repro.log").read_text())) == ALL_STAGES
     for name in ("baseline", "pruned", "qat", "pqat", "clustered", "cqat", "pcqat"):
         assert (project / "models" / f"{name}.keras").stat().st_size > 0
     assert sorted(p.stem for p in (project / "models" / "tflite").glob("*.tflite")) == sorted(FILES)
@@ -74,13 +67,13 @@ def test_compression_stages_report_what_they_measured(project):
 def test_mlflow_holds_a_run_per_stage_and_the_summary(project):
     stages = {run_.data.tags["stage"] for run_ in mlflow_runs(project)}
     assert stages == ALL_STAGES - {"prepare", "convert"}
-    (summary,) = mlflow_runs(project, summary="true")
+    (summary,) = mlflow_runs(project, summary="true", dvc_exp_name="workspace")
     assert summary.data.params["prune.final_sparsity"] == "0.5"
     assert summary.data.params["model.name"] == "firenet"
     assert 0 <= summary.data.metrics["pruned.int8.accuracy"] <= 1
     assert summary.data.metrics["baseline.float32.gzip_ratio"] == 1.0
     assert summary.data.tags["git_commit"] and summary.data.tags["data_hash"].endswith(".dir")
-    (train,) = mlflow_runs(project, stage="train")
+    (train,) = mlflow_runs(project, stage="train", dvc_exp_name="workspace")
     client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
     curve = client.get_metric_history(train.info.run_id, "val_accuracy")
     assert len(curve) == read_json(project / "reports/train/metrics.json")["epochs_run"]

@@ -1,0 +1,127 @@
+"""Experiments at scale, end to end: a queued sweep with two workers plus a study preset, and the MLflow
+summary runs compared through a real `mlflow server` on 127.0.0.1."""
+
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+from conftest import BIN, mlflow_runs, restore_committed, run
+
+pytestmark = pytest.mark.slow
+
+SWEEP = (0.3, 0.6, 0.7)
+# The FireNet preset at its own sizes, with the epoch counts cut so it runs in a test.
+FIRENET_QUICK = ["experiment=firenet_study", "data.max_images_per_class=30", "train.epochs=2", "prune.epochs=1",
+                 "quantize.epochs=1", "pqat.epochs=1", "cluster.epochs=1", "cqat.epochs=1",
+                 "pcqat.cluster_epochs=1", "pcqat.epochs=1", "evaluate.threads=[1]", "evaluate.min_runs=5",
+                 "evaluate.min_seconds=0.05", "evaluate.measure_memory=false"]
+
+
+def experiments(root) -> dict:
+    shown = json.loads(run(["dvc", "exp", "show", "--json"], root).stdout)
+    return {exp["name"]: exp["revs"][0]["data"] for rev in shown for exp in rev.get("experiments") or []}
+
+
+def wait_for_queue(root, timeout=1500):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        status = run(["dvc", "queue", "status"], root).stdout
+        if not any(word in status for word in ("Queued", "Running")):
+            return status
+        time.sleep(10)
+    raise AssertionError(f"queue still busy after {timeout} s:\n{status}")
+
+
+def test_queued_sweep_and_preset_land_in_dvc_and_mlflow(project):
+    restore_committed(project)
+    run(["dvc", "exp", "run", "--queue", "-S", f"prune.final_sparsity={','.join(map(str, SWEEP))}"], project)
+    run(["dvc", "exp", "run", "--queue", "-n", "firenet-quick", *[a for o in FIRENET_QUICK for a in ("-S", o)]],
+        project)
+    run(["dvc", "queue", "start", "-j", "2"], project)
+    status = wait_for_queue(project)
+    assert "Failed" not in status, status + run(["dvc", "queue", "logs", "firenet-quick"], project, False).stdout
+    found = experiments(project)
+    swept = {}
+    for name, exp in found.items():
+        params = exp["params"]["params.yaml"]["data"]
+        if params.get("experiment", {}) and params["experiment"].get("name") == "firenet_study":
+            continue
+        swept[params["prune"]["final_sparsity"]] = (name, exp)
+    assert set(SWEEP) <= set(swept)
+    for sparsity in SWEEP:
+        name, exp = swept[sparsity]
+        measured = exp["metrics"]["reports/prune/metrics.json"]["data"]["sparsity"]
+        assert measured == pytest.approx(sparsity, abs=0.03)
+        (summary,) = mlflow_runs(project, summary="true", dvc_exp_name=name)
+        assert summary.data.params["prune.final_sparsity"] == str(sparsity)
+        assert "pruned.int8.accuracy" in summary.data.metrics
+    preset = found["firenet-quick"]
+    assert preset["params"]["params.yaml"]["data"]["model"]["name"] == "firenet"
+    assert preset["metrics"]["reports/prune/metrics.json"]["data"]["sparsity"] == pytest.approx(0.8, abs=0.03)
+    assert preset["metrics"]["reports/quantize/metrics.json"]["data"]["quantized_layers"] == 3  # dense only
+    assert len(preset["metrics"]["reports/metrics.json"]["data"]) == 7  # every variant evaluated
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def rest(base, path, payload=None):
+    """POST `payload` as JSON to MLflow's REST API (GET when there is none); returns the decoded answer."""
+    body = json.dumps(payload).encode() if payload is not None else None
+    request = urllib.request.Request(f"{base}/api/2.0/mlflow/{path}", data=body,
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    port = free_port()
+    server = subprocess.Popen([str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+                               "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+                               "--artifacts-destination", str(tmp_path / "artifacts"), "--workers", "1"],
+                              cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(120):
+            try:
+                urllib.request.urlopen(f"{base}/health", timeout=2)
+                break
+            except OSError:
+                time.sleep(1)
+        else:
+            raise AssertionError("mlflow server did not start within 120 s")
+        yield base
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_summary_runs_compare_through_a_real_mlflow_server(project, mlflow_server):
+    restore_committed(project)
+    env = {"MLFLOW_TRACKING_URI": mlflow_server}
+    for name, min_runs in (("server-a", 6), ("server-b", 7)):  # only evaluate re-runs
+        run(["dvc", "exp", "run", "-n", name, "-S", f"evaluate.min_runs={min_runs}"], project, env=env)
+    experiment = rest(mlflow_server, "experiments/get-by-name?experiment_name=compresslab")
+    experiment_id = experiment["experiment"]["experiment_id"]
+    for name, min_runs in (("server-a", 6), ("server-b", 7)):
+        found = rest(mlflow_server, "runs/search", {
+            "experiment_ids": [experiment_id],
+            "filter": f"params.`evaluate.min_runs` = '{min_runs}' and tags.summary = 'true'"})["runs"]
+        assert len(found) == 1
+        data = found[0]["data"]
+        tags = {t["key"]: t["value"] for t in data["tags"]}
+        metrics = {m["key"]: m["value"] for m in data["metrics"]}
+        assert tags["dvc_exp_name"] == name and found[0]["info"]["run_name"] == f"{name}: firenet"
+        assert 0 <= metrics["pruned.int8.accuracy"] <= 1 and metrics["baseline.float32.gzip_ratio"] == 1.0
+    both = rest(mlflow_server, "runs/search", {"experiment_ids": [experiment_id],
+                                               "filter": "params.`prune.final_sparsity` = '0.5'"})["runs"]
+    assert len(both) == 2
