@@ -5,6 +5,7 @@ Each stage script validates its config, loads its parent model, calls its techni
 """
 
 from collections.abc import Mapping
+from pathlib import Path
 
 import numpy as np
 
@@ -64,11 +65,19 @@ def finish(stage: str, params, groups: tuple[str, ...], model, model_path: str, 
     training.compile_model(model)
     scores = training.evaluate(model, test)
     save_model(model, model_path)
-    metrics = {"test_accuracy": scores["accuracy"], "test_loss": scores["loss"], **numeric(measurements)}
-    metrics_path, history_path = f"reports/{stage}/metrics.json", f"reports/{stage}/history.csv"
-    write_json(metrics_path, metrics)
-    write_history(history_path, history)
+    measured = numeric(measurements)
+    # Per-layer figures go beside the DVC metrics, not into them: one column per layer would bury the
+    # headline figures in `dvc exp show`.
+    per_layer = {key: value for key, value in measured.items() if isinstance(value, Mapping)}
+    metrics = {"test_accuracy": scores["accuracy"], "test_loss": scores["loss"],
+               **{key: value for key, value in measured.items() if key not in per_layer}}
+    paths = {"metrics": f"reports/{stage}/metrics.json", "history": f"reports/{stage}/history.csv",
+             "layers": f"reports/{stage}/layers.json"}
+    write_json(paths["metrics"], metrics)
+    write_history(paths["history"], history)
+    if per_layer:
+        write_json(paths["layers"], per_layer)
     print(f"{stage}: test accuracy {scores['accuracy']:.4f}; saved {model_path}")
-    tracking.log_run(stage, params=section(params, *groups), metrics=flat_metrics(metrics), history=history,
-                     artifacts=[metrics_path, history_path])
-    return metrics
+    tracking.log_run(stage, params=section(params, *groups), metrics=flat_metrics({**metrics, **per_layer}),
+                     history=history, artifacts=[path for path in paths.values() if Path(path).exists()])
+    return {**metrics, **per_layer}
