@@ -46,6 +46,20 @@ def make_image_folder(root: Path, classes=("fire", "no_fire", "smoke"), per_clas
     return root
 
 
+def firenet_like(channels: int = 1):
+    """Conv2D / AveragePooling2D / Dropout / Flatten / Dense, as in the FireNet study, at toy size."""
+    import tf_keras as keras
+
+    layers = keras.layers
+    inputs = keras.Input((8, 8, channels))
+    x = layers.Conv2D(4, 3, activation="relu", name="conv")(inputs)
+    x = layers.AveragePooling2D(name="pool")(x)
+    x = layers.Dropout(0.1, name="drop")(x)
+    x = layers.Flatten(name="flat")(x)
+    x = layers.Dense(16, activation="relu", name="fc")(x)
+    return keras.Model(inputs, layers.Dense(3, activation="softmax", name="out")(x))
+
+
 def run(cmd: list[str] | str, cwd: Path, check: bool = True, env: dict | None = None,
         timeout: int = 900) -> subprocess.CompletedProcess:
     """Run a command with the project's virtual environment first on PATH; fail with its output."""

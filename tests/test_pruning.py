@@ -10,6 +10,7 @@ from omegaconf import OmegaConf
 
 from compresslab import pruning, weights
 from compresslab.errors import UserError
+from conftest import firenet_like
 
 L = keras.layers
 BATCH = 16  # 64 samples -> 4 steps per epoch
@@ -21,17 +22,6 @@ def prune_cfg(**overrides):
            "m_by_n": None, "epochs": 3, "learning_rate": 1e-3}
     cfg.update(overrides)
     return cfg
-
-
-def firenet_like(channels=1):
-    """Conv2D / AveragePooling2D / Dropout / Flatten / Dense, as in the FireNet study, at toy size."""
-    inputs = keras.Input((8, 8, channels))
-    x = L.Conv2D(4, 3, activation="relu", name="conv")(inputs)
-    x = L.AveragePooling2D(name="pool")(x)
-    x = L.Dropout(0.1, name="drop")(x)
-    x = L.Flatten(name="flat")(x)
-    x = L.Dense(16, activation="relu", name="fc")(x)
-    return keras.Model(inputs, L.Dense(3, activation="softmax", name="out")(x))
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ from ai_edge_litert.interpreter import Interpreter
 
 from compresslab import model_io, quantization, weights
 from compresslab.errors import UserError
+from conftest import firenet_like
 
 L = keras.layers
 qk = quantization.qk
@@ -20,17 +21,6 @@ def qat_cfg(**overrides):
     cfg = {"name": "test", "layers": "all", "epochs": 1, "learning_rate": 1e-3}
     cfg.update(overrides)
     return cfg
-
-
-def firenet_like():
-    """Conv2D / AveragePooling2D / Dropout / Flatten / Dense, as in the FireNet study, at toy size."""
-    inputs = keras.Input((8, 8, 1))
-    x = L.Conv2D(4, 3, activation="relu", name="conv")(inputs)
-    x = L.AveragePooling2D(name="pool")(x)
-    x = L.Dropout(0.1, name="drop")(x)
-    x = L.Flatten(name="flat")(x)
-    x = L.Dense(16, activation="relu", name="fc")(x)
-    return keras.Model(inputs, L.Dense(3, activation="softmax", name="out")(x))
 
 
 def zero_smallest_half(model):

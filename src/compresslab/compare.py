@@ -32,7 +32,7 @@ from compresslab import tracking, variants
 from compresslab.errors import UserError
 from compresslab.metrics import pareto_front
 from compresslab.outputs import write_json, write_text_atomically
-from compresslab.report import DPI, KB, MODE_MARKERS, sort_rows
+from compresslab.report import DPI, KB, MODE_MARKERS, save_figure, sort_rows
 
 OUT_DIR = Path("reports/compare")
 REFERENCE = variants.split_label(variants.BASELINE_FILE)   # ('baseline', 'float32')
@@ -514,7 +514,7 @@ def plot_comparison(table: pd.DataFrame, path: str | Path) -> Path:
     _panel(latency_ax, rows, "latency_median_ms", 1.0, "pareto_latency", colours, markers,
            f"median latency (ms {at}lower is better)", "Accuracy vs. latency")
     _legends(fig, colours, markers)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _panel(ax, rows: list[dict], cost: str, scale: float, flag: str, colours: dict, markers: dict,
@@ -576,11 +576,3 @@ def _legends(fig: Figure, colours: dict[str, tuple], markers: dict[str, str]) ->
     fig.legend(handles=modes + front, title="mode", loc="outside right lower", fontsize=8, title_fontsize=9)
 
 
-def _save(fig: Figure, path: str | Path) -> Path:
-    """Save as PNG atomically (temp file + rename), like every other output."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    fig.savefig(partial, format="png", dpi=DPI)
-    partial.replace(path)
-    return path

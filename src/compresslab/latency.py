@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 from ai_edge_litert.interpreter import Interpreter
 
+from compresslab import tflite_file
 from compresslab.errors import UserError, run_main
 
 RANDOM_SEED = 0
@@ -95,7 +96,8 @@ def peak_memory(path: str | os.PathLike, input_sample=None) -> dict:
 
 def peak_memory_mb(path: str | os.PathLike, input_sample=None) -> float:
     """Peak RSS (MB) of a fresh process that imports LiteRT + NumPy, loads the model and runs it 10 times."""
-    path = _existing_file(path)
+    path = Path(path)
+    tflite_file.check_file(path)
     if input_sample is None:
         return _run_child([str(path)])["max_rss_mb"]
     with tempfile.TemporaryDirectory() as tmp:
@@ -106,15 +108,7 @@ def peak_memory_mb(path: str | os.PathLike, input_sample=None) -> float:
 
 def load_interpreter(path: str | os.PathLike, threads: int) -> Interpreter:
     """A LiteRT interpreter for `path` with tensors allocated; UserError when the file is not a model."""
-    path = _existing_file(path)
-    try:
-        interpreter = Interpreter(model_path=str(path), num_threads=int(threads))
-        interpreter.allocate_tensors()
-    except (ValueError, RuntimeError) as err:
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserError(f"{path} could not be loaded as a TFLite model ({first_line}): "
-                        f"point to a file written by the TFLite converter") from err
-    return interpreter
+    return tflite_file.load_interpreter(path, num_threads=int(threads))
 
 
 def feed_inputs(interpreter: Interpreter, input_sample=None) -> None:
@@ -134,8 +128,7 @@ def make_input(detail: dict, sample=None, rng: np.random.Generator | None = None
       rng: noise source; a generator seeded with RANDOM_SEED when None.
 
     Returns:
-      An array of the tensor's shape and dtype; integer tensors get round(x / scale + zero_point),
-      clipped to the dtype's range.
+      An array of the tensor's shape and dtype, quantized as `tflite_file.quantize` does for integer inputs.
     """
     shape = tuple(int(size) for size in detail["shape"])
     if sample is None:
@@ -147,18 +140,7 @@ def make_input(detail: dict, sample=None, rng: np.random.Generator | None = None
             raise UserError(f"input sample of shape {values.shape} does not fit model input "
                             f"{detail['name']!r} of shape {list(shape)}: pass one image of the model's size")
         values = values.reshape(shape)
-    return _to_dtype(values, np.dtype(detail["dtype"]), detail["quantization"])
-
-
-def _to_dtype(values: np.ndarray, dtype: np.dtype, quantization: tuple[float, int]) -> np.ndarray:
-    if not np.issubdtype(dtype, np.integer):
-        return values.astype(dtype)
-    scale, zero_point = quantization
-    if scale == 0:
-        # An integer input without quantization parameters takes raw values; treat [0, 1] as 8-bit pixels.
-        values, zero_point, scale = values * 255.0, 0, 1.0
-    info = np.iinfo(dtype)
-    return np.clip(np.round(values / scale + zero_point), info.min, info.max).astype(dtype)
+    return tflite_file.quantize(values, detail)
 
 
 def _timed_runs(interpreter: Interpreter, min_runs: int, min_seconds: float, max_runs: int) -> np.ndarray:
@@ -189,13 +171,6 @@ def _check_schedule(warmup: int, min_runs: int, min_seconds: float, max_runs: in
         raise UserError(f"latency schedule warmup={warmup}, min_runs={min_runs}, min_seconds={min_seconds}, "
                         f"max_runs={max_runs} is invalid: need warmup >= 0, min_runs >= 1, "
                         f"min_seconds >= 0 and max_runs >= min_runs")
-
-
-def _existing_file(path: str | os.PathLike) -> Path:
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"TFLite file {path} does not exist: convert the model first or fix the path")
-    return path
 
 
 @functools.lru_cache(maxsize=1)

@@ -178,7 +178,7 @@ def plot_tradeoff(rows: Sequence[Mapping], path: str | Path) -> Path:
     ax = fig.add_subplot()
     if not points:
         _no_data(ax, "no file has both a size and an accuracy")
-        return _save(fig, path)
+        return save_figure(fig, path)
     sizes = np.array([_number(row["gzip_bytes"]) / KB for row in points])
     accuracy = np.array([_number(row["accuracy"]) * 100 for row in points])
     colours = _variant_colours(points)
@@ -195,7 +195,7 @@ def plot_tradeoff(rows: Sequence[Mapping], path: str | Path) -> Path:
     ax.set_title("Accuracy vs. size")
     ax.grid(True, which="both", alpha=0.3)
     _tradeoff_legends(ax, colours, markers)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _draw_front(ax, points: list[Mapping], sizes: np.ndarray, accuracy: np.ndarray) -> None:
@@ -243,7 +243,7 @@ def plot_latency(rows: Sequence[Mapping], path: str | Path) -> Path:
     ax = fig.add_subplot()
     if not files:
         _no_data(ax, "no latency was measured")
-        return _save(fig, path)
+        return save_figure(fig, path)
     bar = 0.8 / len(threads)
     colours = _palette(len(threads), "viridis")
     longest = 0.0
@@ -271,7 +271,7 @@ def plot_latency(rows: Sequence[Mapping], path: str | Path) -> Path:
     ax.set_title("Latency by file and thread count")
     ax.grid(True, axis="x", alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _first_with(files: list[Mapping], n: int) -> int:
@@ -313,7 +313,7 @@ def plot_confusion(confusion: Mapping, title: str, path: str | Path) -> Path:
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(title)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_history(history_csvs: Mapping[str, str | Path], path: str | Path) -> Path:
@@ -342,7 +342,7 @@ def plot_history(history_csvs: Mapping[str, str | Path], path: str | Path) -> Pa
     if not drawn:
         _no_data(acc_ax, "no training history found")
         loss_ax.set_axis_off()
-        return _save(fig, path)
+        return save_figure(fig, path)
     acc_ax.set_ylabel("validation accuracy (%)")
     loss_ax.set_ylabel("validation loss")
     for ax in (acc_ax, loss_ax):
@@ -351,7 +351,7 @@ def plot_history(history_csvs: Mapping[str, str | Path], path: str | Path) -> Pa
         ax.xaxis.get_major_locator().set_params(integer=True)
     acc_ax.legend(fontsize=8)
     fig.suptitle("Training and fine-tuning")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _history_line(ax, history: pd.DataFrame, epochs: pd.Series, stage: str, metric: str, scale: float) -> bool:
@@ -651,7 +651,7 @@ def _no_data(ax, message: str) -> None:
     ax.set_axis_off()
 
 
-def _save(fig: Figure, path: str | Path) -> Path:
+def save_figure(fig: Figure, path: str | Path) -> Path:
     """Save as PNG atomically (temp file + rename), like every other stage output."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
