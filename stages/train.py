@@ -24,8 +24,8 @@ def run(params) -> dict:
     validate_train_config(cfg)
     meta = data.load_meta(stage.PREPARED)
     input_shape = (meta["image_size"], meta["image_size"], meta["channels"])
+    seed_everything(params.seed)  # before building: the initial weights are drawn from the seeded state
     model = models.build_model(params.model, input_shape, len(meta["class_names"]))
-    seed_everything(params.seed)
     train, val, test = stage.load_splits()
     print(f"train: {params.model.name} ({models.count_parameters(model):,} parameters) on {len(train[1])} "
           f"images for up to {cfg.epochs} epochs")
