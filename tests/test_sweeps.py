@@ -4,7 +4,6 @@ summary runs compared through a real `mlflow server` on 127.0.0.1."""
 import json
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
 

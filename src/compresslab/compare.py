@@ -30,9 +30,9 @@ from mlflow.tracking import MlflowClient
 
 from compresslab import tracking, variants
 from compresslab.errors import UserError
-from compresslab.metrics import pareto_front
+from compresslab.metrics import as_number, pareto_front
 from compresslab.outputs import write_json, write_text_atomically
-from compresslab.report import DPI, KB, MODE_MARKERS, save_figure, sort_rows
+from compresslab.report import DPI, KB, fmt, mode_markers, save_figure, sort_rows
 
 OUT_DIR = Path("reports/compare")
 REFERENCE = variants.split_label(variants.BASELINE_FILE)   # ('baseline', 'float32')
@@ -43,7 +43,6 @@ OBJECTIVES = {"size": "gzip_bytes", "latency": "latency_median_ms"}
 # still pass --max-drop 1.
 TOLERANCE_PP = 1e-9
 COMPARE_SIZE = (15.0, 6.0)   # inches: two panels side by side, legends outside on the right
-_SPARE_MARKERS = ("v", "P", "X", "*", "h", "<", ">")
 _SEARCH_PAGE = 1000
 
 
@@ -223,7 +222,7 @@ def _figures(run: Run) -> dict[tuple[str, str], dict[str, float]]:
     for key, value in run.data.metrics.items():
         parts = key.split(".")
         if len(parts) == 3:
-            files.setdefault((parts[0], parts[1]), {})[parts[2]] = _number(value)
+            files.setdefault((parts[0], parts[1]), {})[parts[2]] = as_number(value)
     return files
 
 
@@ -306,11 +305,6 @@ def _plain(value):
     if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
         return None
     return value.item() if isinstance(value, np.generic) else value
-
-
-def _number(value) -> float | None:
-    number = None if value is None else float(value)
-    return None if number is None or math.isnan(number) else number
 
 
 def file_name(row: Mapping) -> str:
@@ -456,10 +450,10 @@ def front_text(table: pd.DataFrame) -> str:
     front.sort(key=lambda row: (row["gzip_bytes"] is None, row["gzip_bytes"] or 0, file_name(row)))
     shown = pd.DataFrame({
         "file": [file_name(row) for row in front],
-        "acc %": [_fmt(row["accuracy"], "{:.2f}", 100) for row in front],
-        "Δ pp": [_fmt(row["accuracy_delta_pp"], "{:+.2f}") for row in front],
-        "gzip KB": [_fmt(row["gzip_bytes"], "{:.1f}", 1 / KB) for row in front],
-        "ms": [_fmt(row["latency_median_ms"], "{:.3f}") for row in front],
+        "acc %": [fmt(row["accuracy"], "{:.2f}", 100) for row in front],
+        "Δ pp": [fmt(row["accuracy_delta_pp"], "{:+.2f}") for row in front],
+        "gzip KB": [fmt(row["gzip_bytes"], "{:.1f}", 1 / KB) for row in front],
+        "ms": [fmt(row["latency_median_ms"], "{:.3f}") for row in front],
         "front": [", ".join(name for name, flag in (("size", row["pareto_size"]),
                                                     ("latency", row["pareto_latency"])) if flag)
                   for row in front],
@@ -477,16 +471,10 @@ def selection_lines(selection: Selection) -> list[str]:
     return [f"selection: the {'smallest' if selection.objective == 'size' else 'fastest'} file within "
             f"{selection.max_drop:g} pp of its run's baseline-float32 accuracy",
             f"chosen: {file_name(row)}: {row['accuracy'] * 100:.2f} % ({row['accuracy_delta_pp']:+.2f} pp), "
-            f"{_fmt(row['gzip_bytes'], '{:.1f}', 1 / KB)} KB gzipped{latency}",
+            f"{fmt(row['gzip_bytes'], '{:.1f}', 1 / KB)} KB gzipped{latency}",
             f"  file {variants.tflite_path(row['variant'], row['mode'])} of {where}",
             *(f"rejected {name}: {reason}" for name, reason in selection.rejected)]
 
-
-def _fmt(value, pattern: str, scale: float = 1.0) -> str:
-    return "-" if value is None else pattern.format(value * scale)
-
-
-# ---------------------------------------------------------------------------------------------- plot
 
 def plot_comparison(table: pd.DataFrame, path: str | Path) -> Path:
     """Two panels, accuracy (%) against gzipped size (KB) and against median latency (ms).
@@ -506,7 +494,7 @@ def plot_comparison(table: pd.DataFrame, path: str | Path) -> Path:
     fig = Figure(figsize=COMPARE_SIZE, dpi=DPI, layout="constrained")
     size_ax, latency_ax = fig.subplots(1, 2)
     colours = _experiment_colours(rows)
-    markers = _mode_markers(rows)
+    markers = mode_markers(rows)
     threads = sorted({row["latency_threads"] for row in rows if row["latency_threads"] is not None})
     at = f"at {threads[0]} thread{'s' * (threads[0] > 1)}, " if len(threads) == 1 else ""
     _panel(size_ax, rows, "gzip_bytes", 1 / KB, "pareto_size", colours, markers,
@@ -558,12 +546,6 @@ def _experiment_colours(rows: list[dict]) -> dict[str, tuple]:
     names = list(dict.fromkeys(row["experiment"] for row in rows))
     cmap = colormaps["tab10" if len(names) <= 10 else "tab20"]
     return {name: cmap(i % cmap.N) for i, name in enumerate(names)}
-
-
-def _mode_markers(rows: list[dict]) -> dict[str, str]:
-    modes = list(dict.fromkeys(row["mode"] for row in sort_rows(rows)))
-    spare = iter(_SPARE_MARKERS * (len(modes) // len(_SPARE_MARKERS) + 1))
-    return {mode: MODE_MARKERS.get(mode) or next(spare) for mode in modes}
 
 
 def _legends(fig: Figure, colours: dict[str, tuple], markers: dict[str, str]) -> None:

@@ -152,15 +152,19 @@ def _positive_metrics(y_true: np.ndarray, y_pred: np.ndarray, index: int) -> dic
             "positive_f1": float(f1[0])}
 
 
-def _number(value) -> float | None:
-    if value is None:
+def as_number(value) -> float | None:
+    """A float, or None for None, NaN and values that are not numbers (text, empty cells)."""
+    if value is None or isinstance(value, (str, bytes)):
         return None
-    number = float(value)
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
     return None if math.isnan(number) else number
 
 
 def _pair(row: Mapping, baseline: Mapping, key: str) -> tuple[float, float] | None:
-    mine, theirs = _number(row.get(key)), _number(baseline.get(key))
+    mine, theirs = as_number(row.get(key)), as_number(baseline.get(key))
     return None if mine is None or theirs is None else (mine, theirs)
 
 
@@ -171,7 +175,7 @@ def _ratio(pair: tuple[float, float] | None) -> float | None:
 
 
 def _valid_point(point: Sequence[float]) -> tuple[float, float] | None:
-    cost, accuracy = (_number(value) for value in point)
+    cost, accuracy = (as_number(value) for value in point)
     return None if cost is None or accuracy is None else (cost, accuracy)
 
 

@@ -26,7 +26,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter
 
 from compresslab.errors import UserError
-from compresslab.metrics import pareto_front
+from compresslab.metrics import as_number, pareto_front
 from compresslab.outputs import write_text_atomically
 
 # Column order of variants.csv; the per-thread latency columns go in after `macs`, the unknown keys last.
@@ -132,7 +132,7 @@ def headline_metrics(rows: Sequence[Mapping]) -> dict:
             continue
         figures = {}
         for key, rounder in rounders.items():
-            value = _number(row.get(key))
+            value = as_number(row.get(key))
             if value is not None:
                 figures[key] = rounder(value)
         metrics.setdefault(str(row["variant"]), {})[str(row["mode"])] = figures
@@ -172,17 +172,17 @@ def plot_tradeoff(rows: Sequence[Mapping], path: str | Path) -> Path:
       The path written.
     """
     # A zero or missing size has no place on a (possibly log) size axis.
-    points = [row for row in _drawable(rows) if (_number(row.get("gzip_bytes")) or 0) > 0 and
-              _number(row.get("accuracy")) is not None]
+    points = [row for row in _drawable(rows) if (as_number(row.get("gzip_bytes")) or 0) > 0 and
+              as_number(row.get("accuracy")) is not None]
     fig = Figure(figsize=TRADEOFF_SIZE, dpi=DPI, layout="constrained")
     ax = fig.add_subplot()
     if not points:
         _no_data(ax, "no file has both a size and an accuracy")
         return save_figure(fig, path)
-    sizes = np.array([_number(row["gzip_bytes"]) / KB for row in points])
-    accuracy = np.array([_number(row["accuracy"]) * 100 for row in points])
+    sizes = np.array([as_number(row["gzip_bytes"]) / KB for row in points])
+    accuracy = np.array([as_number(row["accuracy"]) * 100 for row in points])
     colours = _variant_colours(points)
-    markers = _mode_markers(points)
+    markers = mode_markers(points)
     for row, x, y in zip(points, sizes, accuracy):
         ax.scatter(x, y, s=60, color=colours[row["variant"]], marker=markers[row["mode"]],
                    edgecolors="black", linewidths=0.5, zorder=3)
@@ -237,7 +237,7 @@ def plot_latency(rows: Sequence[Mapping], path: str | Path) -> Path:
     """
     threads = thread_counts(rows)
     files = [row for row in sort_rows(_drawable(rows))
-             if any(_number(row.get(f"latency_median_ms_t{n}")) is not None for n in threads)]
+             if any(as_number(row.get(f"latency_median_ms_t{n}")) is not None for n in threads)]
     height = max(3.0, 1.2 + 0.28 * max(1, len(files)) * max(1, len(threads)))
     fig = Figure(figsize=(PLOT_WIDTH, height), dpi=DPI, layout="constrained")
     ax = fig.add_subplot()
@@ -249,13 +249,13 @@ def plot_latency(rows: Sequence[Mapping], path: str | Path) -> Path:
     longest = 0.0
     for j, n in enumerate(threads):
         for i, row in enumerate(files):
-            median = _number(row.get(f"latency_median_ms_t{n}"))
+            median = as_number(row.get(f"latency_median_ms_t{n}"))
             if median is None:
                 continue
             y = i - 0.4 + (j + 0.5) * bar
             ax.barh(y, median, height=bar * 0.9, color=colours[j], label=f"{n} thread{'s' * (n > 1)}"
                     if i == _first_with(files, n) else None)
-            p90 = _number(row.get(f"latency_p90_ms_t{n}"))
+            p90 = as_number(row.get(f"latency_p90_ms_t{n}"))
             end = median
             if p90 is not None and p90 >= median:
                 ax.errorbar(median, y, xerr=[[0], [p90 - median]], fmt="none", ecolor="black", capsize=2,
@@ -276,7 +276,7 @@ def plot_latency(rows: Sequence[Mapping], path: str | Path) -> Path:
 
 def _first_with(files: list[Mapping], n: int) -> int:
     """Index of the first file with a median at n threads: the bar that carries the legend label."""
-    return next(i for i, row in enumerate(files) if _number(row.get(f"latency_median_ms_t{n}")) is not None)
+    return next(i for i, row in enumerate(files) if as_number(row.get(f"latency_median_ms_t{n}")) is not None)
 
 
 def plot_confusion(confusion: Mapping, title: str, path: str | Path) -> Path:
@@ -382,12 +382,12 @@ def write_plot_data(rows: Sequence[Mapping], out_dir: str | Path) -> list[Path]:
     drawable = sort_rows(_drawable(rows))
     threads = thread_counts(rows)
     tradeoff = [{"label": label(row), "variant": row["variant"], "mode": row["mode"],
-                 "gzip_kb": _number(row.get("gzip_bytes")) / KB, "accuracy": _number(row.get("accuracy"))}
+                 "gzip_kb": as_number(row.get("gzip_bytes")) / KB, "accuracy": as_number(row.get("accuracy"))}
                 for row in drawable
-                if _number(row.get("gzip_bytes")) is not None and _number(row.get("accuracy")) is not None]
-    latency = [{"label": label(row), "threads": n, "median_ms": _number(row.get(f"latency_median_ms_t{n}"))}
+                if as_number(row.get("gzip_bytes")) is not None and as_number(row.get("accuracy")) is not None]
+    latency = [{"label": label(row), "threads": n, "median_ms": as_number(row.get(f"latency_median_ms_t{n}"))}
                for row in drawable for n in threads
-               if _number(row.get(f"latency_median_ms_t{n}")) is not None]
+               if as_number(row.get(f"latency_median_ms_t{n}")) is not None]
     tradeoff_columns = ["label", "variant", "mode", "gzip_kb", "accuracy"]
     return [_write_frame(tradeoff, tradeoff_columns, out_dir / "tradeoff.csv"),
             _write_frame(latency, ["label", "threads", "median_ms"], out_dir / "latency.csv")]
@@ -477,18 +477,18 @@ def results_table(rows: Sequence[Mapping]) -> str:
 
 
 def _table_cells(row: Mapping, threads: list[int], fps_threads: int | None) -> list[str]:
-    gzip_ratio = _number(row.get("gzip_ratio"))
+    gzip_ratio = as_number(row.get("gzip_ratio"))
     cells = [str(row["variant"]), str(row["mode"]),
-             _fmt(row.get("accuracy"), "{:.2f}", scale=100),
-             _fmt(row.get("accuracy_delta_pp"), "{:+.2f}"),
-             _fmt(row.get("gzip_bytes"), "{:.1f}", scale=1 / KB),
-             _fmt(1 / gzip_ratio if gzip_ratio else None, "{:.2f}×"),
-             _fmt(row.get("sparsity"), "{:.1f}", scale=100),
+             fmt(row.get("accuracy"), "{:.2f}", scale=100),
+             fmt(row.get("accuracy_delta_pp"), "{:+.2f}"),
+             fmt(row.get("gzip_bytes"), "{:.1f}", scale=1 / KB),
+             fmt(1 / gzip_ratio if gzip_ratio else None, "{:.2f}×"),
+             fmt(row.get("sparsity"), "{:.1f}", scale=100),
              _count(row.get("macs")),
              *(_ms(row.get(f"latency_median_ms_t{n}")) for n in threads)]
     if fps_threads is not None:
-        cells.append(_fmt(row.get(f"fps_t{fps_threads}"), "{:.1f}"))
-    cells.append(_fmt(row.get("peak_rss_mb"), "{:.1f}"))
+        cells.append(fmt(row.get(f"fps_t{fps_threads}"), "{:.1f}"))
+    cells.append(fmt(row.get("peak_rss_mb"), "{:.1f}"))
     return cells
 
 
@@ -586,25 +586,14 @@ def _drawable(rows: Iterable[Mapping]) -> list[Mapping]:
     return [row for row in rows if not _failed(row)]
 
 
-def _number(value) -> float | None:
-    """A finite-or-infinite float, or None for None, NaN and values that are not numbers."""
-    if value is None or isinstance(value, (str, bytes)):
-        return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return None if math.isnan(number) else number
-
-
-def _fmt(value, pattern: str, scale: float = 1.0) -> str:
-    number = _number(value)
+def fmt(value, pattern: str, scale: float = 1.0) -> str:
+    number = as_number(value)
     return DASH if number is None else pattern.format(number * scale)
 
 
 def _ms(value) -> str:
     """A latency with 3 significant digits but fixed decimals per magnitude, so a column lines up."""
-    number = _number(value)
+    number = as_number(value)
     if number is None:
         return DASH
     decimals = 0 if abs(number) >= 100 else 1 if abs(number) >= 10 else 2
@@ -613,7 +602,7 @@ def _ms(value) -> str:
 
 def _count(value) -> str:
     """A large count in k/M/G (3 significant digits) so the MACs column stays narrow."""
-    number = _number(value)
+    number = as_number(value)
     if number is None:
         return DASH
     for factor, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
@@ -632,7 +621,7 @@ def _variant_colours(rows: list[Mapping]) -> dict[str, tuple]:
     return dict(zip(variants, palette))
 
 
-def _mode_markers(rows: list[Mapping]) -> dict[str, str]:
+def mode_markers(rows: list[Mapping]) -> dict[str, str]:
     modes = list(dict.fromkeys(row["mode"] for row in sort_rows(rows)))
     spare = iter(_SPARE_MARKERS * (len(modes) // len(_SPARE_MARKERS) + 1))
     return {mode: MODE_MARKERS.get(mode) or next(spare) for mode in modes}
