@@ -23,7 +23,6 @@ def run(params) -> dict:
     measurements = {"sparsity_before": result.sparsity_before["overall"],
                     "sparsity": result.sparsity_after["overall"], "sparsity_drift": result.drift["overall"],
                     "layer_sparsity": result.sparsity_after["layers"], "layer_drift": result.drift["layers"]}
-    print(f"pqat: sparsity {result.sparsity_before['overall']:.4f} -> {result.sparsity_after['overall']:.4f}")
     return stage.finish("pqat", params, ("seed", "train", "pqat"), result.model, "models/pqat.keras", test,
                         measurements, result.history)
 

@@ -25,7 +25,6 @@ def run(params) -> dict:
     measurements = {"target_sparsity": result.target_sparsity, "sparsity": result.sparsity["overall"],
                     "layer_sparsity": result.sparsity["layers"], "pruned_layers": len(result.pruned_layers),
                     "skipped_layers": len(result.skipped_layers)}
-    print(f"prune: sparsity measured {result.sparsity['overall']:.4f}, asked {result.target_sparsity:.4f}")
     return stage.finish("prune", params, ("seed", "train", "prune"), result.model, "models/pruned.keras", test,
                         measurements, result.history)
 

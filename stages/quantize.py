@@ -22,7 +22,6 @@ def run(params) -> dict:
     model = load_model("models/baseline.keras")
     seed_everything(params.seed)
     result = quantization.quantize_aware(model, cfg, train, val, batch_size=params.train.batch_size)
-    print(f"quantize: QAT on {result.quantized_layers}")
     return stage.finish("quantize", params, ("seed", "train", "quantize"), result.model, "models/qat.keras",
                         test, {"quantized_layers": len(result.quantized_layers)}, result.history)
 
