@@ -37,11 +37,13 @@ def run(params) -> dict:
     # Start from an empty folder: a file left from an earlier mode list must not be evaluated as current.
     shutil.rmtree(variants.TFLITE_DIR, ignore_errors=True)
     variants.TFLITE_DIR.mkdir(parents=True)
-    sizes, failures = {}, {}
+    sizes, failures, loaded = {}, {}, {}
     plan = variants.conversions(list(cfg.modes))
     for number, (variant, model_path, mode, qat) in enumerate(plan, 1):
         label = f"{variant}-{mode}"
-        model = load_model(model_path)
+        if model_path not in loaded:  # a float variant converts in every mode: load it once
+            loaded[model_path] = load_model(model_path)
+        model = loaded[model_path]
         try:
             flatbuffer = tflite.convert(model, mode, representative=representative, int8_io=cfg.int8_io, qat=qat)
         except tflite.ConversionError as err:
