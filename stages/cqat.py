@@ -10,16 +10,12 @@ import compresslab  # noqa: F401  (prepares the environment before TensorFlow is
 from compresslab import clustering, stage
 from compresslab.config import load_params
 from compresslab.errors import run_main
-from compresslab.model_io import load_model
-from compresslab.seeding import seed_everything
 
 
 def run(params) -> dict:
     cfg = params.cqat
     clustering.validate_cqat_config(cfg)
-    train, val, test = stage.load_splits()
-    model = load_model("models/clustered.keras")
-    seed_everything(params.seed)
+    model, train, val, test = stage.begin(params, "models/clustered.keras")
     result = clustering.cqat(model, cfg, train, val, batch_size=params.train.batch_size)
     print(f"cqat: distinct values per layer {result.unique_values_before} -> {result.unique_values_after}")
     return stage.finish("cqat", params, ("seed", "train", "cqat"), result.model, "models/cqat.keras", test,

@@ -10,15 +10,11 @@ import compresslab  # noqa: F401  (prepares the environment before TensorFlow is
 from compresslab import clustering, stage
 from compresslab.config import load_params
 from compresslab.errors import run_main
-from compresslab.model_io import load_model
-from compresslab.seeding import seed_everything
 
 
 def run(params) -> dict:
     clustering.validate_pcqat_config(params.cluster, params.pcqat)
-    train, val, test = stage.load_splits()
-    model = load_model("models/pruned.keras")
-    seed_everything(params.seed)
+    model, train, val, test = stage.begin(params, "models/pruned.keras")
     result = clustering.pcqat(model, params.cluster, params.pcqat, train, val, batch_size=params.train.batch_size)
     measurements = {"parent_sparsity": result.parent_sparsity["overall"],
                     "clustered_sparsity": result.cluster.sparsity["overall"],

@@ -9,16 +9,12 @@ import compresslab  # noqa: F401  (prepares the environment before TensorFlow is
 from compresslab import quantization, stage
 from compresslab.config import load_params
 from compresslab.errors import run_main
-from compresslab.model_io import load_model
-from compresslab.seeding import seed_everything
 
 
 def run(params) -> dict:
     cfg = params.pqat
     quantization.validate_qat_config(cfg, "pqat")
-    train, val, test = stage.load_splits()
-    model = load_model("models/pruned.keras")
-    seed_everything(params.seed)
+    model, train, val, test = stage.begin(params, "models/pruned.keras")
     result = quantization.pqat(model, cfg, train, val, batch_size=params.train.batch_size)
     measurements = {"sparsity_before": result.sparsity_before["overall"],
                     "sparsity": result.sparsity_after["overall"], "sparsity_drift": result.drift["overall"],

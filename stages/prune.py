@@ -11,16 +11,12 @@ import compresslab  # noqa: F401  (prepares the environment before TensorFlow is
 from compresslab import pruning, stage
 from compresslab.config import load_params
 from compresslab.errors import run_main
-from compresslab.model_io import load_model
-from compresslab.seeding import seed_everything
 
 
 def run(params) -> dict:
     cfg = params.prune
     pruning.validate_prune_config(cfg)
-    train, val, test = stage.load_splits()
-    model = load_model("models/baseline.keras")
-    seed_everything(params.seed)
+    model, train, val, test = stage.begin(params, "models/baseline.keras")
     result = pruning.prune(model, cfg, train, val, batch_size=params.train.batch_size)
     measurements = {"target_sparsity": result.target_sparsity, "sparsity": result.sparsity["overall"],
                     "layer_sparsity": result.sparsity["layers"], "pruned_layers": len(result.pruned_layers),

@@ -11,16 +11,12 @@ import compresslab  # noqa: F401  (prepares the environment before TensorFlow is
 from compresslab import quantization, stage
 from compresslab.config import load_params
 from compresslab.errors import run_main
-from compresslab.model_io import load_model
-from compresslab.seeding import seed_everything
 
 
 def run(params) -> dict:
     cfg = params.quantize
     quantization.validate_qat_config(cfg, "quantize")
-    train, val, test = stage.load_splits()
-    model = load_model("models/baseline.keras")
-    seed_everything(params.seed)
+    model, train, val, test = stage.begin(params, "models/baseline.keras")
     result = quantization.quantize_aware(model, cfg, train, val, batch_size=params.train.batch_size)
     return stage.finish("quantize", params, ("seed", "train", "quantize"), result.model, "models/qat.keras",
                         test, {"quantized_layers": len(result.quantized_layers)}, result.history)

@@ -11,8 +11,9 @@ import numpy as np
 
 from compresslab import data, training, tracking
 from compresslab.config import section
-from compresslab.model_io import save_model
+from compresslab.model_io import load_model, save_model
 from compresslab.outputs import write_history, write_json
+from compresslab.seeding import seed_everything
 
 PREPARED = "data/prepared"
 
@@ -22,6 +23,19 @@ Splits = tuple[training.Split, training.Split, training.Split]
 def load_splits() -> Splits:
     """(train, val, test) as model input: float32 pixels in [0, 1], integer labels."""
     return tuple(data.load_split(PREPARED, name) for name in data.SPLITS)
+
+
+def begin(params, parent_path: str):
+    """The prologue of every fine-tuning stage, run after its config is validated.
+
+    Returns:
+      (parent model, train, val, test), with every random source seeded from `params.seed` last, so the
+      fine-tuning that follows repeats.
+    """
+    train, val, test = load_splits()
+    model = load_model(parent_path)
+    seed_everything(params.seed)
+    return model, train, val, test
 
 
 def numeric(tree: Mapping) -> dict:
