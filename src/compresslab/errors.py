@@ -9,12 +9,20 @@ class UserError(Exception):
 
 
 EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130  # what a shell reports for a command stopped by Ctrl-C (128 + SIGINT)
 
 
 def run_main(main: Callable[[], object]) -> None:
-    """Run a stage or CLI entry point, turning a UserError into one line on stderr and exit code 2."""
+    """Run a stage or CLI entry point: a UserError becomes one line on stderr and exit code 2, Ctrl-C exit 130.
+
+    Ctrl-C stops it wherever it is (see `compresslab/__init__.py` for SIGINT inherited as ignored); outputs
+    are written atomically, so stopping anywhere leaves no half file behind.
+    """
     try:
         main()
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)
+    except KeyboardInterrupt:
+        print("interrupted: nothing was recorded as done; run it again to redo this step", file=sys.stderr)
+        sys.exit(EXIT_INTERRUPTED)
