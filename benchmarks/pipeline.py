@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import compresslab  # noqa: F401  (prepares the environment)
-from compresslab import sandbox
+import sandbox
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -1,66 +1,84 @@
-"""Stage `convert`: every Keras variant to TFLite, float variants in each of convert.modes, QAT ones to int8.
+"""Stage `convert@<variant>`: one Keras variant to TFLite, a float variant in each of convert.modes, a QAT one to int8.
 
-    dvc repro convert        # reads params: seed, convert
+    dvc repro convert@pruned                 # reads params: seed, convert
+    python stages/convert.py pruned          # what DVC runs
 
-Outputs: models/tflite/<variant>-<mode>.tflite, reports/convert/metrics.json (bytes per file, failure count)
-and reports/convert/failures.json (the reasons, which evaluate reports).
-A conversion that fails names the variant, the mode and the converter's reason; the stage then fails unless
+One stage per variant (DVC `foreach`), so a knob re-converts only the variants downstream of it.
+Outputs: models/tflite/<variant>/<variant>-<mode>.tflite and conversion.json beside them (bytes per file, the
+converter's reason for every failed mode, and the Keras model's predictions on the test split, which
+`evaluate` compares each file with: a conversion bug shows as low agreement, not as a mysterious accuracy drop).
+A failed conversion names the variant, the mode and the reason; the stage then fails unless
 convert.skip_failed is true.
 """
 
 import shutil
+import sys
+
+import numpy as np
 
 import compresslab  # noqa: F401  (prepares the environment before TensorFlow is imported)
-from compresslab import data, stage, tflite, variants
+from compresslab import dataset, paths, variants
 from compresslab.config import load_params
 from compresslab.errors import UserError, run_main
 from compresslab.model_io import load_model
-from compresslab.outputs import write_json
-
-METRICS = "reports/convert/metrics.json"
-FAILURES = "reports/convert/failures.json"
+from compresslab.outputs import write_bytes, write_json
+from compresslab.tflite import converter
 
 
 def validate_convert_config(cfg) -> None:
-    unknown = [mode for mode in cfg.modes if mode not in tflite.MODES]
+    unknown = [mode for mode in cfg.modes if mode not in converter.MODES]
     if unknown or not cfg.modes:
-        raise UserError(f"convert.modes={list(cfg.modes)} must be a non-empty list of {', '.join(tflite.MODES)}")
+        raise UserError(f"convert.modes={list(cfg.modes)} must be a non-empty list of {', '.join(converter.MODES)}")
     if not isinstance(cfg.calibration_samples, int) or cfg.calibration_samples < 1:
         raise UserError(f"convert.calibration_samples must be a positive integer, got {cfg.calibration_samples!r}")
 
 
-def run(params) -> dict:
+def validate_variant(variant: str) -> None:
+    if variant not in variants.VARIANTS:
+        raise UserError(f"unknown variant {variant!r}: use one of {', '.join(variants.VARIANTS)}")
+
+
+def run(params, variant: str) -> dict:
     cfg = params.convert
+    validate_variant(variant)
     validate_convert_config(cfg)
-    x_train, _ = data.load_split(stage.PREPARED, "train")
-    representative = tflite.calibration_samples(x_train, cfg.calibration_samples, params.seed)
+    x_train, _ = dataset.load_split("train")
+    representative = converter.calibration_samples(x_train, cfg.calibration_samples, params.seed)
+    model = load_model(paths.keras_model(variant))
     # Start from an empty folder: a file left from an earlier mode list must not be evaluated as current.
-    shutil.rmtree(variants.TFLITE_DIR, ignore_errors=True)
-    variants.TFLITE_DIR.mkdir(parents=True)
-    sizes, failures, loaded = {}, {}, {}
-    plan = variants.conversions(list(cfg.modes))
-    for number, (variant, model_path, mode, qat) in enumerate(plan, 1):
-        label = f"{variant}-{mode}"
-        if model_path not in loaded:  # a float variant converts in every mode: load it once
-            loaded[model_path] = load_model(model_path)
-        model = loaded[model_path]
+    folder = paths.tflite_dir(variant)
+    shutil.rmtree(folder, ignore_errors=True)
+    sizes, failures = {}, {}
+    modes = variants.modes_of(variant, cfg.modes)
+    for number, mode in enumerate(modes, 1):
+        label = variants.label(variant, mode)
         try:
-            flatbuffer = tflite.convert(model, mode, representative=representative, int8_io=cfg.int8_io, qat=qat)
-        except tflite.ConversionError as err:
-            failures[label] = str(err)
-            print(f"convert [{number}/{len(plan)}] {label}: FAILED: {err}")
+            flatbuffer = converter.convert(model, mode, representative=representative, int8_io=cfg.int8_io,
+                                           qat=variants.is_qat(variant))
+        except converter.ConversionError as err:
+            failures[mode] = str(err)
+            print(f"convert [{number}/{len(modes)}] {label}: FAILED: {err}")
             continue
-        tflite.write_atomically(flatbuffer, variants.tflite_path(variant, mode))
-        sizes[label] = len(flatbuffer)
-        print(f"convert [{number}/{len(plan)}] {label}: {len(flatbuffer):,} bytes")
-    write_json(METRICS, {"bytes": sizes, "failed": len(failures)})
-    write_json(FAILURES, failures)
+        write_bytes(paths.tflite_file(variant, mode), flatbuffer)
+        sizes[mode] = len(flatbuffer)
+        print(f"convert [{number}/{len(modes)}] {label}: {len(flatbuffer):,} bytes")
+    x_test, _ = dataset.load_split("test")
+    keras_predictions = np.argmax(model.predict(x_test, batch_size=256, verbose=0), axis=1)
+    record = {"variant": variant, "modes": modes, "bytes": sizes, "failures": failures,
+              "keras_predictions": keras_predictions.tolist()}
+    write_json(paths.conversion_record(variant), record)
     if failures and not cfg.skip_failed:
-        first = next(iter(failures))
-        raise UserError(f"{len(failures)} conversion(s) failed, first {first}: {failures[first]} "
+        mode, reason = next(iter(failures.items()))
+        raise UserError(f"{len(failures)} conversion(s) of {variant} failed, first {mode}: {reason} "
                         f"(set convert.skip_failed=true to keep the others)")
-    return sizes
+    return record
+
+
+def main() -> None:
+    if len(sys.argv) != 2:
+        raise UserError(f"usage: python stages/convert.py VARIANT (one of {', '.join(variants.VARIANTS)})")
+    run(load_params(), sys.argv[1])
 
 
 if __name__ == "__main__":
-    run_main(lambda: run(load_params()))
+    run_main(main)

@@ -7,7 +7,8 @@ drift from the clustered parent) and history.csv.
 """
 
 import compresslab  # noqa: F401  (prepares the environment before TensorFlow is imported)
-from compresslab import clustering, stage
+from compresslab import stage
+from compresslab.techniques import clustering
 from compresslab.config import load_params
 from compresslab.errors import run_main
 
@@ -15,10 +16,10 @@ from compresslab.errors import run_main
 def run(params) -> dict:
     cfg = params.cqat
     clustering.validate_cqat_config(cfg)
-    model, train, val, test = stage.begin(params, "models/clustered.keras")
+    model, train, val, test = stage.begin(params, "clustered")
     result = clustering.cqat(model, cfg, train, val, batch_size=params.train.batch_size)
     print(f"cqat: distinct values per layer {result.unique_values_before} -> {result.unique_values_after}")
-    return stage.finish("cqat", params, ("seed", "train", "cqat"), result.model, "models/cqat.keras", test,
+    return stage.finish("cqat", params, ("seed", "train", "cqat"), result.model, "cqat", test,
                         clustering_measurements(result), result.history)
 
 

@@ -7,14 +7,15 @@ distinct values per layer) and history.csv (clustering then QAT epochs).
 """
 
 import compresslab  # noqa: F401  (prepares the environment before TensorFlow is imported)
-from compresslab import clustering, stage
+from compresslab import stage
+from compresslab.techniques import clustering
 from compresslab.config import load_params
 from compresslab.errors import run_main
 
 
 def run(params) -> dict:
     clustering.validate_pcqat_config(params.cluster, params.pcqat)
-    model, train, val, test = stage.begin(params, "models/pruned.keras")
+    model, train, val, test = stage.begin(params, "pruned")
     result = clustering.pcqat(model, params.cluster, params.pcqat, train, val, batch_size=params.train.batch_size)
     measurements = {"parent_sparsity": result.parent_sparsity["overall"],
                     "clustered_sparsity": result.cluster.sparsity["overall"],
@@ -27,7 +28,7 @@ def run(params) -> dict:
     print(f"pcqat: sparsity {result.parent_sparsity['overall']:.4f} (pruned) -> "
           f"{result.cqat.sparsity_after['overall']:.4f}")
     return stage.finish("pcqat", params, ("seed", "train", "cluster", "pcqat"), result.model,
-                        "models/pcqat.keras", test, measurements, history)
+                        "pcqat", test, measurements, history)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,8 @@ Outputs: models/pqat.keras; reports/pqat/metrics.json (sparsity before and after
 """
 
 import compresslab  # noqa: F401  (prepares the environment before TensorFlow is imported)
-from compresslab import quantization, stage
+from compresslab import stage
+from compresslab.techniques import quantization
 from compresslab.config import load_params
 from compresslab.errors import run_main
 
@@ -14,12 +15,12 @@ from compresslab.errors import run_main
 def run(params) -> dict:
     cfg = params.pqat
     quantization.validate_qat_config(cfg, "pqat")
-    model, train, val, test = stage.begin(params, "models/pruned.keras")
+    model, train, val, test = stage.begin(params, "pruned")
     result = quantization.pqat(model, cfg, train, val, batch_size=params.train.batch_size)
     measurements = {"sparsity_before": result.sparsity_before["overall"],
                     "sparsity": result.sparsity_after["overall"], "sparsity_drift": result.drift["overall"],
                     "layer_sparsity": result.sparsity_after["layers"], "layer_drift": result.drift["layers"]}
-    return stage.finish("pqat", params, ("seed", "train", "pqat"), result.model, "models/pqat.keras", test,
+    return stage.finish("pqat", params, ("seed", "train", "pqat"), result.model, "pqat", test,
                         measurements, result.history)
 
 

@@ -8,7 +8,8 @@ overall; test accuracy) and reports/prune/history.csv.
 """
 
 import compresslab  # noqa: F401  (prepares the environment before TensorFlow is imported)
-from compresslab import pruning, stage
+from compresslab import stage
+from compresslab.techniques import pruning
 from compresslab.config import load_params
 from compresslab.errors import run_main
 
@@ -16,12 +17,12 @@ from compresslab.errors import run_main
 def run(params) -> dict:
     cfg = params.prune
     pruning.validate_prune_config(cfg)
-    model, train, val, test = stage.begin(params, "models/baseline.keras")
+    model, train, val, test = stage.begin(params, "baseline")
     result = pruning.prune(model, cfg, train, val, batch_size=params.train.batch_size)
     measurements = {"target_sparsity": result.target_sparsity, "sparsity": result.sparsity["overall"],
                     "layer_sparsity": result.sparsity["layers"], "pruned_layers": len(result.pruned_layers),
                     "skipped_layers": len(result.skipped_layers)}
-    return stage.finish("prune", params, ("seed", "train", "prune"), result.model, "models/pruned.keras", test,
+    return stage.finish("prune", params, ("seed", "train", "prune"), result.model, "pruned", test,
                         measurements, result.history)
 
 

@@ -8,7 +8,8 @@ reports/quantize/metrics.json and history.csv.
 """
 
 import compresslab  # noqa: F401  (prepares the environment before TensorFlow is imported)
-from compresslab import quantization, stage
+from compresslab import stage
+from compresslab.techniques import quantization
 from compresslab.config import load_params
 from compresslab.errors import run_main
 
@@ -16,10 +17,9 @@ from compresslab.errors import run_main
 def run(params) -> dict:
     cfg = params.quantize
     quantization.validate_qat_config(cfg, "quantize")
-    model, train, val, test = stage.begin(params, "models/baseline.keras")
+    model, train, val, test = stage.begin(params, "baseline")
     result = quantization.quantize_aware(model, cfg, train, val, batch_size=params.train.batch_size)
-    return stage.finish("quantize", params, ("seed", "train", "quantize"), result.model, "models/qat.keras",
-                        test, {"quantized_layers": len(result.quantized_layers)}, result.history)
+    return stage.finish("quantize", params, ("seed", "train", "quantize"), result.model, "qat", test, {"quantized_layers": len(result.quantized_layers)}, result.history)
 
 
 if __name__ == "__main__":

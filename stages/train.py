@@ -1,20 +1,25 @@
-"""Stage `train`: fit the float baseline that every compression stage starts from.
+"""Stage `train`: fit the float baseline that every compression stage starts from, until it has converged.
 
-    dvc repro train          # reads params: seed, model, train
+    dvc repro train          # reads params: seed, data, model, train
 
-Outputs: models/baseline.keras; reports/train/metrics.json (test accuracy, loss, parameters) and
-reports/train/history.csv (per-epoch curves, a DVC plot); one MLflow run with the curves.
+Training runs until validation loss stops improving (early stopping after `train.patience` epochs, best
+weights restored; the learning rate halves after `train.reduce_lr_patience` epochs without improvement), at
+most `train.epochs` epochs. A baseline stopped short of convergence would let every fine-tuning stage look
+like it improves accuracy.
+Outputs: models/baseline.keras; reports/train/metrics.json (test accuracy, loss, parameters, the epoch it
+stopped at and the epoch kept) and reports/train/history.csv (per-epoch curves, a DVC plot); one MLflow run.
 """
 
 import compresslab  # noqa: F401  (prepares the environment before TensorFlow is imported)
-from compresslab import data, models, stage, training
+from compresslab import dataset, models, stage, training
 from compresslab.config import load_params
 from compresslab.errors import run_main
 from compresslab.seeding import seed_everything
 
 
 def validate_train_config(cfg) -> None:
-    for key in ("epochs", "batch_size", "learning_rate"):
+    training.check_epochs("train.epochs", cfg.epochs)
+    for key in ("batch_size", "learning_rate"):
         training.check_positive(f"train.{key}", cfg[key])
     training.make_optimizer(cfg.optimizer, cfg.learning_rate)  # fails early on an unknown name
 
@@ -22,7 +27,7 @@ def validate_train_config(cfg) -> None:
 def run(params) -> dict:
     cfg = params.train
     validate_train_config(cfg)
-    meta = data.load_meta(stage.PREPARED)
+    meta = dataset.load_meta()
     input_shape = (meta["image_size"], meta["image_size"], meta["channels"])
     seed_everything(params.seed)  # before building: the initial weights are drawn from the seeded state
     model = models.build_model(params.model, input_shape, len(meta["class_names"]))
@@ -30,10 +35,15 @@ def run(params) -> dict:
     print(f"train: {params.model.name} ({models.count_parameters(model):,} parameters) on {len(train[1])} "
           f"images for up to {cfg.epochs} epochs")
     history = training.fit(model, train, val, epochs=cfg.epochs, batch_size=cfg.batch_size,
-                           learning_rate=cfg.learning_rate, optimizer=cfg.optimizer, patience=cfg.patience)
-    measurements = {"epochs_run": len(history["loss"]), "parameters": models.count_parameters(model)}
-    return stage.finish("train", params, ("seed", "data", "model", "train"), model, "models/baseline.keras",
-                        test, measurements, history)
+                           learning_rate=cfg.learning_rate, optimizer=cfg.optimizer, patience=cfg.patience,
+                           reduce_lr_patience=cfg.get("reduce_lr_patience"))
+    stopped = training.convergence(history, cfg.epochs)
+    why = (f"val_loss did not improve for {cfg.patience} epochs" if stopped["stopped_early"]
+           else "reached train.epochs: raise it if val_loss was still falling")
+    print(f"train: stopped after epoch {stopped['epochs_run']} ({why}); kept epoch {stopped['best_epoch']}")
+    measurements = {**stopped, "parameters": models.count_parameters(model)}
+    return stage.finish("train", params, ("seed", "data", "model", "train"), model, "baseline", test,
+                        measurements, history)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 import compresslab  # noqa: F401  (prepares the environment before TensorFlow is imported)
-from compresslab import sandbox
+import sandbox
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

@@ -9,7 +9,9 @@ import tf_keras as keras
 from ai_edge_litert.interpreter import Interpreter
 from omegaconf import OmegaConf
 
-from compresslab import clustering, model_io, training, weights
+from compresslab import model_io, training
+from compresslab.techniques import clustering
+from compresslab.techniques import weights
 from compresslab.errors import UserError
 
 CLUSTERS = 4

@@ -21,7 +21,7 @@ from mlflow.tracking import MlflowClient
 
 from compresslab import tracking
 from compresslab.cli import main
-from compresslab.compare import compare, select
+from compresslab.reporting.compare import compare, select
 from compresslab.errors import UserError
 
 KB = 1024
@@ -150,7 +150,7 @@ def test_a_looser_drop_picks_a_smaller_file_and_writes_the_choice(project, tmp_p
     saved = json.loads((tmp_path / "out" / "selection.json").read_text())
     assert saved["max_drop_pp"] == 1.0 and saved["objective"] == "size"
     assert saved["chosen"]["run_id"] == project["exp-a"] and saved["chosen"]["gzip_bytes"] == 100 * KB
-    assert saved["chosen"]["file"] == "models/tflite/pruned-int8.tflite"
+    assert saved["chosen"]["file"] == "models/tflite/pruned/pruned-int8.tflite"
     assert saved["chosen"]["params"] == {"prune.final_sparsity": "0.5"}
     assert {"file": "exp-b/pruned-int8", "reason": "accuracy drop 1.50 pp > 1.00 pp"} in saved["rejected"]
     compare(out="out")  # a comparison without a choice leaves no stale selection behind
@@ -233,7 +233,7 @@ def test_no_summary_runs_tells_to_run_the_pipeline(tmp_path, monkeypatch, capsys
 
 def test_cli_stays_light_and_compare_needs_no_tensorflow():
     code = ("import sys, compresslab.cli; assert 'mlflow' not in sys.modules and 'matplotlib' not in "
-            "sys.modules, 'cli imports too much'; import compresslab.compare; "
+            "sys.modules, 'cli imports too much'; import compresslab.reporting.compare; "
             "assert 'tensorflow' not in sys.modules, 'compare imports tensorflow'")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr

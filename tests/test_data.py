@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from compresslab import data
+from compresslab import data, dataset
 from compresslab.errors import UserError
 
 CFG = {"image_size": 16, "channels": 3, "val_fraction": 0.2, "test_fraction": 0.2, "seed": 1,
@@ -37,10 +37,10 @@ def test_prepared_arrays_load_as_normalised_floats(tmp_path, image_folder):
     folder = data.read_image_folder(image_folder, 8, 3, 0.1)
     splits = data.split(folder, 0.25, 0.25, seed=0)
     data.save_prepared(tmp_path, splits, folder.class_names, {**CFG, "image_size": 8})
-    x, y = data.load_split(tmp_path, "train")
+    x, y = dataset.load_split("train", tmp_path)
     assert x.dtype == np.float32 and 0.0 <= x.min() and x.max() <= 1.0
     assert np.allclose(x * 255, splits["train"][0])
-    assert data.load_meta(tmp_path)["class_names"] == ["fire", "no_fire", "smoke"]
+    assert dataset.load_meta(tmp_path)["class_names"] == ["fire", "no_fire", "smoke"]
 
 
 def test_corrupt_files_are_skipped_and_counted_until_too_many(image_folder, capsys):

@@ -8,6 +8,8 @@ import yaml
 
 from conftest import copy_project, run
 
+pytestmark = pytest.mark.slow  # copies the project and runs the real stages and `dvc`
+
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
@@ -37,14 +39,17 @@ def assert_one_line_error(result, *fragments):
     ("quantize", "quantize", "epochs", 0, ["quantize.epochs"]),
     ("cluster", "cluster", "number_of_clusters", 1, ["cluster.number_of_clusters"]),
     ("cluster", "cluster", "centroid_init", "median", ["cluster.centroid_init"]),
-    ("convert", "convert", "modes", ["int4"], ["convert.modes"]),
-    ("evaluate", "evaluate", "threads", [], ["evaluate.threads"]),
+    ("finetune", "finetune", "epochs", 3.0, ["finetune.epochs", "whole number"]),
+    ("convert baseline", "convert", "modes", ["int4"], ["convert.modes"]),
+    ("evaluate baseline", "evaluate", "threads", [], ["evaluate.threads"]),
+    ("convert vgg", "convert", "int8_io", False, ["unknown variant 'vgg'", "baseline"]),
+    ("report", "evaluate", "threads", [1], ["no evaluation of baseline"]),
 ])
 def test_bad_config_stops_the_stage_with_one_line(tiny, stage, group, key, value, fragments):
     original = (tiny / "params.yaml").read_text()
     set_param(tiny, group, key, value)
     try:
-        result = run(["python", f"stages/{stage}.py"], tiny, check=False)
+        result = run(["python", f"stages/{stage.split()[0]}.py", *stage.split()[1:]], tiny, check=False)
     finally:
         (tiny / "params.yaml").write_text(original)
     assert_one_line_error(result, *fragments)

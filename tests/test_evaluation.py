@@ -1,6 +1,11 @@
-"""The evaluate stage on hand-made files: every figure per file, ratios, and bad files reported, not fatal early."""
+"""The per-variant convert and evaluate stages and the report stage, on hand-made models and files: every figure
+per file, statistics against the baseline and the control, bad files reported (not fatal early), and
+evaluation that never imports TensorFlow."""
 
 import importlib.util
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -9,12 +14,14 @@ import pytest
 import tf_keras as keras
 from omegaconf import OmegaConf
 
-from compresslab import data, tflite
+from compresslab import data, dataset, paths, variants
 from compresslab.errors import UserError
+from compresslab.model_io import save_model
 
 REPO = Path(__file__).resolve().parents[1]
 EVALUATE = {"name": "default", "threads": [1, 2], "positive_class": "fire", "warmup_runs": 1, "min_runs": 3,
             "min_seconds": 0.01, "measure_memory": False}
+TEST_IMAGES = 12
 
 
 def load_stage(name):
@@ -34,62 +41,127 @@ def tiny_model(size):
 
 @pytest.fixture
 def workspace(tmp_path, monkeypatch):
-    """A project folder with prepared data, three good files and the params evaluate reads."""
+    """A project folder with prepared data, the params the stages read, and a tiny float baseline."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("DVC_ROOT", str(tmp_path))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     rng = np.random.default_rng(0)
-    splits = {name: ((rng.random((12, 8, 8, 1)) * 255).astype(np.uint8), np.arange(12) % 2)
-              for name in data.SPLITS}
-    data.save_prepared(Path("data/prepared"), splits, ["fire", "no_fire"], {"image_size": 8, "channels": 1})
-    model = tiny_model(8)
-    x = data.load_split("data/prepared", "train")[0]
-    out = Path("models/tflite")
-    for mode in ("float32", "int8"):
-        tflite.write_atomically(tflite.convert(model, mode, representative=x), out / f"baseline-{mode}.tflite")
-    tflite.write_atomically(tflite.convert(tiny_model(10), "float32"), out / "pruned-float32.tflite")
+    splits = {name: ((rng.random((TEST_IMAGES, 8, 8, 1)) * 255).astype(np.uint8), np.arange(TEST_IMAGES) % 2)
+              for name in dataset.SPLITS}
+    data.save_prepared(paths.PREPARED, splits, ["fire", "no_fire"], {"image_size": 8, "channels": 1})
+    save_model(tiny_model(8), paths.keras_model("baseline"))
     OmegaConf.save(OmegaConf.create({
         "seed": 1, "data": {"name": "t", "image_size": 8, "channels": 1}, "model": {"name": "firenet"},
         "prune": {"schedule": "polynomial", "final_sparsity": 0.5, "target_sparsity": None, "layers": "all"},
         "quantize": {"layers": "all"}, "cluster": {"number_of_clusters": 8, "layers": "all"},
+        "finetune": {"epochs": 1, "learning_rate": 0.001},
+        "convert": {"modes": ["float32", "int8"], "calibration_samples": 4, "int8_io": False, "skip_failed": True},
         "evaluate": EVALUATE}), "params.yaml")
     return tmp_path
 
 
-def test_bad_files_are_reported_and_fail_the_stage_at_the_end(workspace):
-    Path("models/tflite/cqat-int8.tflite").write_bytes(b"TFL3 this is not a flatbuffer")
-    stage = load_stage("evaluate")
-    with pytest.raises(UserError, match=r"2 file\(s\) could not be evaluated: cqat-int8, pruned-float32"):
-        stage.run(OmegaConf.load("params.yaml"))
-    rows = pd.read_csv("reports/variants.csv").set_index(["variant", "mode"])
-    assert rows.loc[("baseline", "float32"), "accuracy"] >= 0 and pd.isna(rows.loc[("baseline", "int8"), "error"])
-    assert "shape (10, 10, 1)" in rows.loc[("pruned", "float32"), "error"]
-    assert rows.loc[("cqat", "int8"), "error"]
-    report = Path("reports/report.md").read_text()
-    assert "cqat-int8" in report and "pruned-float32" in report
+def test_convert_writes_each_mode_and_the_keras_predictions(workspace):
+    record = load_stage("convert").run(OmegaConf.load("params.yaml"), "baseline")
+    assert record["modes"] == ["float32", "int8"] and record["failures"] == {}
+    for mode in record["modes"]:
+        assert paths.tflite_file("baseline", mode).stat().st_size == record["bytes"][mode]
+    assert len(record["keras_predictions"]) == TEST_IMAGES
+    assert json.loads(paths.conversion_record("baseline").read_text()) == record
+    with pytest.raises(UserError, match="unknown variant 'vgg'"):
+        load_stage("convert").run(OmegaConf.load("params.yaml"), "vgg")
 
 
-def test_every_figure_per_file_and_ratios_against_the_float32_baseline(workspace):
-    Path("models/tflite/pruned-float32.tflite").unlink()
-    rows = load_stage("evaluate").run(OmegaConf.load("params.yaml"))
-    by_file = {f"{r['variant']}-{r['mode']}": r for r in rows}
-    float32, int8 = by_file["baseline-float32"], by_file["baseline-int8"]
-    assert float32["gzip_ratio"] == 1.0 and float32["accuracy_delta_pp"] == 0.0 and float32["latency_ratio"] == 1.0
-    assert int8["gzip_ratio"] == pytest.approx(int8["gzip_bytes"] / float32["gzip_bytes"])
-    assert int8["file_bytes"] < float32["file_bytes"]
-    for row in rows:
+def test_evaluate_measures_every_file_of_a_variant_without_tensorflow(workspace):
+    load_stage("convert").run(OmegaConf.load("params.yaml"), "baseline")
+    probe = ("import atexit, runpy, sys; sys.argv = ['stages/evaluate.py', 'baseline']; "
+             "atexit.register(lambda: print('tensorflow imported:', any(m.split('.')[0] == 'tensorflow' "
+             "for m in sys.modules))); runpy.run_path(sys.argv[0], run_name='__main__')")
+    (workspace / "stages").mkdir()
+    (workspace / "stages" / "evaluate.py").write_text((REPO / "stages" / "evaluate.py").read_text())
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=workspace)
+    assert done.returncode == 0, done.stderr
+    assert "tensorflow imported: False" in done.stdout
+    rows = {r["mode"]: r for r in json.loads(paths.evaluation("baseline").read_text())["rows"]}
+    assert set(rows) == {"float32", "int8"}
+    assert rows["float32"]["keras_agreement"] == 1.0 and rows["int8"]["keras_agreement"] >= 0.5
+    for row in rows.values():
+        assert len(row["y_pred"]) == TEST_IMAGES
         assert row["parameters"] == 6 * 6 * 4 * 2 + 2 + 9 * 4 + 4 and row["macs"] == 6 * 6 * 4 * 9 + 144 * 2
-        assert row["positive_class"] == "fire" and 0 <= row["positive_recall"] <= 1
         for threads in (1, 2):
             assert row[f"latency_median_ms_t{threads}"] > 0 and row[f"fps_t{threads}"] > 0
-    metrics = pd.read_json("reports/metrics.json")
-    assert set(metrics.columns) == {"baseline"}
+    assert rows["int8"]["file_bytes"] < rows["float32"]["file_bytes"]
+
+
+def test_a_broken_file_and_a_failed_conversion_become_error_rows(workspace):
+    load_stage("convert").run(OmegaConf.load("params.yaml"), "baseline")
+    paths.tflite_file("baseline", "int8").write_bytes(b"TFL3 this is not a flatbuffer")
+    record = json.loads(paths.conversion_record("baseline").read_text())
+    record["modes"].append("float16")
+    record["failures"]["float16"] = "converter said no"
+    paths.conversion_record("baseline").write_text(json.dumps(record))
+    rows = {r["mode"]: r for r in load_stage("evaluate").run(OmegaConf.load("params.yaml"), "baseline")["rows"]}
+    assert "error" not in rows["float32"]
+    assert "cannot load TFLite model" in rows["int8"]["error"]
+    assert rows["float16"]["error"] == "conversion failed: converter said no"
+
+
+def test_an_unknown_positive_class_is_refused_before_any_file_runs(workspace):
+    params = OmegaConf.load("params.yaml")
+    params.evaluate.positive_class = "smoke"
+    with pytest.raises(UserError, match="evaluate.positive_class='smoke'"):
+        load_stage("evaluate").run(params, "baseline")
+    params.evaluate.positive_class = "fire"
+    params.evaluate.threads = []
+    with pytest.raises(UserError, match="evaluate.threads"):
+        load_stage("evaluate").run(params, "baseline")
+
+
+def evaluation_row(variant, mode, correct, **figures):
+    """A hand-made evaluate row whose predictions are right on the first `correct` test images."""
+    y_true = np.arange(TEST_IMAGES) % 2
+    y_pred = np.where(np.arange(TEST_IMAGES) < correct, y_true, 1 - y_true)
+    return {"variant": variant, "mode": mode, "file": str(paths.tflite_file(variant, mode)),
+            "y_pred": y_pred.tolist(), "keras_agreement": 1.0, "gzip_bytes": figures.get("gzip", 1000),
+            "file_bytes": 4000, "sparsity": 0.0, "parameters": 10, "nonzero_parameters": 10, "macs": 100,
+            "latency_median_ms_t1": figures.get("ms", 0.1), "latency_median_ms_t2": 0.08, "fps_t1": 10000.0,
+            "fps_t2": 12500.0}
+
+
+def write_evaluations(rows_by_variant):
+    for variant in variants.VARIANTS:
+        rows = rows_by_variant.get(variant, [])
+        paths.evaluation(variant).parent.mkdir(parents=True, exist_ok=True)
+        paths.evaluation(variant).write_text(json.dumps({"variant": variant, "rows": rows}))
+
+
+def test_report_scores_every_file_against_the_baseline_and_the_control(workspace):
+    write_evaluations({
+        "baseline": [evaluation_row("baseline", "float32", 10), evaluation_row("baseline", "int8", 10, gzip=250)],
+        "finetune": [evaluation_row("finetune", "float32", 10), evaluation_row("finetune", "int8", 11)],
+        "pruned": [evaluation_row("pruned", "int8", 2, gzip=100),
+                   {"variant": "pruned", "mode": "float32", "file": "pruned-float32.tflite",
+                    "error": "conversion failed: converter said no"}]})
+    with pytest.raises(UserError, match=r"1 file\(s\) could not be evaluated: pruned-float32"):
+        load_stage("report").run(OmegaConf.load("params.yaml"))
+    table = pd.read_csv("reports/variants.csv").set_index(["variant", "mode"])
+    base, int8, pruned = (table.loc[key] for key in [("baseline", "float32"), ("baseline", "int8"), ("pruned", "int8")])
+    assert base["test_images"] == TEST_IMAGES and base["accuracy"] == pytest.approx(10 / 12)
+    assert base["accuracy_ci_low"] < 10 / 12 < base["accuracy_ci_high"]
+    assert int8["gzip_ratio"] == 0.25 and int8["accuracy_delta_pp"] == 0.0 and int8["p_value"] == 1.0
+    assert int8["accuracy_delta_control_pp"] == pytest.approx(-100 / 12)  # the control int8 got one more right
+    assert not int8["significant_control"]  # one image of twelve is noise
+    assert pruned["accuracy_delta_pp"] == pytest.approx(-800 / 12) and pruned["significant"]  # 8 images lost
+    assert pruned["baseline_agreement"] == pytest.approx(4 / 12)
+    assert pruned["positive_class"] == "fire" and 0 <= pruned["positive_recall"] <= 1
+    assert "conversion failed" in table.loc[("pruned", "float32"), "error"]
+    report = Path("reports/report.md").read_text()
+    assert "-8.33 ns" in report and "-66.67 *" in report and "pruned-float32" in report
+    assert "The test split is small" in report and "data.test_fraction" in report
+    metrics = json.loads(Path("reports/metrics.json").read_text())
+    assert metrics["pruned"]["int8"]["p_value"] < 0.05 and metrics["failed"] == ["pruned-float32"]
     assert Path("reports/plots/confusion.csv").read_text().startswith("actual,predicted")
 
 
-def test_an_empty_thread_list_is_refused_before_any_file_runs(workspace):
-    params = OmegaConf.load("params.yaml")
-    params.evaluate.threads = []
-    with pytest.raises(UserError, match="evaluate.threads"):
-        load_stage("evaluate").run(params)
-    assert not Path("reports/variants.csv").exists()
+def test_report_refuses_to_run_when_a_variant_was_not_evaluated(workspace):
+    with pytest.raises(UserError, match="no evaluation of baseline"):
+        load_stage("report").run(OmegaConf.load("params.yaml"))

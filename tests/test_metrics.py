@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from compresslab.errors import UserError
-from compresslab.metrics import pareto_front, quality, ratios
+from compresslab.reporting.metrics import pareto_front, quality, ratios
 
 # Two classes: confusion [[1, 1], [1, 2]].
 # Class 1: TP 2, FP 1, FN 1 -> P = R = F1 = 2/3. Class 0: TP 1, FP 1, FN 1 -> P = R = F1 = 1/2.

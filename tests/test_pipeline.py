@@ -14,16 +14,25 @@ from conftest import mlflow_runs, read_json, run, stages_ran
 
 pytestmark = pytest.mark.slow
 
-ALL_STAGES = {"prepare", "train", "prune", "quantize", "pqat", "cluster", "cqat", "pcqat", "convert", "evaluate"}
+TRAINING_STAGES = {"train", "finetune", "prune", "quantize", "pqat", "cluster", "cqat", "pcqat"}
+ALL_STAGES = {"prepare", *TRAINING_STAGES, "report", *(f"{kind}@{variant}" for kind in ("convert", "evaluate")
+                                                        for variant in variants.VARIANTS)}
 FILES = [f"{v}-{m}" for v in variants.FLOAT_VARIANTS for m in ("float32", "dynamic", "float16", "int8")] + [
     f"{v}-int8" for v in variants.QAT_VARIANTS]
 
 
+def per_variant(*names: str) -> set[str]:
+    """The convert and evaluate stages of these variants."""
+    return {f"{kind}@{name}" for kind in ("convert", "evaluate") for name in names}
+
+
 def test_repro_runs_every_stage_and_writes_every_output(project):
     assert set(stages_ran((project / ".git" / "first_repro.log").read_text())) == ALL_STAGES
-    for name in ("baseline", "pruned", "qat", "pqat", "clustered", "cqat", "pcqat"):
+    for name in variants.VARIANTS:
         assert (project / "models" / f"{name}.keras").stat().st_size > 0
-    assert sorted(p.stem for p in (project / "models" / "tflite").glob("*.tflite")) == sorted(FILES)
+    tflite = sorted((project / "models" / "tflite").rglob("*.tflite"))
+    assert sorted(p.stem for p in tflite) == sorted(FILES)
+    assert all(p.stat().st_mode & 0o044 == 0o044 for p in tflite)  # readable by others on a shared machine
     for path in ("reports/metrics.json", "reports/variants.csv", "reports/report.md", "reports/plots/tradeoff.png",
                  "reports/plots/latency.png", "reports/plots/tradeoff.csv", "reports/plots/confusion.csv"):
         assert (project / path).stat().st_size > 0, path
@@ -37,7 +46,7 @@ def test_int8_files_are_smaller_and_pruned_sparsity_survives_conversion(project)
     import pandas as pd
 
     from compresslab.model_io import load_model
-    from compresslab.weights import sparsity_report
+    from compresslab.techniques.weights import sparsity_report
 
     rows = pd.read_csv(project / "reports/variants.csv").set_index(["variant", "mode"])
     assert len(rows) == len(FILES) and rows["error"].isna().all()
@@ -66,7 +75,7 @@ def test_compression_stages_report_what_they_measured(project):
 
 def test_mlflow_holds_a_run_per_stage_and_the_summary(project):
     stages = {run_.data.tags["stage"] for run_ in mlflow_runs(project)}
-    assert stages == ALL_STAGES - {"prepare", "convert"}
+    assert stages == TRAINING_STAGES | {"report"}
     (summary,) = mlflow_runs(project, summary="true", dvc_exp_name="workspace")
     assert summary.data.params["prune.final_sparsity"] == "0.5"
     assert summary.data.params["model.name"] == "firenet"
@@ -87,7 +96,8 @@ def test_mlflow_holds_a_run_per_stage_and_the_summary(project):
     ("prune.final_sparsity=0.8", {"prune"}),
     ("quantize.layers=dense", {"quantize"}),
     ("cluster.number_of_clusters=4", {"cluster", "pcqat"}),
-    ("evaluate.threads=[1,2]", {"evaluate"}),
+    ("evaluate.threads=[1,2]", {f"evaluate@{v}" for v in variants.VARIANTS} | {"report"}),
+    ("prune.epochs=2", {"prune", "finetune"}),  # the control keeps the compression budget
     ("data.name=renamed", set()),
 ])
 def test_each_param_is_read_only_by_its_stages(project, override, readers):
@@ -104,10 +114,11 @@ def test_exp_run_reruns_only_what_the_knob_touches(project):
     result = run(["dvc", "exp", "run", "-S", "data.name=renamed", "-n", "nothing"], project)
     assert stages_ran(result.stdout) == []
     result = run(["dvc", "exp", "run", "-S", "prune.final_sparsity=0.8", "-n", "sparse80"], project)
-    assert set(stages_ran(result.stdout)) == {"prune", "pqat", "pcqat", "convert", "evaluate"}
+    assert set(stages_ran(result.stdout)) == {"prune", "pqat", "pcqat", *per_variant("pruned", "pqat", "pcqat"),
+                                              "report"}
     assert read_json(project / "reports/prune/metrics.json")["sparsity"] == pytest.approx(0.8, abs=0.02)
     result = run(["dvc", "exp", "run", "-S", "quantize.layers=dense", "-n", "dense-qat"], project)
-    assert set(stages_ran(result.stdout)) == {"quantize", "convert", "evaluate"}
+    assert set(stages_ran(result.stdout)) == {"quantize", *per_variant("qat"), "report"}
     shown = json.loads(run(["dvc", "exp", "show", "--json"], project).stdout)
     experiments = {exp["name"]: exp for rev in shown for exp in rev.get("experiments") or []}
     assert {"sparse80", "dense-qat"} <= set(experiments)
@@ -120,5 +131,6 @@ def test_exp_run_reruns_only_what_the_knob_touches(project):
 
 def test_cluster_count_change_reruns_only_the_clustering_branch(project):
     result = run(["dvc", "exp", "run", "-S", "cluster.number_of_clusters=4", "-n", "clusters4"], project)
-    assert set(stages_ran(result.stdout)) == {"cluster", "cqat", "pcqat", "convert", "evaluate"}
+    assert set(stages_ran(result.stdout)) == {"cluster", "cqat", "pcqat", *per_variant("clustered", "cqat", "pcqat"),
+                                              "report"}
     assert read_json(project / "reports/cluster/metrics.json")["max_unique_values"] <= 4

@@ -8,7 +8,8 @@ import tensorflow as tf
 import tf_keras as keras
 from omegaconf import OmegaConf
 
-from compresslab import pruning, weights
+from compresslab.techniques import pruning
+from compresslab.techniques import weights
 from compresslab.errors import UserError
 from conftest import firenet_like
 

@@ -8,7 +8,9 @@ import tensorflow as tf
 import tf_keras as keras
 from ai_edge_litert.interpreter import Interpreter
 
-from compresslab import model_io, quantization, weights
+from compresslab import model_io
+from compresslab.techniques import quantization
+from compresslab.techniques import weights
 from compresslab.errors import UserError
 from conftest import firenet_like
 

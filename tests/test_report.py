@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 
 from compresslab.errors import UserError
-from compresslab.report import (DPI, TRADEOFF_SIZE, csv_columns, headline_metrics, plot_confusion,
-                                plot_history, plot_latency, plot_tradeoff, write_confusion_samples,
+from compresslab.reporting.report import (DPI, TRADEOFF_SIZE, csv_columns, headline_metrics, plot_confusion,
+                                plot_latency, plot_tradeoff, write_confusion_samples,
                                 write_plot_data, write_report, write_variants_csv)
 
 THREADS = (1, 4)
@@ -67,7 +67,7 @@ def check_png(path, shape=None, min_bytes=5_000):
 
 
 def test_module_does_not_import_tensorflow():
-    code = "import sys, compresslab.report; sys.exit('tensorflow' in sys.modules)"
+    code = "import sys, compresslab.reporting.report; sys.exit('tensorflow' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 
@@ -140,17 +140,6 @@ def test_confusion_shape_mismatch_is_a_user_error(tmp_path):
         plot_confusion({"class_names": CLASSES, "matrix": [[1, 2], [3, 4]]}, "bad", tmp_path / "c.png")
 
 
-def test_history_plot_skips_missing_files(tmp_path):
-    history = pd.DataFrame({"epoch": [1, 2, 3], "accuracy": [0.5, 0.7, 0.8], "val_accuracy": [0.45, 0.6, 0.7],
-                            "loss": [1.0, 0.7, 0.5], "val_loss": [1.1, 0.8, 0.6]})
-    history.to_csv(tmp_path / "train.csv", index=False)
-    history.assign(val_accuracy=[0.7, 0.72, 0.74]).to_csv(tmp_path / "prune.csv", index=False)
-    path = plot_history({"train": tmp_path / "train.csv", "prune": tmp_path / "prune.csv",
-                         "qat": tmp_path / "missing.csv"}, tmp_path / "history.png")
-    check_png(path)
-    check_png(plot_history({"qat": tmp_path / "missing.csv"}, tmp_path / "none.png"), min_bytes=1_000)
-
-
 def test_plot_data_csvs(rows, tmp_path):
     tradeoff_path, latency_path = write_plot_data(rows, tmp_path)
     tradeoff = pd.read_csv(tradeoff_path)
@@ -184,7 +173,7 @@ def test_report_has_table_failed_section_notes_and_plots(rows, confusions, tmp_p
     assert lines[0] == "# Study A"
     assert "- **data**: image_size=16, classes=3" in lines
     header = next(line for line in lines if line.startswith("| variant"))
-    assert "ms t1" in header and "ms t4" in header and "FPS t1" in header and "Δacc pp" in header
+    assert "ms t1" in header and "ms t4" in header and "FPS t1" in header and "Δ base pp" in header
     table = [line for line in lines if line.startswith("|")]
     assert len(table) == 2 + 5                                  # header, rule, five evaluated files
     assert len({len(line) for line in table}) == 1              # padded: all lines equally wide

@@ -10,9 +10,9 @@ import tf_keras as keras
 from ai_edge_litert.interpreter import Interpreter
 
 from compresslab.errors import UserError
-from compresslab.tflite import (MODES, ConversionError, calibration_samples, convert, converter_reason,
-                                write_atomically)
-from compresslab.tflite_file import TYPE_NAMES, op_name, predict, read_model, stored_tensor
+from compresslab.tflite.converter import (MODES, ConversionError, calibration_samples, convert, converter_reason)
+from compresslab.tflite.flatbuffer import TYPE_NAMES, op_name, read_model, stored_tensor
+from compresslab.tflite.runtime import predict
 
 CLASSES = 4
 
@@ -218,14 +218,3 @@ def test_calibration_samples_are_a_fixed_ordered_choice():
     np.testing.assert_array_equal(calibration_samples(x, 500, seed=3), x)
     with pytest.raises(UserError, match="positive integer"):
         calibration_samples(x, 0, seed=3)
-
-
-def test_write_atomically_replaces_whole_files_only(tmp_path):
-    target = tmp_path / "out" / "model.tflite"
-    write_atomically(b"first", target)
-    write_atomically(b"second version", target)
-    assert target.read_bytes() == b"second version"
-    with pytest.raises(TypeError):
-        write_atomically("not bytes", target)  # fails mid-write
-    assert target.read_bytes() == b"second version"
-    assert sorted(p.name for p in target.parent.iterdir()) == ["model.tflite"]

@@ -8,9 +8,10 @@ import tensorflow as tf
 import tf_keras as keras
 
 from compresslab.errors import UserError
-from compresslab.tflite import MODES, convert, write_atomically
-from compresslab.tflite_file import (TfliteFileError, check_input_shape, gzip_size, input_details,
-                                     load_interpreter, predict, weight_stats)
+from compresslab.outputs import write_bytes
+from compresslab.tflite.converter import MODES, convert
+from compresslab.tflite.flatbuffer import TfliteFileError, gzip_size, weight_stats
+from compresslab.tflite.runtime import check_input_shape, input_details, load_interpreter, predict
 
 L = keras.layers
 RNG_SEED = 0
@@ -52,9 +53,9 @@ def conv_files(tmp_path_factory):
     samples = calibration((8, 8, 1))
     paths = {"float32": folder / "float32.tflite", "int8": folder / "int8.tflite",
              "int8_io": folder / "int8_io.tflite"}
-    write_atomically(convert(model, "float32"), paths["float32"])
-    write_atomically(convert(model, "int8", representative=samples), paths["int8"])
-    write_atomically(convert(model, "int8", representative=samples, int8_io=True), paths["int8_io"])
+    write_bytes(paths["float32"], convert(model, "float32"))
+    write_bytes(paths["int8"], convert(model, "int8", representative=samples))
+    write_bytes(paths["int8_io"], convert(model, "int8", representative=samples, int8_io=True))
     return model, paths
 
 

@@ -60,7 +60,7 @@ def params(args: argparse.Namespace) -> None:
 
 def compare(args: argparse.Namespace) -> None:
     # Imported here: MLflow, pandas and matplotlib would slow every other sub-command down.
-    from compresslab.compare import compare as run_compare, summary_lines
+    from compresslab.reporting.compare import compare as run_compare, summary_lines
 
     if args.objective is not None and args.max_drop is None:
         raise UserError("--objective only steers the choice: pass --max-drop POINTS with it")

@@ -1,8 +1,6 @@
-"""The image-folder data set: reading `data/raw`, validating it, and the stratified, seeded splits.
-
-`data/raw` holds one sub-folder per class. `prepare` turns it into compact uint8 arrays (a quarter of the
-size of float32) plus `meta.json`; `load_split` applies the normalisation to [0, 1] when a stage reads them,
-so every stage sees exactly the same model input.
+"""The image-folder data set: reading `data/raw`, validating it, and the stratified, seeded splits that
+`prepare` writes (compact uint8 arrays, a quarter of the size of float32, plus `meta.json`). Reading them
+back as model input is `dataset`'s job.
 """
 
 import json
@@ -14,12 +12,11 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from sklearn.model_selection import train_test_split
 
+from compresslab.dataset import PIXEL_SCALE, SPLITS
 from compresslab.errors import UserError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp"}
-SPLITS = ("train", "val", "test")
 CHANNEL_MODES = {1: "L", 3: "RGB"}
-PIXEL_SCALE = 1.0 / 255.0
 
 
 @dataclass
@@ -137,16 +134,6 @@ def save_prepared(out_dir: Path, splits: dict, class_names: list[str], cfg: Mapp
     meta = {"class_names": class_names, "image_size": cfg["image_size"], "channels": cfg["channels"],
             "pixel_scale": PIXEL_SCALE}
     (out_dir / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
-
-
-def load_meta(prepared_dir: str | Path) -> dict:
-    return json.loads((Path(prepared_dir) / "meta.json").read_text())
-
-
-def load_split(prepared_dir: str | Path, name: str) -> tuple[np.ndarray, np.ndarray]:
-    """Load one split as model input: float32 pixels in [0, 1] and integer labels."""
-    with np.load(Path(prepared_dir) / f"{name}.npz") as arrays:
-        return arrays["x"].astype(np.float32) * np.float32(PIXEL_SCALE), arrays["y"]
 
 
 def class_counts(splits: dict, class_names: list[str]) -> dict:

@@ -12,16 +12,14 @@ from pathlib import Path
 import tensorflow_model_optimization as tfmot
 import tf_keras as keras
 
+from compresslab.outputs import atomic_path
+
 
 def save_model(model: keras.Model, path: str | Path) -> None:
     """Write `model` to `path` atomically: a killed stage never leaves a half-written model behind."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    with warnings.catch_warnings():  # HDF5 is called "legacy"; it is the format that works here (see above)
-        warnings.simplefilter("ignore", UserWarning)
+    with atomic_path(path) as partial, warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # HDF5 is called "legacy"; it is the format that works here
         model.save(partial, save_format="h5", include_optimizer=False)
-    partial.replace(path)
 
 
 def load_model(path: str | Path) -> keras.Model:

@@ -5,35 +5,36 @@ Each stage script validates its config, loads its parent model, calls its techni
 """
 
 from collections.abc import Mapping
-from pathlib import Path
 
 import numpy as np
 
-from compresslab import data, training, tracking
+from compresslab import dataset, paths, training, tracking
 from compresslab.config import section
 from compresslab.model_io import load_model, save_model
 from compresslab.outputs import write_history, write_json
 from compresslab.seeding import seed_everything
-
-PREPARED = "data/prepared"
 
 Splits = tuple[training.Split, training.Split, training.Split]
 
 
 def load_splits() -> Splits:
     """(train, val, test) as model input: float32 pixels in [0, 1], integer labels."""
-    return tuple(data.load_split(PREPARED, name) for name in data.SPLITS)
+    return tuple(dataset.load_split(name) for name in dataset.SPLITS)
 
 
-def begin(params, parent_path: str):
+def begin(params, parent: str):
     """The prologue of every fine-tuning stage, run after its config is validated.
+
+    Args:
+      params: the whole params.yaml.
+      parent: the variant whose Keras model the stage starts from (e.g. 'baseline').
 
     Returns:
       (parent model, train, val, test), with every random source seeded from `params.seed` last, so the
       fine-tuning that follows repeats.
     """
     train, val, test = load_splits()
-    model = load_model(parent_path)
+    model = load_model(paths.keras_model(parent))
     seed_everything(params.seed)
     return model, train, val, test
 
@@ -61,14 +62,14 @@ def flat_metrics(tree: Mapping, prefix: str = "") -> dict[str, float]:
     return flat
 
 
-def finish(stage: str, params, groups: tuple[str, ...], model, model_path: str, test: training.Split,
+def finish(stage: str, params, groups: tuple[str, ...], model, variant: str, test: training.Split,
            measurements: Mapping, history: Mapping[str, list[float]]) -> dict:
     """Score the model on the test split, save it, write the stage's DVC metrics and plot, log to MLflow.
 
     Args:
       stage: the DVC stage name; outputs go to reports/<stage>/metrics.json and history.csv.
       params: the whole params.yaml; `groups` are the parts of it the stage read (logged as MLflow params).
-      model: the trained Keras model; model_path: where it is saved.
+      model: the trained Keras model, saved as the Keras file of `variant` (`paths.keras_model`).
       test: the test split.
       measurements: what the technique measured (sparsity, unique values, ...); numeric leaves are kept.
       history: per-epoch fine-tuning curves.
@@ -78,6 +79,7 @@ def finish(stage: str, params, groups: tuple[str, ...], model, model_path: str, 
     """
     training.compile_model(model)
     scores = training.evaluate(model, test)
+    model_path = paths.keras_model(variant)
     save_model(model, model_path)
     measured = numeric(measurements)
     # Per-layer figures go beside the DVC metrics, not into them: one column per layer would bury the
@@ -85,13 +87,13 @@ def finish(stage: str, params, groups: tuple[str, ...], model, model_path: str, 
     per_layer = {key: value for key, value in measured.items() if isinstance(value, Mapping)}
     metrics = {"test_accuracy": scores["accuracy"], "test_loss": scores["loss"],
                **{key: value for key, value in measured.items() if key not in per_layer}}
-    paths = {"metrics": f"reports/{stage}/metrics.json", "history": f"reports/{stage}/history.csv",
-             "layers": f"reports/{stage}/layers.json"}
-    write_json(paths["metrics"], metrics)
-    write_history(paths["history"], history)
+    folder = paths.stage_reports(stage)
+    outputs = {"metrics": folder / "metrics.json", "history": folder / "history.csv", "layers": folder / "layers.json"}
+    write_json(outputs["metrics"], metrics)
+    write_history(outputs["history"], history)
     if per_layer:
-        write_json(paths["layers"], per_layer)
+        write_json(outputs["layers"], per_layer)
     print(f"{stage}: test accuracy {scores['accuracy']:.4f}; saved {model_path}")
     tracking.log_run(stage, params=section(params, *groups), metrics=flat_metrics({**metrics, **per_layer}),
-                     history=history, artifacts=[path for path in paths.values() if Path(path).exists()])
+                     history=history, artifacts=[path for path in outputs.values() if path.exists()])
     return {**metrics, **per_layer}

@@ -24,6 +24,22 @@ def check_positive(option: str, value) -> None:
         raise UserError(f"{option} must be a positive number, got {value!r}: set it to a value above 0")
 
 
+def check_epochs(option: str, value) -> None:
+    """Raise a UserError unless `value` (read from config key `option`) is a whole number of epochs, >= 1.
+
+    3.0 is refused like 2.5: an epoch count that YAML or an override wrote as a float is a slip to fix at
+    the source, and every stage must accept the same values."""
+    check_positive(option, value)
+    if not isinstance(value, int):
+        raise UserError(f"{option} must be a whole number of epochs, got {value!r}: write it without a point")
+
+
+def check_budget(option: str, cfg) -> None:
+    """Check a fine-tuning budget: `<option>.epochs` (whole, >= 1) and `<option>.learning_rate` (> 0)."""
+    check_epochs(f"{option}.epochs", cfg.get("epochs"))
+    check_positive(f"{option}.learning_rate", cfg.get("learning_rate"))
+
+
 def compile_model(model: keras.Model, optimizer: str = "adam", learning_rate: float = 1e-3) -> None:
     """Compile for integer labels and softmax outputs, tracking accuracy."""
     model.compile(optimizer=make_optimizer(optimizer, learning_rate),
@@ -32,7 +48,8 @@ def compile_model(model: keras.Model, optimizer: str = "adam", learning_rate: fl
 
 def fit(model: keras.Model, train: Split, val: Split, *, epochs: int, batch_size: int,
         learning_rate: float, optimizer: str = "adam", patience: int | None = None,
-        callbacks: Sequence[keras.callbacks.Callback] = (), compile: bool = True) -> dict[str, list[float]]:
+        reduce_lr_patience: int | None = None, callbacks: Sequence[keras.callbacks.Callback] = (),
+        compile: bool = True) -> dict[str, list[float]]:
     """Fit `model` on `train`, validating on `val` each epoch.
 
     Args:
@@ -41,11 +58,15 @@ def fit(model: keras.Model, train: Split, val: Split, *, epochs: int, batch_size
       epochs, batch_size, learning_rate, optimizer: the usual knobs.
       patience: stop after this many epochs without val_loss improving and restore the best weights;
         None or 0 disables early stopping.
+      reduce_lr_patience: halve the learning rate after this many epochs without val_loss improving (down
+        to 1/64 of the start), so training settles into a minimum instead of stopping beside it; None or 0
+        keeps the rate constant.
       callbacks: extra callbacks (pruning needs its step callback).
       compile: set False when the caller compiled already (a wrapper that needs its own compile).
 
     Returns:
-      The per-epoch history: {'loss': [...], 'accuracy': [...], 'val_loss': [...], 'val_accuracy': [...]}.
+      The per-epoch history: {'loss': [...], 'accuracy': [...], 'val_loss': [...], 'val_accuracy': [...]},
+      plus 'lr' when the rate is scheduled.
     """
     check_positive("epochs", epochs)
     check_positive("batch_size", batch_size)
@@ -53,12 +74,26 @@ def fit(model: keras.Model, train: Split, val: Split, *, epochs: int, batch_size
     if compile:
         compile_model(model, optimizer, learning_rate)
     callbacks = list(callbacks)
+    if reduce_lr_patience:
+        callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5,
+                                                           patience=int(reduce_lr_patience),
+                                                           min_lr=learning_rate / 64))
     if patience:
         callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=int(patience),
                                                        restore_best_weights=True))
     history = model.fit(train[0], train[1], validation_data=val, epochs=int(epochs),
                         batch_size=int(batch_size), callbacks=callbacks, verbose=2, shuffle=True)
     return {key: [float(v) for v in values] for key, values in history.history.items()}
+
+
+def convergence(history: dict[str, list[float]], max_epochs: int) -> dict:
+    """When and why a fit stopped: epochs run, the epoch whose weights were kept (lowest val_loss), and
+    whether early stopping ended it before `max_epochs`."""
+    val_loss = history.get("val_loss") or []
+    epochs_run = len(history.get("loss") or [])
+    return {"epochs_run": epochs_run, "max_epochs": int(max_epochs),
+            "best_epoch": int(min(range(len(val_loss)), key=val_loss.__getitem__)) + 1 if val_loss else epochs_run,
+            "stopped_early": int(epochs_run < max_epochs)}
 
 
 def evaluate(model: keras.Model, split: Split, batch_size: int = 256) -> dict[str, float]:

@@ -1,27 +1,30 @@
-"""The Keras variants the pipeline produces, and how each becomes TFLite files.
+"""The Keras variants the pipeline produces, and the TFLite files each becomes.
 
 Float variants get every post-training mode of `convert.modes`; QAT-trained variants carry their own
-quantization ranges and become int8 files. Files are named `models/tflite/<variant>-<mode>.tflite`.
+quantization ranges and become int8 files. `finetune` is the float control: the baseline fine-tuned with the
+compression stages' budget and no compression, so an effect can be told apart from extra training.
+A file is named by its label `<variant>-<mode>` (see `paths.tflite_file`).
 """
 
-from pathlib import Path
-
-FLOAT_VARIANTS = {"baseline": "models/baseline.keras", "pruned": "models/pruned.keras",
-                  "clustered": "models/clustered.keras"}
-QAT_VARIANTS = {"qat": "models/qat.keras", "pqat": "models/pqat.keras", "cqat": "models/cqat.keras",
-                "pcqat": "models/pcqat.keras"}
-TFLITE_DIR = Path("models/tflite")
+FLOAT_VARIANTS = ("baseline", "finetune", "pruned", "clustered")
+QAT_VARIANTS = ("qat", "pqat", "cqat", "pcqat")
+VARIANTS = FLOAT_VARIANTS + QAT_VARIANTS
+BASELINE = "baseline"
+CONTROL = "finetune"
 BASELINE_FILE = "baseline-float32"
 
 
-def conversions(modes: list[str]) -> list[tuple[str, str, str, bool]]:
-    """(variant, Keras model path, mode, is_qat) for every file to produce, float variants first."""
-    planned = [(variant, path, mode, False) for variant, path in FLOAT_VARIANTS.items() for mode in modes]
-    return planned + [(variant, path, "int8", True) for variant, path in QAT_VARIANTS.items()]
+def modes_of(variant: str, modes) -> list[str]:
+    """The TFLite modes `variant` converts to, given the configured `convert.modes`."""
+    return list(modes) if variant in FLOAT_VARIANTS else ["int8"]
 
 
-def tflite_path(variant: str, mode: str) -> Path:
-    return TFLITE_DIR / f"{variant}-{mode}.tflite"
+def is_qat(variant: str) -> bool:
+    return variant in QAT_VARIANTS
+
+
+def label(variant: str, mode: str) -> str:
+    return f"{variant}-{mode}"
 
 
 def split_label(stem: str) -> tuple[str, str]:

@@ -28,11 +28,11 @@ from matplotlib.ticker import FuncFormatter
 from mlflow.entities import Run, ViewType
 from mlflow.tracking import MlflowClient
 
-from compresslab import tracking, variants
+from compresslab import paths, tracking, variants
 from compresslab.errors import UserError
-from compresslab.metrics import as_number, pareto_front
-from compresslab.outputs import write_json, write_text_atomically
-from compresslab.report import DPI, KB, fmt, mode_markers, save_figure, sort_rows
+from compresslab.reporting.metrics import as_number, pareto_front
+from compresslab.outputs import write_json, write_text
+from compresslab.reporting.report import DPI, KB, fmt, mode_markers, save_figure, sort_rows
 
 OUT_DIR = Path("reports/compare")
 REFERENCE = variants.split_label(variants.BASELINE_FILE)   # ('baseline', 'float32')
@@ -291,7 +291,7 @@ def _notes(runs: Sequence[Run], table: pd.DataFrame) -> list[str]:
 
 def write_table(table: pd.DataFrame, path: str | Path) -> Path:
     """The table as CSV, numbers unrounded, missing figures as empty cells (written atomically)."""
-    write_text_atomically(path, table.to_csv(index=False, lineterminator="\n"))
+    write_text(path, table.to_csv(index=False, lineterminator="\n"))
     return Path(path)
 
 
@@ -419,7 +419,7 @@ def write_selection(selection: Selection, varying: Sequence[str], path: str | Pa
         "max_drop_pp": selection.max_drop,
         "objective": selection.objective,
         "chosen": {"experiment": chosen["experiment"], "run_id": chosen["run_id"], "variant": chosen["variant"],
-                   "mode": chosen["mode"], "file": str(variants.tflite_path(chosen["variant"], chosen["mode"])),
+                   "mode": chosen["mode"], "file": str(paths.tflite_file(chosen["variant"], chosen["mode"])),
                    **figures, "params": params},
         "rejected": [{"file": name, "reason": reason} for name, reason in selection.rejected],
     })
@@ -472,7 +472,7 @@ def selection_lines(selection: Selection) -> list[str]:
             f"{selection.max_drop:g} pp of its run's baseline-float32 accuracy",
             f"chosen: {file_name(row)}: {row['accuracy'] * 100:.2f} % ({row['accuracy_delta_pp']:+.2f} pp), "
             f"{fmt(row['gzip_bytes'], '{:.1f}', 1 / KB)} KB gzipped{latency}",
-            f"  file {variants.tflite_path(row['variant'], row['mode'])} of {where}",
+            f"  file {paths.tflite_file(row['variant'], row['mode'])} of {where}",
             *(f"rejected {name}: {reason}" for name, reason in selection.rejected)]
 
 

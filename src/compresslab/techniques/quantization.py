@@ -19,9 +19,10 @@ from dataclasses import dataclass
 import tensorflow_model_optimization as tfmot
 import tf_keras as keras
 
-from compresslab import training, weights
+from compresslab import training
+from compresslab.techniques import weights
 from compresslab.errors import UserError
-from compresslab.layers import select_layers
+from compresslab.techniques.layers import select_layers
 
 qk = tfmot.quantization.keras
 
@@ -71,10 +72,7 @@ def validate_qat_config(cfg: Mapping, option_prefix: str) -> None:
       cfg: mapping with epochs, learning_rate and (QAT only) layers, checked when present.
       option_prefix: 'quantize' or 'pqat', the config group named in errors.
     """
-    training.check_positive(f"{option_prefix}.epochs", cfg.get("epochs"))
-    if not isinstance(cfg["epochs"], int):
-        raise UserError(f"{option_prefix}.epochs must be a whole number, got {cfg['epochs']!r}")
-    training.check_positive(f"{option_prefix}.learning_rate", cfg.get("learning_rate"))
+    training.check_budget(option_prefix, cfg)
     if "layers" in cfg:
         _require_layers(cfg, option_prefix)
 

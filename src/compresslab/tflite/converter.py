@@ -226,19 +226,3 @@ def converter_reason(err: Exception) -> str:
 def clean_line(line: str) -> str:
     line = FUNCTION_ID.sub("", LOCATION.sub("", line))
     return " ".join(line.split()).strip(" :")
-
-
-def write_atomically(data: bytes, path: str | Path) -> None:
-    """Write `data` to `path` through a temporary file beside it, so a killed stage leaves no half file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, partial = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(partial, path)
-    except BaseException:
-        Path(partial).unlink(missing_ok=True)
-        raise

@@ -18,9 +18,10 @@ import tensorflow_model_optimization as tfmot
 import tf_keras as keras
 from tensorflow_model_optimization.python.core.sparsity.keras.prune_registry import PruneRegistry
 
-from compresslab import training, weights
+from compresslab import training
+from compresslab.techniques import weights
 from compresslab.errors import UserError
-from compresslab.layers import select_layers
+from compresslab.techniques.layers import select_layers
 
 SCHEDULES = ("polynomial", "constant")
 # A derived end_step stops changing the masks this share of the fine-tune before its end, so the surviving
@@ -128,10 +129,7 @@ def validate_prune_config(cfg: Mapping, option_prefix: str = "prune") -> None:
     parse_m_by_n(cfg.get("m_by_n"), f"{p}.m_by_n")
     if cfg.get("layers") is None:
         raise UserError(f"{p}.layers is not set: use all, dense, conv or a list of layer names")
-    training.check_positive(f"{p}.epochs", cfg.get("epochs"))
-    if not isinstance(cfg["epochs"], int):
-        raise UserError(f"{p}.epochs must be a whole number, got {cfg['epochs']!r}")
-    training.check_positive(f"{p}.learning_rate", cfg.get("learning_rate"))
+    training.check_budget(p, cfg)
 
 
 def schedule_steps(cfg: Mapping, steps_per_epoch: int, option_prefix: str = "prune") -> tuple[int, int, int]:

@@ -8,7 +8,7 @@ import numpy as np
 import tf_keras as keras
 from tensorflow_model_optimization.python.core.clustering.keras.cluster_wrapper import ClusterWeights
 
-from compresslab.layers import layer_kind
+from compresslab.techniques.layers import layer_kind
 
 KERNEL_ATTRIBUTES = ("kernel", "depthwise_kernel")
 

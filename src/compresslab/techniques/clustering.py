@@ -30,9 +30,10 @@ from tensorflow_model_optimization.python.core.clustering.keras.clustering_regis
 from tensorflow_model_optimization.python.core.quantization.keras.collab_opts.cluster_preserve import (
     cluster_preserve_quantize_registry as cluster_preserve)
 
-from compresslab import training, weights
+from compresslab import training
+from compresslab.techniques import weights
 from compresslab.errors import UserError
-from compresslab.layers import select_layers
+from compresslab.techniques.layers import select_layers
 
 CentroidInitialization = tfmot.clustering.keras.CentroidInitialization
 CENTROID_INITS = {
@@ -111,14 +112,12 @@ def validate_cluster_config(cfg: Mapping, option: str = "cluster") -> None:
     per_channel = cfg.get("per_channel")
     if per_channel is not None and not isinstance(per_channel, bool):
         raise UserError(f"{option}.per_channel must be true or false, got {per_channel!r}")
-    check_epochs(f"{option}.epochs", cfg.get("epochs"))
-    training.check_positive(f"{option}.learning_rate", cfg.get("learning_rate"))
+    training.check_budget(option, cfg)
 
 
 def validate_cqat_config(cfg: Mapping, option: str = "cqat") -> None:
     """Raise a UserError unless cfg holds positive `epochs` (an integer) and `learning_rate`."""
-    check_epochs(f"{option}.epochs", cfg.get("epochs"))
-    training.check_positive(f"{option}.learning_rate", cfg.get("learning_rate"))
+    training.check_budget(option, cfg)
 
 
 def validate_pcqat_config(cluster_cfg: Mapping, pcqat_cfg: Mapping) -> None:
@@ -134,15 +133,8 @@ def validate_pcqat_config(cluster_cfg: Mapping, pcqat_cfg: Mapping) -> None:
         raise UserError(f"cluster.number_of_clusters={clusters} is too few for pcqat: sparsity-preserving "
                         f"clustering keeps one centroid at zero, set it to {MIN_CLUSTERS_PRESERVING_SPARSITY} "
                         "or more")
-    check_epochs("pcqat.cluster_epochs", pcqat_cfg.get("cluster_epochs"))
+    training.check_epochs("pcqat.cluster_epochs", pcqat_cfg.get("cluster_epochs"))
     validate_cqat_config(pcqat_cfg, "pcqat")
-
-
-def check_epochs(option: str, value) -> None:
-    """Raise a UserError unless `value` is a positive whole number of epochs."""
-    training.check_positive(option, value)
-    if isinstance(value, float) and not value.is_integer():
-        raise UserError(f"{option} must be a whole number of epochs, got {value!r}")
 
 
 def clusterable_kernels(layer: keras.layers.Layer) -> list[str]:

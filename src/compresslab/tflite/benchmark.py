@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from ai_edge_litert.interpreter import Interpreter
 
-from compresslab import tflite_file
+from compresslab.tflite import flatbuffer, runtime
 from compresslab.errors import UserError, run_main
 
 RANDOM_SEED = 0
@@ -97,7 +97,7 @@ def peak_memory(path: str | os.PathLike, input_sample=None) -> dict:
 def peak_memory_mb(path: str | os.PathLike, input_sample=None) -> float:
     """Peak RSS (MB) of a fresh process that imports LiteRT + NumPy, loads the model and runs it 10 times."""
     path = Path(path)
-    tflite_file.check_file(path)
+    flatbuffer.check_file(path)
     if input_sample is None:
         return _run_child([str(path)])["max_rss_mb"]
     with tempfile.TemporaryDirectory() as tmp:
@@ -108,7 +108,7 @@ def peak_memory_mb(path: str | os.PathLike, input_sample=None) -> float:
 
 def load_interpreter(path: str | os.PathLike, threads: int) -> Interpreter:
     """A LiteRT interpreter for `path` with tensors allocated; UserError when the file is not a model."""
-    return tflite_file.load_interpreter(path, num_threads=int(threads))
+    return runtime.load_interpreter(path, num_threads=int(threads))
 
 
 def feed_inputs(interpreter: Interpreter, input_sample=None) -> None:
@@ -128,7 +128,7 @@ def make_input(detail: dict, sample=None, rng: np.random.Generator | None = None
       rng: noise source; a generator seeded with RANDOM_SEED when None.
 
     Returns:
-      An array of the tensor's shape and dtype, quantized as `tflite_file.quantize` does for integer inputs.
+      An array of the tensor's shape and dtype, quantized as `runtime.quantize` does for integer inputs.
     """
     shape = tuple(int(size) for size in detail["shape"])
     if sample is None:
@@ -140,7 +140,7 @@ def make_input(detail: dict, sample=None, rng: np.random.Generator | None = None
             raise UserError(f"input sample of shape {values.shape} does not fit model input "
                             f"{detail['name']!r} of shape {list(shape)}: pass one image of the model's size")
         values = values.reshape(shape)
-    return tflite_file.quantize(values, detail)
+    return runtime.quantize(values, detail)
 
 
 def _timed_runs(interpreter: Interpreter, min_runs: int, min_seconds: float, max_runs: int) -> np.ndarray:
@@ -181,7 +181,7 @@ def _baseline_rss_mb() -> float:
 
 def _run_child(args: list[str]) -> dict:
     """Run this module in a fresh interpreter and read back the JSON line it prints last."""
-    done = subprocess.run([sys.executable, "-m", "compresslab.latency", *args],
+    done = subprocess.run([sys.executable, "-m", "compresslab.tflite.benchmark", *args],
                           capture_output=True, text=True, check=False)
     lines = done.stdout.strip().splitlines()
     if done.returncode != 0 or not lines:
@@ -209,7 +209,7 @@ def _max_rss_mb() -> float:
 
 
 def _child_main() -> None:
-    """Child entry: `python -m compresslab.latency [MODEL [SAMPLE.npy]]`; no MODEL measures the baseline."""
+    """Child entry: `python -m compresslab.tflite.benchmark [MODEL [SAMPLE.npy]]`; no MODEL measures the baseline."""
     args = sys.argv[1:]
     if args:
         sample = np.load(args[1]) if len(args) > 1 else None

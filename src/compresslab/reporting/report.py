@@ -26,8 +26,8 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter
 
 from compresslab.errors import UserError
-from compresslab.metrics import as_number, pareto_front
-from compresslab.outputs import write_text_atomically
+from compresslab.reporting.metrics import as_number, pareto_front
+from compresslab.outputs import atomic_path, write_text
 
 # Column order of variants.csv; the per-thread latency columns go in after `macs`, the unknown keys last.
 BASE_COLUMNS = (
@@ -35,19 +35,25 @@ BASE_COLUMNS = (
     "positive_precision", "positive_recall", "positive_f1", "file_bytes", "gzip_bytes", "parameters",
     "nonzero_parameters", "sparsity", "macs",
 )
-TAIL_COLUMNS = ("peak_rss_mb", "model_rss_mb", "gzip_ratio", "latency_ratio", "accuracy_delta_pp", "error")
+# How far each accuracy can be trusted and how it compares on the same images (see reporting.scoring); these
+# follow `accuracy` when the rows hold them.
+STATISTICS_COLUMNS = (
+    "test_images", "accuracy_ci_low", "accuracy_ci_high", "accuracy_delta_pp", "p_value", "significant",
+    "accuracy_delta_control_pp", "p_value_control", "significant_control", "keras_agreement",
+    "baseline_agreement",
+)
+TAIL_COLUMNS = ("peak_rss_mb", "model_rss_mb", "gzip_ratio", "latency_ratio", "error")
 THREAD_METRICS = ("latency_median_ms", "latency_p90_ms", "latency_mean_ms", "latency_std_ms", "fps")
 _THREAD_KEY = re.compile(r"^latency_median_ms_t(\d+)$")
 
 # Reading order of the study (each variant builds on the ones before); names not listed sort after, by name.
-VARIANT_ORDER = ("baseline", "pruned", "qat", "pqat", "clustered", "cqat", "pcqat")
+VARIANT_ORDER = ("baseline", "finetune", "pruned", "qat", "pqat", "clustered", "cqat", "pcqat")
 MODE_ORDER = ("float32", "dynamic", "float16", "int8")
 MODE_MARKERS = {"float32": "o", "dynamic": "s", "float16": "^", "int8": "D"}
 _SPARE_MARKERS = ("v", "P", "X", "*", "h", "<", ">")
 
 DPI = 150
 TRADEOFF_SIZE = (9.0, 5.5)   # inches; at DPI this gives the pixel size the tests check
-HISTORY_SIZE = (11.0, 4.5)
 PLOT_WIDTH = 9.0
 KB = 1024.0
 DASH = "—"
@@ -72,15 +78,18 @@ def write_variants_csv(rows: Sequence[Mapping], path: str | Path) -> Path:
     writer.writerow(columns)
     for row in rows:
         writer.writerow([_csv_cell(row.get(column)) for column in columns])
-    write_text_atomically(path, buffer.getvalue())
+    write_text(path, buffer.getvalue())
     return Path(path)
 
 
 def csv_columns(rows: Sequence[Mapping]) -> list[str]:
-    """Stable column order: BASE_COLUMNS, per-thread latency keys by thread count, TAIL_COLUMNS, then any
-    other key in the order first seen."""
+    """Stable column order: BASE_COLUMNS with the STATISTICS_COLUMNS the rows hold after `accuracy`, per-thread
+    latency keys by thread count, TAIL_COLUMNS, then any other key in the order first seen."""
     threads = thread_counts(rows)
-    columns = [*BASE_COLUMNS, *(f"{metric}_t{n}" for n in threads for metric in THREAD_METRICS), *TAIL_COLUMNS]
+    statistics = [key for key in STATISTICS_COLUMNS if any(key in row for row in rows)]
+    at = BASE_COLUMNS.index("accuracy") + 1
+    columns = [*BASE_COLUMNS[:at], *statistics, *BASE_COLUMNS[at:],
+               *(f"{metric}_t{n}" for n in threads for metric in THREAD_METRICS), *TAIL_COLUMNS]
     known = set(columns)
     extras = [key for row in rows for key in row if key not in known]
     return columns + list(dict.fromkeys(extras))
@@ -109,21 +118,23 @@ def _csv_cell(value) -> str:
 def headline_metrics(rows: Sequence[Mapping]) -> dict:
     """The DVC metrics for reports/metrics.json, nested {variant: {mode: {...}}}.
 
-    Rounded so `dvc exp show` columns stay readable: accuracy, ratios, sparsity and latency to 4
-    significant digits, bytes to ints, accuracy_delta_pp to 0.01 pp (the resolution of a 4-digit
-    accuracy). Figures that are None or NaN are left out rather than written as null.
+    Rounded so `dvc exp show` columns stay readable: accuracy, its interval, ratios, sparsity and latency
+    to 4 significant digits, bytes to ints, accuracy changes to 0.01 pp (the resolution of a 4-digit
+    accuracy), p-values to 3 digits. Figures that are None or NaN are left out rather than written as null.
 
     Args:
       rows: result rows.
 
     Returns:
-      {variant: {mode: {accuracy, gzip_bytes, gzip_ratio, sparsity, latency_median_ms_t<n> for every
-      thread count, accuracy_delta_pp}}}, plus 'failed': ['variant-mode', ...] when any row has an error.
+      {variant: {mode: {accuracy, accuracy_ci_low, accuracy_ci_high, gzip_bytes, gzip_ratio, sparsity,
+      latency_median_ms_t<n> for every thread count, accuracy_delta_pp, p_value, accuracy_delta_control_pp}}},
+      plus 'failed': ['variant-mode', ...] when any row has an error.
     """
     latency_keys = [f"latency_median_ms_t{n}" for n in thread_counts(rows)]
-    rounders = {"accuracy": _significant, "gzip_bytes": _whole, "gzip_ratio": _significant,
-                "sparsity": _significant, **{key: _significant for key in latency_keys},
-                "accuracy_delta_pp": _hundredths}
+    rounders = {"accuracy": _significant, "accuracy_ci_low": _significant, "accuracy_ci_high": _significant,
+                "gzip_bytes": _whole, "gzip_ratio": _significant, "sparsity": _significant,
+                **{key: _significant for key in latency_keys}, "accuracy_delta_pp": _hundredths,
+                "p_value": lambda value: _significant(value, 3), "accuracy_delta_control_pp": _hundredths}
     metrics: dict = {}
     failed = []
     for row in rows:
@@ -316,52 +327,6 @@ def plot_confusion(confusion: Mapping, title: str, path: str | Path) -> Path:
     return save_figure(fig, path)
 
 
-def plot_history(history_csvs: Mapping[str, str | Path], path: str | Path) -> Path:
-    """Training and fine-tuning curves: validation accuracy and loss per epoch, one line per stage.
-
-    Each stage trains from its own epoch 1, so the curves share the epoch axis. A missing file is skipped;
-    a history without validation columns falls back to the training ones (marked 'train' in the legend).
-
-    Args:
-      history_csvs: {stage name: history CSV with an `epoch` column and accuracy/val_accuracy/loss/val_loss}.
-      path: the PNG to write (a placeholder saying so when no history exists, so the output always exists).
-
-    Returns:
-      The path written.
-    """
-    fig = Figure(figsize=HISTORY_SIZE, dpi=DPI, layout="constrained")
-    acc_ax, loss_ax = fig.subplots(1, 2)
-    drawn = 0
-    for stage, csv_path in history_csvs.items():
-        if not Path(csv_path).is_file():
-            continue
-        history = pd.read_csv(csv_path)
-        epochs = history["epoch"] if "epoch" in history else pd.Series(range(1, len(history) + 1))
-        drawn += _history_line(acc_ax, history, epochs, stage, "accuracy", scale=100)
-        _history_line(loss_ax, history, epochs, stage, "loss", scale=1)
-    if not drawn:
-        _no_data(acc_ax, "no training history found")
-        loss_ax.set_axis_off()
-        return save_figure(fig, path)
-    acc_ax.set_ylabel("validation accuracy (%)")
-    loss_ax.set_ylabel("validation loss")
-    for ax in (acc_ax, loss_ax):
-        ax.set_xlabel("epoch")
-        ax.grid(True, alpha=0.3)
-        ax.xaxis.get_major_locator().set_params(integer=True)
-    acc_ax.legend(fontsize=8)
-    fig.suptitle("Training and fine-tuning")
-    return save_figure(fig, path)
-
-
-def _history_line(ax, history: pd.DataFrame, epochs: pd.Series, stage: str, metric: str, scale: float) -> bool:
-    for column, suffix in ((f"val_{metric}", ""), (metric, " (train)")):
-        if column in history:
-            ax.plot(epochs, history[column] * scale, marker="o", markersize=3, label=f"{stage}{suffix}")
-            return True
-    return False
-
-
 # ----------------------------------------------------------------------------------- dvc plots data
 
 def write_plot_data(rows: Sequence[Mapping], out_dir: str | Path) -> list[Path]:
@@ -428,7 +393,7 @@ def _class_indices(values: Sequence[int], names: list[str], what: str) -> list[i
 
 def _write_frame(records: list[dict], columns: list[str], path: Path) -> Path:
     text = pd.DataFrame(records, columns=columns).to_csv(index=False, lineterminator="\n")
-    write_text_atomically(path, text)
+    write_text(path, text)
     return Path(path)
 
 
@@ -460,7 +425,7 @@ def write_report(rows: Sequence[Mapping], confusions: Mapping[str, Mapping], out
     parts = [f"# {title}", _config_section(config_summary), _results_section(rows), _failed_section(rows),
              _notes_section(notes), _plots_section(plots)]
     path = out_dir / "report.md"
-    write_text_atomically(path, "\n\n".join(part for part in parts if part) + "\n")
+    write_text(path, "\n\n".join(part for part in parts if part) + "\n")
     return path
 
 
@@ -468,8 +433,9 @@ def results_table(rows: Sequence[Mapping]) -> str:
     """The main table as GitHub markdown with padded, aligned columns (readable as plain text too)."""
     threads = thread_counts(rows)
     fps_threads = 1 if 1 in threads else (threads[0] if threads else None)
-    columns = [("variant", False), ("mode", False), ("acc %", True), ("Δacc pp", True), ("gzip KB", True),
-               ("×smaller", True), ("sparsity %", True), ("MACs", True),
+    columns = [("variant", False), ("mode", False), ("acc % [95% CI]", True), ("Δ base pp", True),
+               ("Δ ctrl pp", True), ("agree Keras %", True), ("gzip KB", True), ("×smaller", True),
+               ("sparsity %", True), ("MACs", True),
                *((f"ms t{n}", True) for n in threads),
                *(((f"FPS t{fps_threads}", True),) if fps_threads is not None else ()), ("peak MB", True)]
     body = [_table_cells(row, threads, fps_threads) for row in sort_rows(_drawable(rows))]
@@ -478,9 +444,10 @@ def results_table(rows: Sequence[Mapping]) -> str:
 
 def _table_cells(row: Mapping, threads: list[int], fps_threads: int | None) -> list[str]:
     gzip_ratio = as_number(row.get("gzip_ratio"))
-    cells = [str(row["variant"]), str(row["mode"]),
-             fmt(row.get("accuracy"), "{:.2f}", scale=100),
-             fmt(row.get("accuracy_delta_pp"), "{:+.2f}"),
+    cells = [str(row["variant"]), str(row["mode"]), _accuracy_cell(row),
+             _change_cell(row.get("accuracy_delta_pp"), row.get("significant")),
+             _change_cell(row.get("accuracy_delta_control_pp"), row.get("significant_control")),
+             fmt(row.get("keras_agreement"), "{:.1f}", scale=100),
              fmt(row.get("gzip_bytes"), "{:.1f}", scale=1 / KB),
              fmt(1 / gzip_ratio if gzip_ratio else None, "{:.2f}×"),
              fmt(row.get("sparsity"), "{:.1f}", scale=100),
@@ -490,6 +457,20 @@ def _table_cells(row: Mapping, threads: list[int], fps_threads: int | None) -> l
         cells.append(fmt(row.get(f"fps_t{fps_threads}"), "{:.1f}"))
     cells.append(fmt(row.get("peak_rss_mb"), "{:.1f}"))
     return cells
+
+
+def _accuracy_cell(row: Mapping) -> str:
+    low, high = as_number(row.get("accuracy_ci_low")), as_number(row.get("accuracy_ci_high"))
+    interval = f" [{low * 100:.1f}, {high * 100:.1f}]" if low is not None and high is not None else ""
+    return fmt(row.get("accuracy"), "{:.2f}", scale=100) + interval
+
+
+def _change_cell(delta, significant) -> str:
+    """A change in points with its verdict: `*` significant at 0.05, `ns` not (noise, not a gain or loss)."""
+    text = fmt(delta, "{:+.2f}")
+    if as_number(delta) is None or significant is None:
+        return text
+    return f"{text} {'*' if significant else 'ns'}"
 
 
 def _markdown_table(columns: list[tuple[str, bool]], body: list[list[str]]) -> str:
@@ -522,10 +503,14 @@ def _config_value(value) -> str:
 
 
 def _results_section(rows: Sequence[Mapping]) -> str:
-    legend = ("acc: test accuracy; Δacc: percentage points vs. baseline-float32; gzip KB: gzipped .tflite "
-              "size; ×smaller: baseline size / this size; ms tN: median latency of one inference at N "
-              "threads; FPS: 1000 / median ms; peak MB: peak memory of a process running the file. "
-              f"{DASH} = not measured.")
+    legend = ("acc: test accuracy with its 95 % Wilson interval; Δ base: percentage points vs. "
+              "baseline-float32; Δ ctrl: vs. the float control (the baseline fine-tuned with the same budget, "
+              "no compression) of the same mode, i.e. what compression alone costs; `*`: significant at 0.05 "
+              "(exact McNemar test on the same test images), `ns`: not significant, read as no change; "
+              "agree Keras: share of test images where the file predicts what its Keras model predicts (a "
+              "conversion bug shows here); gzip KB: gzipped .tflite size; ×smaller: baseline size / this size; "
+              "ms tN: median latency of one inference at N threads; FPS: 1000 / median ms; peak MB: peak "
+              f"memory of a process running the file. {DASH} = not measured.")
     return f"## Results\n\n{results_table(rows)}\n\n{legend}"
 
 
@@ -641,10 +626,7 @@ def _no_data(ax, message: str) -> None:
 
 
 def save_figure(fig: Figure, path: str | Path) -> Path:
-    """Save as PNG atomically (temp file + rename), like every other stage output."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    fig.savefig(partial, format="png", dpi=DPI)
-    partial.replace(path)
-    return path
+    """Save as PNG atomically, like every other stage output."""
+    with atomic_path(path) as partial:
+        fig.savefig(partial, format="png", dpi=DPI)
+    return Path(path)

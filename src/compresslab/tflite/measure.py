@@ -1,0 +1,80 @@
+"""Measuring one .tflite file with LiteRT: its predictions on the test split, what the file stores, its speed
+and memory. NumPy and LiteRT only (no TensorFlow, no scikit-learn), so `evaluate@<variant>` starts in a fraction
+of a second; scoring the predictions and comparing files is `reporting`'s job.
+"""
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from compresslab import variants
+from compresslab.errors import UserError
+from compresslab.tflite import benchmark, flatbuffer, runtime
+
+
+def validate_evaluate_config(cfg: Mapping) -> list[int]:
+    """Check the `evaluate` group before any file is run; returns the thread counts."""
+    threads = list(cfg["threads"] or [])
+    if not threads or any(not isinstance(n, int) or isinstance(n, bool) or n < 1 for n in threads):
+        raise UserError(f"evaluate.threads={threads} must be a non-empty list of positive thread counts, "
+                        f"e.g. [1, 2]")
+    for key in ("warmup_runs", "min_runs"):
+        if not isinstance(cfg[key], int) or cfg[key] < (0 if key == "warmup_runs" else 1):
+            raise UserError(f"evaluate.{key} must be a whole number ({'0' if key == 'warmup_runs' else '1'} "
+                            f"or more), got {cfg[key]!r}")
+    return threads
+
+
+def check_positive_class(cfg: Mapping, class_names: Sequence[str]) -> None:
+    """The class whose precision and recall are reported must be one of the data set's classes."""
+    positive = cfg.get("positive_class")
+    if positive is not None and positive not in class_names:
+        raise UserError(f"evaluate.positive_class={positive!r} is not one of the classes {list(class_names)}: "
+                        f"name a folder of data/raw, or null")
+
+
+def measure_file(path: Path, x_test: np.ndarray, cfg: Mapping,
+                 keras_predictions: Sequence[int] | None = None) -> dict:
+    """Every interpreter-measured figure of one .tflite file; raises UserError when the file is unusable.
+
+    Args:
+      path: models/tflite/<variant>/<variant>-<mode>.tflite.
+      x_test: the test images as model input.
+      cfg: the `evaluate` group (threads, warmup_runs, min_runs, min_seconds, measure_memory).
+      keras_predictions: the predicted classes of the Keras model the file was converted from.
+
+    Returns:
+      A row: variant, mode, file, y_pred (predicted class per test image), keras_agreement (share of test
+      images where the file predicts what its Keras model predicts), file_bytes, gzip_bytes, parameters,
+      nonzero_parameters, sparsity, macs, latency and fps per thread count (`*_t{n}` keys), peak_rss_mb
+      and model_rss_mb.
+    """
+    variant, mode = variants.split_label(path.stem)
+    interpreter = runtime.load_interpreter(path)
+    runtime.check_input_shape(interpreter, x_test.shape[1:])
+    y_pred = np.argmax(runtime.predict(interpreter, x_test), axis=1)
+    stats = flatbuffer.weight_stats(path)
+    row = {"variant": variant, "mode": mode, "file": str(path), "y_pred": y_pred.tolist(),
+           "keras_agreement": (float(np.mean(y_pred == np.asarray(keras_predictions)))
+                               if keras_predictions is not None else None),
+           "file_bytes": path.stat().st_size, "gzip_bytes": flatbuffer.gzip_size(path),
+           "parameters": stats["parameters"], "nonzero_parameters": stats["nonzero"],
+           "sparsity": stats["sparsity"], "macs": stats["macs"]}
+    sample = x_test[:1]
+    timings = benchmark.latency_by_threads(path, list(cfg["threads"]), warmup=cfg["warmup_runs"],
+                                           min_runs=cfg["min_runs"], min_seconds=cfg["min_seconds"],
+                                           input_sample=sample)
+    for threads, timing in timings.items():
+        for key in ("median_ms", "p90_ms", "mean_ms", "std_ms"):
+            row[f"latency_{key}_t{threads}"] = timing[key]
+        row[f"fps_t{threads}"] = timing["fps"]
+    memory = benchmark.peak_memory(path, sample) if cfg.get("measure_memory", True) else {}
+    row["peak_rss_mb"], row["model_rss_mb"] = memory.get("peak_rss_mb"), memory.get("model_rss_mb")
+    return row
+
+
+def error_row(variant: str, mode: str, reason: str) -> dict:
+    """The row of a file that could not be produced or measured: reported, never silently dropped."""
+    return {"variant": variant, "mode": mode, "file": str(Path(f"{variants.label(variant, mode)}.tflite")),
+            "error": reason}

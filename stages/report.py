@@ -1,0 +1,85 @@
+"""Stage `report`: score, compare and report every evaluated file, and log the MLflow summary run.
+
+    dvc repro report         # reads params: evaluate (and logs the whole params.yaml to MLflow)
+
+Reads reports/evaluate/<variant>.json of every variant and the test labels; light work (no TensorFlow, no
+LiteRT), so it can close every pipeline execution cheaply.
+Outputs: reports/metrics.json (headline figures per variant and mode, `dvc exp show`'s columns),
+reports/variants.csv (every figure, one row per file), reports/plots/ (data for `dvc plots` and PNG images),
+reports/report.md, and one MLflow summary run holding the whole configuration, every figure and the report.
+A file that could not be produced or evaluated is reported with its reason; the stage then fails at the end.
+"""
+
+import json
+import os
+
+import compresslab  # noqa: F401  (prepares the environment)
+from compresslab import dataset, paths, tracking, variants
+from compresslab.config import load_params
+from compresslab.errors import UserError, run_main
+from compresslab.outputs import write_json
+from compresslab.reporting import report, scoring
+
+
+def run(params) -> list[dict]:
+    cfg = params.evaluate
+    missing = [v for v in variants.VARIANTS if not paths.evaluation(v).is_file()]
+    if missing:
+        raise UserError(f"no evaluation of {', '.join(missing)}: run `dvc repro` (or "
+                        f"`dvc repro evaluate@{missing[0]}`) first")
+    rows = [row for v in variants.VARIANTS for row in json.loads(paths.evaluation(v).read_text())["rows"]]
+    meta = dataset.load_meta()
+    y_true = dataset.load_labels("test")
+    predictions = scoring.take_predictions(rows)
+    confusions = scoring.score_rows(rows, predictions, y_true, meta["class_names"], cfg.get("positive_class"),
+                                    latency_threads=cfg.threads[0])
+    notes = scoring.uncertainty_notes(rows)
+    for note in notes:
+        print(f"report: {note}")
+    if variants.BASELINE_FILE in predictions:  # DVC's confusion plot reads one line per test image
+        report.write_confusion_samples(y_true, predictions[variants.BASELINE_FILE], meta["class_names"],
+                                       paths.PLOTS / "confusion.csv")
+    write_outputs(params, rows, confusions, notes)
+    failed = [scoring.label(r) for r in rows if r.get("error")]
+    if failed:
+        raise UserError(f"{len(failed)} file(s) could not be evaluated: {', '.join(failed)} (reasons in "
+                        f"reports/report.md); the other files are reported")
+    return rows
+
+
+def write_outputs(params, rows: list[dict], confusions: dict, notes: list[str]) -> None:
+    headline = report.headline_metrics(rows)
+    write_json(paths.REPORTS / "metrics.json", headline)
+    report.write_variants_csv(rows, paths.REPORTS / "variants.csv")
+    report.write_plot_data(rows, paths.PLOTS)
+    summary = {"model": params.model.name, "data": f"{params.data.name} ({params.data.image_size}px, "
+               f"{params.data.channels} channel(s))", "prune": f"{params.prune.schedule} to "
+               f"{params.prune.final_sparsity or params.prune.target_sparsity} on {params.prune.layers}",
+               "quantize": f"QAT on {params.quantize.layers}", "cluster": f"{params.cluster.number_of_clusters} "
+               f"clusters on {params.cluster.layers}", "control": f"baseline fine-tuned {params.finetune.epochs} "
+               f"epoch(s) at learning rate {params.finetune.learning_rate}, no compression",
+               "threads": list(params.evaluate.threads)}
+    # The float32 baseline and the int8 files (what ships to a device) get a confusion heatmap each.
+    shown = {name: c for name, c in confusions.items() if name == variants.BASELINE_FILE or name.endswith("-int8")}
+    report_path = report.write_report(rows, shown, paths.REPORTS, title="compresslab report",
+                                      config_summary=summary, notes=notes + report_notes())
+    experiment = os.environ.get("DVC_EXP_NAME", "workspace")
+    # Every figure of every file, `significant*` flags as 0/1, so the MLflow UI can sort and chart them.
+    metrics = {f"{r['variant']}.{r['mode']}.{key}": float(value) for r in rows if not r.get("error")
+               for key, value in r.items() if isinstance(value, (int, float))}
+    tracking.log_run("report", params=params, metrics=metrics, run_name=f"{experiment}: {params.model.name}",
+                     tags={"summary": "true", "files": str(len(rows))},
+                     artifacts=[report_path, paths.REPORTS / "variants.csv", paths.REPORTS / "metrics.json",
+                                paths.PLOTS, "dvc.lock", "params.yaml"])
+
+
+def report_notes() -> list[str]:
+    return ["Latency is the median of timed single-sample runs on this machine after warm-up; it varies "
+            "between machines and runs, every other figure repeats exactly.",
+            "Sparsity and parameters are read back from the weights stored in each .tflite file; gzip size "
+            "(level 9) shows what pruning and clustering buy on disk or over the air.",
+            "Pruning shrinks files only once compressed: the zeros are still stored in the flatbuffer."]
+
+
+if __name__ == "__main__":
+    run_main(lambda: run(load_params()))

@@ -1,0 +1,109 @@
+"""dvc.yaml cannot let results go stale: every stage lists, as deps, each project module its script reaches
+through imports, derived here from the import graph (direct imports, imports inside functions, and the
+packages' `__init__` files that importing a module runs)."""
+
+import ast
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from compresslab import variants
+
+REPO = Path(__file__).resolve().parents[1]
+SRC = REPO / "src"
+# Modules that cannot change a stage's results, so editing them need not re-run it. Keep this list short.
+CANNOT_CHANGE_RESULTS = {
+    "src/compresslab/errors.py",    # the text of error messages and the exit codes
+    "src/compresslab/tracking.py",  # what is logged to MLflow, after the outputs are written
+    "src/compresslab/lineage.py",   # the hashes tracking tags runs with
+}
+
+
+def module_file(name: str) -> Path | None:
+    """The source file of a `compresslab...` module or package, None for anything else."""
+    if name != "compresslab" and not name.startswith("compresslab."):
+        return None
+    base = SRC / name.replace(".", "/")
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Dotted names of every module `path` imports (`from a import b` also names a.b, which may be a module)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return names
+
+
+def reached_files(script: Path) -> set[str]:
+    """Repository-relative paths of every compresslab source file that running `script` can execute."""
+    seen, todo = set(), [script]
+    while todo:
+        path = todo.pop()
+        for name in imported_modules(path):
+            parts = name.split(".")
+            # Importing a.b.c runs a/__init__.py and a/b/__init__.py first.
+            for depth in range(1, len(parts) + 1):
+                found = module_file(".".join(parts[:depth]))
+                if found and found not in seen:
+                    seen.add(found)
+                    todo.append(found)
+    return {path.relative_to(REPO).as_posix() for path in seen}
+
+
+def stages() -> dict[str, dict]:
+    """dvc.yaml's stages, a `foreach` stage once per item (`convert@baseline`), `${item}` substituted."""
+    found = {}
+    for name, spec in yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"].items():
+        if "foreach" in spec:
+            for item in spec["foreach"]:
+                text = yaml.safe_dump(spec["do"]).replace("${item}", str(item))
+                found[f"{name}@{item}"] = yaml.safe_load(text)
+        else:
+            found[name] = spec
+    return found
+
+
+def script_of(spec: dict) -> Path:
+    return REPO / spec["cmd"].split()[1]
+
+
+@pytest.mark.parametrize("name", sorted(stages()))
+def test_every_module_a_stage_imports_is_one_of_its_deps(name):
+    spec = stages()[name]
+    deps = {entry if isinstance(entry, str) else next(iter(entry)) for entry in spec["deps"]}
+    assert script_of(spec).relative_to(REPO).as_posix() in deps
+    missing = reached_files(script_of(spec)) - deps - CANNOT_CHANGE_RESULTS
+    assert not missing, f"{name}: add to its deps in dvc.yaml: {sorted(missing)}"
+    unused = {d for d in deps if d.startswith("src/")} - reached_files(script_of(spec))
+    assert not unused, f"{name}: not imported, remove from its deps: {sorted(unused)}"
+
+
+def test_per_variant_stages_cover_every_variant():
+    spec = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    for name in ("convert", "evaluate"):
+        assert spec[name]["foreach"] == list(variants.VARIANTS), name
+
+
+def test_the_import_graph_sees_nested_and_lazy_imports(tmp_path):
+    script = tmp_path / "stage.py"
+    script.write_text("import compresslab\nfrom compresslab.tflite import measure\n"
+                      "def later():\n    from compresslab.reporting.metrics import quality\n")
+    reached = reached_files(script)
+    assert {"src/compresslab/__init__.py", "src/compresslab/tflite/__init__.py", "src/compresslab/tflite/measure.py",
+            "src/compresslab/tflite/runtime.py", "src/compresslab/tflite/flatbuffer.py",
+            "src/compresslab/reporting/metrics.py"} <= reached
+
+
+if __name__ == "__main__":  # print each stage script's deps: python tests/test_dvc_deps.py stages/train.py
+    for script in sys.argv[1:]:
+        print(script, *sorted(reached_files(REPO / script) - CANNOT_CHANGE_RESULTS), sep="\n      - ")
