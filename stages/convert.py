@@ -81,4 +81,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_main(main)
+    run_main(main, skip_teardown=True)

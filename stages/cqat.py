@@ -31,4 +31,4 @@ def clustering_measurements(result: clustering.CqatResult) -> dict:
 
 
 if __name__ == "__main__":
-    run_main(lambda: run(load_params()))
+    run_main(lambda: run(load_params()), skip_teardown=True)

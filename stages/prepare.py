@@ -35,4 +35,4 @@ def run(cfg) -> dict:
 
 
 if __name__ == "__main__":
-    run_main(lambda: run(load_params().data))
+    run_main(lambda: run(load_params().data), skip_teardown=True)

@@ -27,4 +27,4 @@ def run(params) -> dict:
 
 
 if __name__ == "__main__":
-    run_main(lambda: run(load_params()))
+    run_main(lambda: run(load_params()), skip_teardown=True)

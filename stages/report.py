@@ -82,4 +82,4 @@ def report_notes() -> list[str]:
 
 
 if __name__ == "__main__":
-    run_main(lambda: run(load_params()))
+    run_main(lambda: run(load_params()), skip_teardown=True)

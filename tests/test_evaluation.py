@@ -73,9 +73,9 @@ def test_convert_writes_each_mode_and_the_keras_predictions(workspace):
 
 def test_evaluate_measures_every_file_of_a_variant_without_tensorflow(workspace):
     load_stage("convert").run(OmegaConf.load("params.yaml"), "baseline")
-    probe = ("import atexit, runpy, sys; sys.argv = ['stages/evaluate.py', 'baseline']; "
-             "atexit.register(lambda: print('tensorflow imported:', any(m.split('.')[0] == 'tensorflow' "
-             "for m in sys.modules))); runpy.run_path(sys.argv[0], run_name='__main__')")
+    probe = ("import runpy, sys; sys.argv = ['stages/evaluate.py', 'baseline']; "
+             "runpy.run_path(sys.argv[0])['main'](); "
+             "print('tensorflow imported:', any(m.split('.')[0] == 'tensorflow' for m in sys.modules))")
     (workspace / "stages").mkdir()
     (workspace / "stages" / "evaluate.py").write_text((REPO / "stages" / "evaluate.py").read_text())
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=workspace)
