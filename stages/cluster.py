@@ -23,7 +23,8 @@ def run(params) -> dict:
                     "max_unique_values": max(result.channel_unique_values.values(), default=0),
                     "unique_values": result.unique_values, "clustered_layers": len(result.clustered_layers)}
     print(f"cluster: distinct values per layer {result.unique_values} (asked {result.requested_clusters})")
-    return stage.finish("cluster", params, ("seed", "train", "cluster"), result.model, "clustered", test, measurements, result.history)
+    return stage.finish("cluster", params, ("seed", "train", "cluster"), result.model, "clustered", test,
+                        measurements, result.history)
 
 
 if __name__ == "__main__":

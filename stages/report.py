@@ -11,7 +11,6 @@ A file that could not be produced or evaluated is reported with its reason; the 
 """
 
 import json
-import os
 
 import compresslab  # noqa: F401  (prepares the environment)
 from compresslab import dataset, paths, tracking, variants
@@ -63,14 +62,13 @@ def write_outputs(params, rows: list[dict], confusions: dict, notes: list[str]) 
     shown = {name: c for name, c in confusions.items() if name == variants.BASELINE_FILE or name.endswith("-int8")}
     report_path = report.write_report(rows, shown, paths.REPORTS, title="compresslab report",
                                       config_summary=summary, notes=notes + report_notes())
-    experiment = os.environ.get("DVC_EXP_NAME", "workspace")
     # Every figure of every file, `significant*` flags as 0/1, so the MLflow UI can sort and chart them.
     metrics = {f"{r['variant']}.{r['mode']}.{key}": float(value) for r in rows if not r.get("error")
                for key, value in r.items() if isinstance(value, (int, float))}
-    tracking.log_run("report", params=params, metrics=metrics, run_name=f"{experiment}: {params.model.name}",
-                     tags={"summary": "true", "files": str(len(rows))},
-                     artifacts=[report_path, paths.REPORTS / "variants.csv", paths.REPORTS / "metrics.json",
-                                paths.PLOTS, "dvc.lock", "params.yaml"])
+    tracking.log_summary(params=params, metrics=metrics, description=report_path.read_text(),
+                         tags={"files": str(len(rows)), "model": params.model.name},
+                         artifacts=[report_path, paths.REPORTS / "variants.csv", paths.REPORTS / "metrics.json",
+                                    paths.PLOTS, paths.TFLITE, "dvc.lock", "params.yaml"])
 
 
 def report_notes() -> list[str]:

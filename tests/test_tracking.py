@@ -2,6 +2,9 @@
 
 import subprocess
 import sys
+import time
+
+import psutil
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -62,7 +65,33 @@ def test_concurrent_writers_lose_no_run(root):
     assert [w.wait(timeout=300) for w in workers] == [0, 0, 0, 0]
     client = MlflowClient(tracking.tracking_uri())
     experiment = client.get_experiment_by_name(tracking.EXPERIMENT)
-    runs = client.search_runs([experiment.experiment_id], max_results=100)
+    runs = client.search_runs([experiment.experiment_id], "tags.stage != 'pipeline'", max_results=100)
     assert sorted((r.data.params["worker"], r.data.params["i"]) for r in runs) == sorted(
         (str(w), str(i)) for w in range(4) for i in range(4))
     assert all(len(r.data.metrics) == 150 for r in runs)
+
+
+def test_stage_runs_nest_under_one_parent_per_execution_and_span_the_stage(root, monkeypatch):
+    monkeypatch.setenv("DVC_EXP_NAME", "sweep-2")
+    first = tracking.log_run("train", params={"a": 1}, metrics={"m": 1.0})
+    second = tracking.log_run("prune", params={"a": 1}, metrics={"m": 2.0})
+    client = MlflowClient(tracking.tracking_uri())
+    experiment = client.get_experiment_by_name(tracking.EXPERIMENT)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    runs = {run_id: client.get_run(run_id) for run_id in (first, second)}
+    parents = {run.data.tags["mlflow.parentRunId"] for run in runs.values()}
+    assert len(parents) == 1  # one execution (this process), one parent
+    parent = client.get_run(parents.pop())
+    assert parent.info.run_name == "sweep-2" and parent.data.tags["stage"] == "pipeline"
+    assert parent.info.status == "RUNNING"  # until the report stage closes the execution
+    for run in runs.values():
+        assert run.data.tags["mlflow.source.name"] == f"stages/{run.data.tags['stage']}.py"
+        # The run starts when the stage's process started, not when it was logged.
+        assert run.info.end_time - run.info.start_time >= (time.time() - psutil.Process().create_time() - 60) * 1000
+    summary_id = tracking.log_summary(params={"prune": {"final_sparsity": 0.5}}, metrics={"baseline.float32.accuracy": 0.9},
+                                      description="# report\n\nbody", tags={"files": "1"}, artifacts=[])
+    summary = client.get_run(summary_id)
+    assert summary_id == parent.info.run_id and summary.info.status == "FINISHED"
+    assert summary.data.tags["mlflow.note.content"].startswith("# report")
+    assert summary.data.tags["summary"] == "true" and summary.data.params["prune.final_sparsity"] == "0.5"
+    assert summary.data.metrics["baseline.float32.accuracy"] == 0.9

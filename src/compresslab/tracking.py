@@ -1,15 +1,24 @@
-"""MLflow tracking: where runs go, and logging one run in one retried step.
+"""MLflow tracking: where runs go, how one pipeline execution's runs hang together, and writing a run in one
+retried step.
 
 Where: `MLFLOW_TRACKING_URI` when set, else `sqlite:///<root>/mlflow.db`, with artifacts under
 `<root>/mlartifacts`. `<root>` is `DVC_ROOT` when set (queued experiments run in a temporary copy under
 `.dvc/tmp/exps/` that is deleted afterwards; DVC_ROOT names the real repository), else the working directory,
 which DVC sets to the project root for every stage.
 
-How: everything a run holds is gathered first and written at the end by `log_run`. SQLite lets one writer in
-at a time, and two queue workers that open a new mlflow.db at once both try to create its tables (alembic then
-fails outright). So writes to a SQLite store are serialised across processes by a lock file beside the
-database; should a reader (the MLflow UI) still cause "database is locked", the partial run is deleted and the
-write tried again. No run is lost and none is half-written.
+Structure, as MLflow's UI expects it: the `compresslab` experiment is tagged as a model-training experiment
+(else the UI opens on its GenAI view). Every pipeline execution (a `dvc repro`, a `dvc exp run`, one queued
+experiment) gets one parent run, named after the DVC experiment; each stage that runs logs a child run under
+it (`mlflow.parentRunId`), stages DVC skips log nothing. The stages run as separate processes, so they find
+their parent by the execution they belong to: the `dvc` process that started them (its pid and start time),
+kept in the tag `compresslab.execution`. The `report` stage, which closes every execution, writes the summary
+into the parent (every figure, the whole configuration, the report as its description, the files) and ends it.
+A run's start is its process's start, its end the moment it is logged: MLflow's Duration is the stage's time.
+
+How: everything a run holds is gathered first and written at the end. SQLite lets one writer in at a time, and
+two queue workers that open a new mlflow.db at once both try to create its tables (alembic then fails
+outright). So writes to a SQLite store are serialised across processes by a lock file beside the database;
+should a reader (the MLflow UI) still cause "database is locked", the write is tried again. No run is lost.
 
 Lineage (`compresslab.lineage`): every run is tagged with the md5 of the data and model files its stage read
 and wrote (`dvc.dep.<path>`, `dvc.out.<path>`, the values dvc.lock holds once the stage has finished), and
@@ -22,17 +31,25 @@ import random
 import subprocess
 import time
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
-from mlflow.entities import Metric, Param
+import psutil
 from filelock import FileLock
+from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import (MLFLOW_GIT_COMMIT, MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NOTE, MLFLOW_SOURCE_NAME,
+                                      MLFLOW_SOURCE_TYPE)
 
 from compresslab import lineage
 from compresslab.config import flatten
 
 EXPERIMENT = "compresslab"
+# MLflow 3 opens an experiment on its GenAI view unless told that it holds model-training runs.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+EXECUTION_TAG = "compresslab.execution"
+PIPELINE = "pipeline"  # the `stage` tag of a parent run
 ATTEMPTS = 8
 BATCH = 100  # MLflow's log_batch takes at most 100 params (and 1000 metrics) per call
 DATA_DVC = "data.dvc"  # what `dvc add data/raw` writes: the raw data set and its md5
@@ -54,17 +71,45 @@ def write_lock(uri: str) -> FileLock | contextlib.nullcontext:
 
 
 def experiment_id(client: MlflowClient) -> str:
-    """The id of the `compresslab` experiment (or $MLFLOW_EXPERIMENT_NAME), created with a fixed artifact root."""
+    """The id of the `compresslab` experiment (or $MLFLOW_EXPERIMENT_NAME), created with a fixed artifact root
+    and tagged as a model-training experiment (an experiment created by an older version gets the tag too)."""
     name = os.environ.get("MLFLOW_EXPERIMENT_NAME", EXPERIMENT)
     found = client.get_experiment_by_name(name)
-    if found:
-        return found.experiment_id
-    # A local store fixes the artifact location at creation: anchor it on the project root, not the cwd.
-    location = None if tracking_uri().startswith("http") else (project_root() / "mlartifacts").as_uri()
-    try:
-        return client.create_experiment(name, artifact_location=location)
-    except mlflow.exceptions.MlflowException:  # another worker created it in the meantime
-        return client.get_experiment_by_name(name).experiment_id
+    if found is None:
+        # A local store fixes the artifact location at creation: anchor it on the project root, not the cwd.
+        location = None if tracking_uri().startswith("http") else (project_root() / "mlartifacts").as_uri()
+        try:
+            return client.create_experiment(name, artifact_location=location, tags=EXPERIMENT_KIND)
+        except mlflow.exceptions.MlflowException:  # another worker created it in the meantime
+            found = client.get_experiment_by_name(name)
+    for key, value in EXPERIMENT_KIND.items():
+        if found.tags.get(key) != value:
+            client.set_experiment_tag(found.experiment_id, key, value)
+    return found.experiment_id
+
+
+def execution() -> tuple[str, int]:
+    """(id, start time in ms) of the pipeline execution this process belongs to: the nearest `dvc` process
+    above it (`dvc repro`, `dvc exp run`, a queue worker's `dvc exp exec-run`), else this process alone."""
+    process = psutil.Process()
+    for candidate in [process, *process.parents()]:
+        try:
+            argv = candidate.cmdline()
+        except psutil.Error:
+            continue
+        if any(Path(arg).name == "dvc" for arg in argv[:2]) or argv[1:3] == ["-m", "dvc"]:
+            process = candidate
+            break
+    return f"{process.pid}-{int(process.create_time())}", int(process.create_time() * 1000)
+
+
+def source_tags(stage: str, git_commit: str | None) -> dict[str, str]:
+    """What MLflow shows as a run's Source: the stage script, and the git commit it ran from."""
+    script = "dvc.yaml" if stage == PIPELINE else f"stages/{stage.split('@')[0]}.py"
+    tags = {MLFLOW_SOURCE_NAME: script, MLFLOW_SOURCE_TYPE: "LOCAL"}
+    if git_commit and git_commit != "unknown":
+        tags[MLFLOW_GIT_COMMIT] = git_commit
+    return tags
 
 
 def lineage_tags(stage: str) -> dict[str, str]:
@@ -99,30 +144,59 @@ def read_data_hash(dvc_file: str | Path = DATA_DVC) -> str | None:
 def log_run(stage: str, *, params: Mapping, metrics: Mapping[str, float],
             history: Mapping[str, list[float]] | None = None, tags: Mapping[str, str] | None = None,
             artifacts: Iterable[str | Path] = (), run_name: str | None = None) -> str:
-    """Log one finished run; returns its id.
+    """Log one finished stage as a child run of its pipeline execution's parent run; returns its id.
 
     Args:
       stage: the DVC stage that ran (a tag, and the run name unless run_name is given).
       params: nested config; logged flattened to dotted keys.
       metrics: final figures; None values are left out.
       history: per-epoch curves, logged as metrics with step = epoch index.
-      tags: extra tags on top of the lineage tags.
-      artifacts: files to attach.
+      tags: extra tags on top of the lineage and source tags.
+      artifacts: files and folders to attach.
     """
+    return write(stage, params=params, metrics=metrics, history=history, tags=tags, artifacts=artifacts,
+                 run_name=run_name, summary=False)
+
+
+def log_summary(*, params: Mapping, metrics: Mapping[str, float], description: str, tags: Mapping[str, str],
+                artifacts: Iterable[str | Path]) -> str:
+    """Write the summary of a pipeline execution into its parent run and end it; returns the parent's id.
+
+    Args:
+      params: the whole configuration (logged flattened: `prune.final_sparsity`).
+      metrics: every figure of every file, `<variant>.<mode>.<figure>`.
+      description: markdown shown on the run's page (the report).
+      tags: extra tags (the summary is tagged `summary=true` and with the report stage's lineage).
+      artifacts: files and folders to attach.
+    """
+    return write("report", params=params, metrics=metrics, history=None, artifacts=artifacts, run_name=None,
+                 tags={**tags, "summary": "true", MLFLOW_RUN_NOTE: description}, summary=True)
+
+
+def write(stage: str, *, params, metrics, history, tags, artifacts, run_name, summary: bool) -> str:
+    """Gather a run's contents, then write them under the store's lock, retried while the store is busy."""
     uri = tracking_uri()
-    all_tags = {**lineage_tags(stage), **(tags or {})}
+    inputs = lineage_tags(stage)
+    all_tags = {**inputs, **source_tags(stage, inputs.get("git_commit")), **(tags or {})}
     data_input = lineage.dataset_input(DATA_DVC, project_root(), context=stage)
     flat_params = [Param(k, str(v)) for k, v in flatten(params).items()]
     now = int(time.time() * 1000)
     flat_metrics = [Metric(k, float(v), now, 0) for k, v in metrics.items() if v is not None]
     for key, values in (history or {}).items():
         flat_metrics += [Metric(key, float(v), now, step) for step, v in enumerate(values)]
+    contents = Contents(all_tags, flat_params, flat_metrics, list(map(Path, artifacts)),
+                        [data_input] if data_input else [])
     for attempt in range(1, ATTEMPTS + 1):
         try:
             with write_lock(uri):
-                run_id = write_run(uri, stage, run_name, all_tags, flat_params, flat_metrics, artifacts,
-                                   datasets=[data_input] if data_input else [])
-            print(f"mlflow: logged run {run_id} ({run_name or stage}) to {uri}")
+                client = MlflowClient(uri)
+                parent = parent_run(client, inputs["dvc_exp_name"])
+                if summary:
+                    run_id = fill(client, parent, contents)
+                else:
+                    run_id = new_child(client, parent, stage, run_name, contents)
+            print(f"mlflow: logged {'summary into' if summary else 'run'} {run_id} "
+                  f"({run_name or stage}) to {uri}")
             return run_id
         except Exception as err:  # noqa: BLE001 - only "locked" is retried, the rest re-raised
             if "locked" not in str(err).lower() or attempt == ATTEMPTS:
@@ -132,28 +206,56 @@ def log_run(stage: str, *, params: Mapping, metrics: Mapping[str, float],
     raise AssertionError("unreachable")
 
 
-def write_run(uri, stage, run_name, tags, params, metrics, artifacts, datasets=()) -> str:
-    """Create one run and write everything into it (datasets: MLflow DatasetInputs); on failure, delete the
-    partial run and re-raise."""
-    client = MlflowClient(uri)
-    run_id = None
+@dataclass
+class Contents:
+    """Everything one run holds, gathered before the store is touched."""
+    tags: dict[str, str]
+    params: list[Param]
+    metrics: list[Metric]
+    artifacts: list[Path]
+    datasets: list
+
+
+def parent_run(client: MlflowClient, experiment: str) -> str:
+    """The id of this execution's parent run, created (started when the execution started) if none yet."""
+    execution_id, started = execution()
+    exp_id = experiment_id(client)
+    found = client.search_runs([exp_id], f"tags.`{EXECUTION_TAG}` = '{execution_id}' and tags.stage = '{PIPELINE}'",
+                               max_results=1)
+    if found:
+        return found[0].info.run_id
+    run = client.create_run(exp_id, run_name=experiment, start_time=started,
+                            tags={EXECUTION_TAG: execution_id, "stage": PIPELINE, "dvc_exp_name": experiment,
+                                  **source_tags(PIPELINE, None)})
+    return run.info.run_id
+
+
+def new_child(client: MlflowClient, parent: str, stage: str, run_name: str | None, contents: Contents) -> str:
+    """Create a finished child run that spans this stage process's life; a failed write leaves no half run."""
+    started = int(psutil.Process().create_time() * 1000)
+    run = client.create_run(experiment_id(client), run_name=run_name or stage, start_time=started,
+                            tags={**{k: str(v) for k, v in contents.tags.items()}, MLFLOW_PARENT_RUN_ID: parent})
     try:
-        run = client.create_run(experiment_id(client), run_name=run_name or stage,
-                                tags={k: str(v) for k, v in tags.items()})
-        run_id = run.info.run_id
-        for start in range(0, max(len(params), len(metrics)), BATCH):
-            client.log_batch(run_id, metrics=metrics[start:start + BATCH], params=params[start:start + BATCH])
-        if datasets:
-            client.log_inputs(run_id, datasets=list(datasets))
-        for path in map(Path, artifacts):
-            if path.is_dir():
-                client.log_artifacts(run_id, str(path), artifact_path=path.name)
-            elif path.exists():
-                client.log_artifact(run_id, str(path))
-        client.set_terminated(run_id)
-        return run_id
+        fill(client, run.info.run_id, contents)
     except Exception:
-        if run_id:
-            with contextlib.suppress(Exception):  # the store may still be busy: the run stays unfinished
-                client.delete_run(run_id)
+        with contextlib.suppress(Exception):  # the store may still be busy: the run stays unfinished
+            client.delete_run(run.info.run_id)
         raise
+    return run.info.run_id
+
+
+def fill(client: MlflowClient, run_id: str, contents: Contents) -> str:
+    """Write tags, params, metrics, datasets and artifacts into a run, then end it now."""
+    tags = [RunTag(key, str(value)) for key, value in contents.tags.items()]
+    for start in range(0, max(len(contents.params), len(contents.metrics), len(tags)), BATCH):
+        client.log_batch(run_id, metrics=contents.metrics[start:start + BATCH],
+                         params=contents.params[start:start + BATCH], tags=tags[start:start + BATCH])
+    if contents.datasets:
+        client.log_inputs(run_id, datasets=contents.datasets)
+    for path in contents.artifacts:
+        if path.is_dir():
+            client.log_artifacts(run_id, str(path), artifact_path=path.name)
+        elif path.exists():
+            client.log_artifact(run_id, str(path))
+    client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED), end_time=int(time.time() * 1000))
+    return run_id

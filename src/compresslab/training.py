@@ -1,5 +1,6 @@
 """Fitting a Keras model: the one training loop every stage (baseline and fine-tuning) goes through."""
 
+import time
 from collections.abc import Sequence
 
 import numpy as np
@@ -65,8 +66,8 @@ def fit(model: keras.Model, train: Split, val: Split, *, epochs: int, batch_size
       compile: set False when the caller compiled already (a wrapper that needs its own compile).
 
     Returns:
-      The per-epoch history: {'loss': [...], 'accuracy': [...], 'val_loss': [...], 'val_accuracy': [...]},
-      plus 'lr' when the rate is scheduled.
+      The per-epoch history: {'loss': [...], 'accuracy': [...], 'val_loss': [...], 'val_accuracy': [...],
+      'epoch_seconds': [...]}, plus 'lr' when the rate is scheduled.
     """
     check_positive("epochs", epochs)
     check_positive("batch_size", batch_size)
@@ -81,9 +82,25 @@ def fit(model: keras.Model, train: Split, val: Split, *, epochs: int, batch_size
     if patience:
         callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=int(patience),
                                                        restore_best_weights=True))
+    timer = EpochTimer()
     history = model.fit(train[0], train[1], validation_data=val, epochs=int(epochs),
-                        batch_size=int(batch_size), callbacks=callbacks, verbose=2, shuffle=True)
-    return {key: [float(v) for v in values] for key, values in history.history.items()}
+                        batch_size=int(batch_size), callbacks=[*callbacks, timer], verbose=2, shuffle=True)
+    return {**{key: [float(v) for v in values] for key, values in history.history.items()},
+            "epoch_seconds": timer.seconds}
+
+
+class EpochTimer(keras.callbacks.Callback):
+    """Wall seconds of each epoch (validation included): where a stage's time goes, per epoch."""
+
+    def __init__(self):
+        super().__init__()
+        self.seconds: list[float] = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.started = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.seconds.append(time.perf_counter() - self.started)
 
 
 def convergence(history: dict[str, list[float]], max_epochs: int) -> dict:
