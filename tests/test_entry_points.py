@@ -1,14 +1,17 @@
 """Bad input through the real entry points: one line on stderr naming the problem, exit code 2, no traceback,
-and nothing already produced touched. Also the sample data: its hash is the one data.dvc records."""
+raised before any data is read, and nothing already produced touched. Also the sample data: its hash is the
+one data.dvc records."""
 
+import importlib.util
 import json
+import shutil
 
 import pytest
 import yaml
+from omegaconf import OmegaConf
 
-from conftest import copy_project, run
-
-pytestmark = pytest.mark.slow  # copies the project and runs the real stages and `dvc`
+from compresslab.errors import UserError
+from conftest import REPO, copy_project, run
 
 
 @pytest.fixture(scope="module")
@@ -30,22 +33,54 @@ def assert_one_line_error(result, *fragments):
         assert fragment in lines[0], lines[0]
 
 
+def load_stage(name):
+    spec = importlib.util.spec_from_file_location(f"stage_{name}", REPO / "stages" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 @pytest.mark.parametrize("stage, group, key, value, fragments", [
     ("prepare", "data", "image_size", 4, ["data.image_size", "at least 8"]),
     ("train", "train", "epochs", 0, ["train.epochs", "positive"]),
     ("train", "train", "learning_rate", -1.0, ["train.learning_rate"]),
+    ("train", "train", "optimizer", "adamw", ["unknown optimizer 'adamw'"]),
+    ("finetune", "finetune", "epochs", 3.0, ["finetune.epochs", "whole number"]),
     ("prune", "prune", "final_sparsity", 1.2, ["prune.final_sparsity"]),
     ("prune", "prune", "m_by_n", "3:2", ["prune.m_by_n"]),
+    ("prune", "prune", "epochs", 3.0, ["prune.epochs", "whole number"]),
     ("quantize", "quantize", "epochs", 0, ["quantize.epochs"]),
+    ("pqat", "pqat", "learning_rate", 0, ["pqat.learning_rate"]),
     ("cluster", "cluster", "number_of_clusters", 1, ["cluster.number_of_clusters"]),
     ("cluster", "cluster", "centroid_init", "median", ["cluster.centroid_init"]),
-    ("finetune", "finetune", "epochs", 3.0, ["finetune.epochs", "whole number"]),
+    ("cluster", "cluster", "epochs", 3.0, ["cluster.epochs", "whole number"]),
+    ("cqat", "cqat", "epochs", 2.5, ["cqat.epochs"]),
     ("convert baseline", "convert", "modes", ["int4"], ["convert.modes"]),
-    ("evaluate baseline", "evaluate", "threads", [], ["evaluate.threads"]),
     ("convert vgg", "convert", "int8_io", False, ["unknown variant 'vgg'", "baseline"]),
+    ("evaluate baseline", "evaluate", "threads", [], ["evaluate.threads"]),
+    ("evaluate baseline", "evaluate", "min_runs", 0, ["evaluate.min_runs"]),
     ("report", "evaluate", "threads", [1], ["no evaluation of baseline"]),
 ])
-def test_bad_config_stops_the_stage_with_one_line(tiny, stage, group, key, value, fragments):
+def test_bad_config_stops_the_stage_before_it_reads_any_data(tmp_path, monkeypatch, stage, group, key, value,
+                                                             fragments):
+    monkeypatch.chdir(tmp_path)  # no data/prepared, no models: a stage that read first would fail otherwise
+    params = OmegaConf.load(REPO / "params.yaml")
+    params[group][key] = value
+    name, *args = stage.split()
+    module = load_stage(name)
+    with pytest.raises(UserError) as raised:
+        module.run(params.data if name == "prepare" else params, *args)
+    for fragment in fragments:
+        assert fragment in str(raised.value)
+    assert "\n" not in str(raised.value)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage, group, key, value, fragments", [
+    ("train", "train", "epochs", 0, ["train.epochs", "positive"]),
+    ("evaluate baseline", "evaluate", "threads", [], ["evaluate.threads"]),
+])
+def test_a_bad_config_is_one_line_on_stderr_and_exit_code_2(tiny, stage, group, key, value, fragments):
     original = (tiny / "params.yaml").read_text()
     set_param(tiny, group, key, value)
     try:
@@ -55,6 +90,7 @@ def test_bad_config_stops_the_stage_with_one_line(tiny, stage, group, key, value
     assert_one_line_error(result, *fragments)
 
 
+@pytest.mark.slow
 def test_unknown_model_fails_before_training_and_keeps_the_old_model(tiny):
     run(["dvc", "repro", "train"], tiny)
     model = tiny / "models" / "baseline.keras"
@@ -69,6 +105,7 @@ def test_unknown_model_fails_before_training_and_keeps_the_old_model(tiny):
     assert model.read_bytes() == before and "Epoch" not in result.stdout
 
 
+@pytest.mark.slow
 def test_missing_or_broken_data_is_a_one_line_error(tiny):
     raw = tiny / "data" / "raw"
     moved = tiny / "raw-away"
@@ -81,11 +118,11 @@ def test_missing_or_broken_data_is_a_one_line_error(tiny):
         assert_one_line_error(run(["python", "stages/prepare.py"], tiny, check=False), "at least two")
     finally:
         if raw.exists():
-            import shutil
             shutil.rmtree(raw)
         moved.rename(raw)
 
 
+@pytest.mark.slow
 def test_sample_data_hash_equals_data_dvc_on_a_fresh_clone(tmp_path):
     root = copy_project(tmp_path, preset=None, sample_data=True)
     status = json.loads(run(["dvc", "status", "--json", "data.dvc"], root).stdout or "{}")

@@ -73,21 +73,37 @@ def test_compression_stages_report_what_they_measured(project):
     assert history[0].startswith("epoch,") and len(history) == 2  # smoke: one fine-tuning epoch
 
 
-def test_mlflow_holds_a_run_per_stage_and_the_summary(project):
+def test_mlflow_holds_one_parent_per_execution_with_every_stage_nested_and_the_summary(project):
+    client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    assert client.get_experiment_by_name("compresslab").tags["mlflow.experimentKind"] == "custom_model_development"
     stages = {run_.data.tags["stage"] for run_ in mlflow_runs(project)}
-    assert stages == TRAINING_STAGES | {"report"}
+    assert stages == TRAINING_STAGES | {"pipeline"}  # convert and evaluate log into the summary
     (summary,) = mlflow_runs(project, summary="true", dvc_exp_name="workspace")
+    assert summary.data.tags["stage"] == "pipeline" and summary.info.run_name == "workspace"
+    assert summary.info.status == "FINISHED"
+    children = mlflow_runs(project, dvc_exp_name="workspace")
+    assert {r.data.tags.get("mlflow.parentRunId") for r in children if r.data.tags["stage"] != "pipeline"} == {
+        summary.info.run_id}
     assert summary.data.params["prune.final_sparsity"] == "0.5"
     assert summary.data.params["model.name"] == "firenet"
     assert 0 <= summary.data.metrics["pruned.int8.accuracy"] <= 1
     assert summary.data.metrics["baseline.float32.gzip_ratio"] == 1.0
+    assert 0 <= summary.data.metrics["pruned.int8.p_value"] <= 1
+    assert "finetune.float32.accuracy_delta_pp" in summary.data.metrics
     assert summary.data.tags["git_commit"] and summary.data.tags["data_hash"].endswith(".dir")
+    assert summary.data.tags["mlflow.note.content"] == (project / "reports/report.md").read_text()
+    assert summary.data.tags["mlflow.source.name"] == "stages/report.py"
     (train,) = mlflow_runs(project, stage="train", dvc_exp_name="workspace")
-    client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
     curve = client.get_metric_history(train.info.run_id, "val_accuracy")
     assert len(curve) == read_json(project / "reports/train/metrics.json")["epochs_run"]
+    # The run spans the stage's process: longer than its epochs alone, and the parent spans every stage.
+    epochs = sum(m.value for m in client.get_metric_history(train.info.run_id, "epoch_seconds"))
+    assert train.info.end_time - train.info.start_time > epochs * 1000
+    assert summary.info.start_time <= train.info.start_time and summary.info.end_time >= train.info.end_time
     artifacts = {a.path for a in client.list_artifacts(summary.info.run_id)}
-    assert {"report.md", "variants.csv", "metrics.json", "dvc.lock", "params.yaml", "plots"} <= artifacts
+    assert {"report.md", "variants.csv", "metrics.json", "dvc.lock", "params.yaml", "plots", "tflite"} <= artifacts
+    assert "tflite/pruned/pruned-int8.tflite" in {a.path for a in client.list_artifacts(summary.info.run_id,
+                                                                                          "tflite/pruned")}
 
 
 @pytest.mark.parametrize("override, readers", [

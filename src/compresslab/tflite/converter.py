@@ -16,12 +16,9 @@ the same representative samples. The file stores tensor names made from the mode
 equal weights under other auto-generated names ("dense_1") give other bytes.
 """
 
-import os
 import re
-import tempfile
 import warnings
 from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import tensorflow as tf

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 from ai_edge_litert.interpreter import Interpreter
 
-from compresslab.tflite.flatbuffer import TfliteFileError, check_file, shape_product
+from compresslab.tflite.flatbuffer import TfliteFileError, check_file
 
 
 def load_interpreter(path: str | Path, num_threads: int = 1) -> Interpreter:
