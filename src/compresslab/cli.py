@@ -82,8 +82,9 @@ def main(argv: list[str] | None = None) -> None:
                                   "fronts, plot and an accuracy-aware choice")
     command.add_argument("--experiments", nargs="+", metavar="NAME",
                          help="DVC experiment names to compare ('workspace' for `dvc repro`); default: all")
-    command.add_argument("--out", default="reports/compare", help="folder for compare.csv, compare.png and "
-                         "selection.json (default: reports/compare)")
+    command.add_argument("--out", default="reports/compare", help="folder for compare.csv, compare.png, "
+                         "selection.json and, when some configuration ran on several seeds, compare_runs.csv "
+                         "(default: reports/compare)")
     command.add_argument("--max-drop", type=float, metavar="POINTS",
                          help="choose the smallest file whose accuracy is at most POINTS percentage points "
                          "below its run's baseline-float32, and say why every other file lost")

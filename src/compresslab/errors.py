@@ -38,4 +38,5 @@ def run_main(main: Callable[[], object], *, skip_teardown: bool = False) -> None
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
-    sys.exit(code)
+    if code:
+        sys.exit(code)

@@ -1,9 +1,15 @@
 """Comparing experiments: every pipeline execution's files in one table, the Pareto fronts across all of them,
 and an accuracy-aware choice of the file to ship.
 
-Input is the MLflow "summary" runs the `evaluate` stage logs (tag summary=true, the whole configuration as
+Input is the MLflow "summary" runs the `report` stage logs (tag summary=true, the whole configuration as
 dotted params, every figure as `<variant>.<mode>.<figure>` metrics). The newest run of each DVC experiment
 name counts; runs that are deleted, unfinished or not summaries are ignored.
+
+Seeds: runs whose params are identical except `seed` (`dvc exp run --queue -S 'seed=1,2,3'`) form a seed
+group. When some group holds two or more runs, compare.csv has one row per (group, file) with the mean over
+seeds, the standard deviation and a Student-t interval (`statistics.seed_summary`), and the fronts and the
+choice use those means; the per-run rows go to compare_runs.csv. With one run per configuration the table
+is per run, and the comparison says it is single-seed: one run is one sample, its spread unknown.
 
 The choice follows Intel Neural Compressor's accuracy-aware tuning: a file qualifies when its accuracy lies
 within a tolerated drop (percentage points) of its own run's float32 baseline, and the smallest (or fastest)
@@ -30,15 +36,32 @@ from mlflow.tracking import MlflowClient
 
 from compresslab import paths, tracking, variants
 from compresslab.errors import UserError
-from compresslab.reporting.metrics import as_number, pareto_front
 from compresslab.outputs import write_json, write_text
+from compresslab.reporting import statistics
+from compresslab.reporting.metrics import as_number, pareto_front
 from compresslab.reporting.report import DPI, KB, fmt, mode_markers, save_figure, sort_rows
 
 OUT_DIR = Path("reports/compare")
 REFERENCE = variants.split_label(variants.BASELINE_FILE)   # ('baseline', 'float32')
 FIGURE_COLUMNS = ("variant", "mode", "accuracy", "accuracy_delta_pp", "gzip_bytes", "gzip_ratio",
                   "latency_median_ms", "latency_threads", "pareto_size", "pareto_latency")
+# Carried from the report stage's scoring (Wilson interval, exact McNemar vs baseline-float32, change vs the
+# float control of the same mode); runs logged before it have none: empty cells.
+SCORING_COLUMNS = ("accuracy_ci_low", "accuracy_ci_high", "p_value", "significant", "accuracy_delta_control_pp")
+# A seed group's row: how many runs it averages and how far they spread (empty for a single run).
+GROUP_COLUMNS = ("seeds", "accuracy_std", "accuracy_seed_ci_low", "accuracy_seed_ci_high", "accuracy_delta_pp_std")
+# Averaged over a group's seeds; the fronts and the choice are taken on these means.
+MEAN_COLUMNS = ("accuracy", "accuracy_delta_pp", "accuracy_delta_control_pp", "gzip_bytes", "gzip_ratio",
+                "latency_median_ms")
+# Figures of one run's test split (its Wilson interval, its McNemar test): a mean of them means nothing, so a
+# group of several runs leaves them empty; compare_runs.csv has them per run, the seed interval replaces them.
+PER_RUN_COLUMNS = ("accuracy_ci_low", "accuracy_ci_high", "p_value", "significant")
+SEED = "seed"
+GROUP_JOIN = "+"   # a group is named by its experiments: exp-a+exp-b+exp-c
+SINGLE_SEED_NOTE = ("single-seed comparison: every figure is one run, one sample; queue seeds "
+                    "(`dvc exp run --queue -S 'seed=1,2,3'`) for means and spreads")
 OBJECTIVES = {"size": "gzip_bytes", "latency": "latency_median_ms"}
+FRONTS = (("pareto_size", "gzip_bytes"), ("pareto_latency", "latency_median_ms"))
 # accuracy_delta_pp comes from float differences: (0.95 - 0.96) * 100 is -1.0000000000000009, which must
 # still pass --max-drop 1.
 TOLERANCE_PP = 1e-9
@@ -61,7 +84,12 @@ class Selection:
 
 @dataclass
 class Comparison:
-    """What `compare` found and wrote."""
+    """What `compare` found and wrote.
+
+    table: per seed group when `grouped` (`build_group_table`), else per run (`build_table`); runs_table is
+    always per run, and is written to runs_csv_path when grouped. groups: the experiment names of each seed
+    group, in table order.
+    """
     table: pd.DataFrame
     varying: list[str]
     experiments: list[str]
@@ -70,6 +98,14 @@ class Comparison:
     selection: Selection | None = None
     selection_path: Path | None = None
     notes: list[str] = field(default_factory=list)
+    runs_table: pd.DataFrame | None = None
+    runs_csv_path: Path | None = None
+    groups: list[list[str]] = field(default_factory=list)
+
+    @property
+    def grouped(self) -> bool:
+        """Whether some configuration ran on two or more seeds (and the table holds means)."""
+        return any(len(group) > 1 for group in self.groups)
 
 
 # ------------------------------------------------------------------------------------------ entry point
@@ -89,8 +125,10 @@ def compare(experiments: Sequence[str] | None = None, *, out: str | Path = OUT_D
       uri: the MLflow tracking URI; `tracking.tracking_uri()` when None.
 
     Returns:
-      A Comparison: the table (see `build_table`), the varying param names, the experiments in table order,
-      the paths written, the selection and notes worth printing (e.g. runs on different data).
+      A Comparison: the table (see `build_table`; `build_group_table` when some configuration ran on several
+      seeds, the per-run rows then also in out/compare_runs.csv), the varying param names, the experiments
+      in table order, the paths written, the selection and notes worth printing (e.g. runs on different
+      data, single-seed).
 
     Raises:
       UserError: no summary run, an unknown experiment name, a bad max_drop or objective, or no file within
@@ -100,12 +138,22 @@ def compare(experiments: Sequence[str] | None = None, *, out: str | Path = OUT_D
         _check_selection_args(max_drop, objective)
     runs = summary_runs(experiments, uri=uri)
     varying = varying_params(runs)
-    table = build_table(runs, varying)
+    runs_table = build_table(runs, varying)
+    groups = seed_groups(runs)
+    grouped = any(len(group) > 1 for group in groups)
+    table = build_group_table(runs_table, groups, varying) if grouped else runs_table
     out = Path(out)
     csv_path = write_table(table, out / "compare.csv")
+    # Like selection.json: a per-run file left by an earlier grouped comparison must not outlive it.
+    runs_csv_path = out / "compare_runs.csv"
+    runs_csv_path.unlink(missing_ok=True)
+    if grouped:
+        write_table(runs_table, runs_csv_path)
     png_path = plot_comparison(table, out / "compare.png")
     result = Comparison(table, varying, [experiment_name(run) for run in runs], csv_path, png_path,
-                        notes=_notes(runs, table))
+                        notes=_notes(runs, runs_table) + seed_notes(groups), runs_table=runs_table,
+                        runs_csv_path=runs_csv_path if grouped else None,
+                        groups=[[experiment_name(run) for run in group] for group in groups])
     selection_path = out / "selection.json"
     selection_path.unlink(missing_ok=True)
     if max_drop is not None:
@@ -132,7 +180,7 @@ def summary_runs(experiments: Sequence[str] | None = None, *, uri: str | None = 
     uri = uri or tracking.tracking_uri()
     name = os.environ.get("MLFLOW_EXPERIMENT_NAME", tracking.EXPERIMENT)
     no_runs = UserError(f"no summary runs in MLflow experiment '{name}' at {uri}: run `dvc repro` or "
-                        f"`dvc exp run` first (the evaluate stage logs one per pipeline run)")
+                        f"`dvc exp run` first (the report stage logs one per pipeline run)")
     # Opening a SQLite URI creates the database: a missing file simply means nothing ran here yet.
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
         raise no_runs
@@ -182,6 +230,30 @@ def varying_params(runs: Sequence[Run]) -> list[str]:
     return [key for key in keys if len({run.data.params.get(key) for run in runs}) > 1]
 
 
+def seed_groups(runs: Sequence[Run]) -> list[list[Run]]:
+    """The runs grouped by configuration: identical params except `seed`, on the same data.
+
+    A run alone is a group of one. Groups come in the order of their first run in `runs` (newest first);
+    within a group, runs go by seed.
+    """
+    groups: dict[tuple, list[Run]] = {}
+    for run in runs:
+        # data_hash too: the same params on other data is another experiment, not another seed.
+        key = (tuple(sorted((k, v) for k, v in run.data.params.items() if k != SEED)),
+               run.data.tags.get("data_hash"))
+        groups.setdefault(key, []).append(run)
+    return [sorted(group, key=_seed_order) for group in groups.values()]
+
+
+def _seed_order(run: Run) -> tuple:
+    # Numeric seeds by value (2 before 10), other text after them, a missing seed last.
+    seed = run.data.params.get(SEED)
+    try:
+        return 0, float(seed), "", experiment_name(run)
+    except (TypeError, ValueError):
+        return 1 if seed is not None else 2, 0.0, str(seed or ""), experiment_name(run)
+
+
 # ---------------------------------------------------------------------------------------------- table
 
 def build_table(runs: Sequence[Run], varying: Sequence[str] = ()) -> pd.DataFrame:
@@ -191,7 +263,10 @@ def build_table(runs: Sequence[Run], varying: Sequence[str] = ()) -> pd.DataFram
     accuracy_delta_pp (vs. the run's own baseline-float32), gzip_bytes, gzip_ratio (vs. the same),
     latency_median_ms at `latency_threads` (the lowest thread count every run measured; each run's lowest
     when they share none), and pareto_size / pareto_latency: on the front of (gzip_bytes, accuracy) or
-    (latency_median_ms, accuracy) over all rows. Rows run by experiment (newest first), variant, mode.
+    (latency_median_ms, accuracy) over all rows; then SCORING_COLUMNS as the run logged them (empty for runs
+    logged before the report stage scored files): accuracy_ci_low / accuracy_ci_high (95 % Wilson),
+    p_value / significant (0/1, exact McNemar vs. baseline-float32) and accuracy_delta_control_pp (vs. the
+    float control of the same mode). Rows run by experiment (newest first), variant, mode.
 
     Args:
       runs: summary runs, in the order their rows should appear.
@@ -201,18 +276,89 @@ def build_table(runs: Sequence[Run], varying: Sequence[str] = ()) -> pd.DataFram
     rows = [row for run in runs for row in _run_rows(run, varying, threads[run.info.run_id])]
     if not rows:
         raise UserError("the summary runs hold no `<variant>.<mode>.<figure>` metrics: were they logged by "
-                        "an older evaluate stage? Run `dvc repro evaluate` again")
-    for flag, cost in (("pareto_size", "gzip_bytes"), ("pareto_latency", "latency_median_ms")):
+                        "an older pipeline? Run `dvc repro` again")
+    _mark_fronts(rows)
+    columns = ["experiment", "run_id", *_param_columns(varying), *FIGURE_COLUMNS, *SCORING_COLUMNS]
+    table = pd.DataFrame(rows, columns=columns)
+    return table.astype({"gzip_bytes": "Int64", "latency_threads": "Int64", "significant": "Int64"})
+
+
+def build_group_table(table: pd.DataFrame, groups: Sequence[Sequence[Run]],
+                      varying: Sequence[str] = ()) -> pd.DataFrame:
+    """One row per (seed group, variant, mode): the per-run table averaged over each group's seeds.
+
+    Columns: those of `build_table` followed by GROUP_COLUMNS. `experiment` names the group by its
+    experiments joined with '+', run_id lists their run ids (comma-separated) and a `seed` param column lists
+    their seeds ('1,2,3'). MEAN_COLUMNS hold the mean over the group's runs (gzip_bytes is then fractional);
+    seeds counts the runs that hold the file, accuracy_std and accuracy_delta_pp_std are sample standard
+    deviations over them and accuracy_seed_ci_low / _high a 95 % Student-t interval of the mean (all from
+    `statistics.seed_summary`). A group of one keeps its run's figures with no spread; a group of several
+    leaves PER_RUN_COLUMNS empty. pareto_size / pareto_latency are recomputed on the means.
+
+    Args:
+      table: the per-run table (`build_table`) of the runs in `groups`.
+      groups: `seed_groups`, in the order their rows should appear.
+      varying: the param names `table` has columns for.
+    """
+    rows_of: dict[str, list[dict]] = {}
+    for row in records(table):
+        rows_of.setdefault(row["run_id"], []).append(row)
+    seed_column = dict(zip(varying, _param_columns(varying))).get(SEED)
+    rows = []
+    for group in groups:
+        files: dict[tuple[str, str], list[dict]] = {}
+        for run in group:
+            for row in rows_of.get(run.info.run_id, []):
+                files.setdefault((row["variant"], row["mode"]), []).append(row)
+        shared = {"experiment": GROUP_JOIN.join(experiment_name(run) for run in group),
+                  "run_id": ",".join(run.info.run_id for run in group)}
+        if seed_column:
+            shared[seed_column] = ",".join(str(run.data.params.get(SEED)) for run in group)
+        rows += sort_rows([{**_group_row(members), **shared} for members in files.values()])
+    _mark_fronts(rows)
+    columns = [*table.columns, *GROUP_COLUMNS]
+    grouped = pd.DataFrame(rows, columns=columns)
+    return grouped.astype({"latency_threads": "Int64", "significant": "Int64", "seeds": "Int64"})
+
+
+def _group_row(members: list[dict]) -> dict:
+    """One file of one seed group: `members` are its per-run rows (same variant and mode)."""
+    row = {**members[0], "seeds": len(members), **{key: None for key in GROUP_COLUMNS if key != "seeds"}}
+    if len(members) == 1:
+        return row   # one sample: its figures as they are, its spread unknown (not zero)
+    for key in MEAN_COLUMNS:
+        row[key] = _over_seeds(members, key)["mean"]
+    accuracy, delta = _over_seeds(members, "accuracy"), _over_seeds(members, "accuracy_delta_pp")
+    row.update(accuracy_std=accuracy["std"], accuracy_seed_ci_low=accuracy["ci_low"],
+               accuracy_seed_ci_high=accuracy["ci_high"], accuracy_delta_pp_std=delta["std"])
+    row.update({key: None for key in PER_RUN_COLUMNS})
+    threads = {member["latency_threads"] for member in members}
+    if len(threads) > 1:   # latencies at different thread counts do not average
+        row.update(latency_threads=None, latency_median_ms=None)
+    return row
+
+
+def _over_seeds(members: list[dict], key: str) -> dict:
+    """`statistics.seed_summary` of one figure over the runs that have it; all None when none has."""
+    values = [member[key] for member in members if member[key] is not None]
+    if not values:
+        return {"mean": None, "std": None, "ci_low": None, "ci_high": None}
+    summary = statistics.seed_summary(values)
+    if summary.get("single_seed"):   # one value left: its spread is unknown, not zero
+        summary.update(std=None, ci_low=None, ci_high=None)
+    return summary
+
+
+def _mark_fronts(rows: list[dict]) -> None:
+    """Set pareto_size / pareto_latency on every row: on the front of (cost, accuracy) over all rows."""
+    for flag, cost in FRONTS:
         on_front = pareto_front([(row[cost], row["accuracy"]) for row in rows])
         for row, keep in zip(rows, on_front):
             row[flag] = keep
-    columns = ["experiment", "run_id", *_param_columns(varying), *FIGURE_COLUMNS]
-    table = pd.DataFrame(rows, columns=columns)
-    return table.astype({"gzip_bytes": "Int64", "latency_threads": "Int64"})
 
 
 def _param_columns(varying: Sequence[str]) -> list[str]:
-    taken = {"experiment", "run_id", *FIGURE_COLUMNS}
+    taken = {"experiment", "run_id", *FIGURE_COLUMNS, *SCORING_COLUMNS, *GROUP_COLUMNS}
     return [f"params.{key}" if key in taken else key for key in varying]
 
 
@@ -250,6 +396,8 @@ def _run_rows(run: Run, varying: Sequence[str], threads: int | None) -> list[dic
     rows = []
     for (variant, mode), figures in files.items():
         accuracy, gzip_bytes = figures.get("accuracy"), figures.get("gzip_bytes")
+        control = files.get((variants.CONTROL, mode), {})
+        significant = figures.get("significant")
         rows.append({
             "experiment": experiment_name(run), "run_id": run.info.run_id, **params,
             "variant": variant, "mode": mode, "accuracy": accuracy,
@@ -258,15 +406,21 @@ def _run_rows(run: Run, varying: Sequence[str], threads: int | None) -> list[dic
             "gzip_ratio": _ratio(gzip_bytes, reference.get("gzip_bytes"), figures.get("gzip_ratio")),
             "latency_median_ms": None if threads is None else figures.get(f"latency_median_ms_t{threads}"),
             "latency_threads": threads,
+            "accuracy_ci_low": figures.get("accuracy_ci_low"), "accuracy_ci_high": figures.get("accuracy_ci_high"),
+            "p_value": figures.get("p_value"),
+            "significant": None if significant is None else round(significant),
+            "accuracy_delta_control_pp": _delta_pp(accuracy, control.get("accuracy"), figures,
+                                                   "accuracy_delta_control_pp"),
         })
     return sort_rows(rows)
 
 
-def _delta_pp(accuracy: float | None, reference: float | None, figures: Mapping) -> float | None:
-    # Recomputed from the accuracies so the reference is certainly this run's baseline-float32; the logged
-    # figure only stands in when the run lacks that file.
+def _delta_pp(accuracy: float | None, reference: float | None, figures: Mapping,
+              logged: str = "accuracy_delta_pp") -> float | None:
+    # Recomputed from the accuracies so the reference is certainly this run's baseline-float32 (or control);
+    # the logged figure only stands in when the run lacks that file.
     if accuracy is None or reference is None:
-        return figures.get("accuracy_delta_pp")
+        return figures.get(logged)
     return (accuracy - reference) * 100.0
 
 
@@ -286,6 +440,22 @@ def _notes(runs: Sequence[Run], table: pd.DataFrame) -> list[str]:
     if len(threads) > 1:
         notes.append(f"the runs share no thread count: latency is each run's lowest ({sorted(threads)} "
                      f"threads), so latencies of different runs do not compare directly")
+    return notes
+
+
+def seed_notes(groups: Sequence[Sequence[Run]]) -> list[str]:
+    """What the reader must know about seeds: single-seed, or how many groups and seeds the means cover."""
+    if not any(len(group) > 1 for group in groups):
+        return [SINGLE_SEED_NOTE]
+    described = "; ".join(f"{GROUP_JOIN.join(experiment_name(run) for run in group)}: {len(group)} seed(s) "
+                          f"({','.join(str(run.data.params.get(SEED)) for run in group)})" for group in groups)
+    notes = [f"{len(groups)} seed group(s) over {sum(map(len, groups))} runs ({described}): figures are means "
+             f"over seeds, ± is the standard deviation between seeds and the seed interval a 95 % Student-t "
+             f"interval of the mean; the fronts and the choice use the means; per-run figures (with each run's "
+             f"Wilson interval and McNemar test) are in compare_runs.csv"]
+    alone = [experiment_name(group[0]) for group in groups if len(group) == 1]
+    if alone:
+        notes.append(f"{', '.join(alone)} ran on a single seed: its rows are one sample each, with no spread")
     return notes
 
 
@@ -361,8 +531,8 @@ def _within(row: Mapping, max_drop: float) -> bool:
 def _nothing_qualifies(candidates: list[dict], max_drop: float, objective: str) -> UserError:
     scored = [row for row in candidates if row["accuracy_delta_pp"] is not None]
     if not scored:
-        return UserError("no file has an accuracy next to a baseline-float32 of its run: check that the "
-                         "evaluate stage ran on every file (reports/report.md)")
+        return UserError("no file has an accuracy next to a baseline-float32 of its run: check that every "
+                         "file was evaluated and scored (reports/report.md)")
     best = max(scored, key=lambda row: row["accuracy_delta_pp"])
     drop = -best["accuracy_delta_pp"]
     if drop <= max_drop + TOLERANCE_PP:   # within the drop, but the objective was never measured
@@ -410,11 +580,15 @@ def _latency_text(ms: float, exact: bool = False) -> str:
 
 
 def write_selection(selection: Selection, varying: Sequence[str], path: str | Path) -> Path:
-    """selection.json: the rule, the chosen file with its figures and params, and every rejection."""
+    """selection.json: the rule, the chosen file with its figures and params, and every rejection.
+
+    For a seed group's file the figures are means, with its seeds and spreads (GROUP_COLUMNS).
+    """
     chosen = selection.chosen
     params = {key: chosen.get(column) for column, key in zip(_param_columns(varying), varying)}
     figures = {key: chosen.get(key) for key in ("accuracy", "accuracy_delta_pp", "gzip_bytes", "gzip_ratio",
                                                 "latency_median_ms", "latency_threads")}
+    figures.update({key: chosen[key] for key in (*SCORING_COLUMNS, *GROUP_COLUMNS) if key in chosen})
     write_json(path, {
         "max_drop_pp": selection.max_drop,
         "objective": selection.objective,
@@ -431,48 +605,78 @@ def write_selection(selection: Selection, varying: Sequence[str], path: str | Pa
 def summary_lines(result: Comparison) -> list[str]:
     """What the command prints: the runs, the Pareto front, the selection with its reasons, the paths."""
     table = result.table
-    lines = [f"compare: {len(result.experiments)} run(s) ({', '.join(result.experiments)}), {len(table)} files; "
-             f"params that differ: {', '.join(result.varying) or 'none'}"]
+    groups = f" in {len(result.groups)} seed group(s)" if result.grouped else ""
+    lines = [f"compare: {len(result.experiments)} run(s) ({', '.join(result.experiments)}){groups}, {len(table)} "
+             f"files; params that differ: {', '.join(result.varying) or 'none'}"]
     lines += [f"note: {note}" for note in result.notes]
     lines += ["", "Pareto front (size: smallest file for its accuracy; latency: fastest for its accuracy):",
               front_text(table), ""]
     if result.selection is not None:
         lines += selection_lines(result.selection) + [""]
-    lines += [f"wrote {path}" for path in (result.csv_path, result.png_path, result.selection_path) if path]
+    lines += [f"wrote {path}" for path in (result.csv_path, result.runs_csv_path, result.png_path,
+                                           result.selection_path) if path]
     return lines
 
 
 def front_text(table: pd.DataFrame) -> str:
-    """The rows on either front as an aligned text table, smallest file first."""
+    """The rows on either front as an aligned text table, smallest file first (with ± std over seeds and the
+    number of seeds for a seed group's table)."""
     front = [row for row in records(table) if row["pareto_size"] or row["pareto_latency"]]
     if not front:
         return "  (no file has both an accuracy and a size or latency)"
     front.sort(key=lambda row: (row["gzip_bytes"] is None, row["gzip_bytes"] or 0, file_name(row)))
     shown = pd.DataFrame({
         "file": [file_name(row) for row in front],
-        "acc %": [fmt(row["accuracy"], "{:.2f}", 100) for row in front],
-        "Δ pp": [fmt(row["accuracy_delta_pp"], "{:+.2f}") for row in front],
+        "acc %": [fmt(row["accuracy"], "{:.2f}", 100) + _spread(row.get("accuracy_std"), 100) for row in front],
+        "Δ pp": [fmt(row["accuracy_delta_pp"], "{:+.2f}") + _spread(row.get("accuracy_delta_pp_std"))
+                 for row in front],
         "gzip KB": [fmt(row["gzip_bytes"], "{:.1f}", 1 / KB) for row in front],
         "ms": [fmt(row["latency_median_ms"], "{:.3f}") for row in front],
         "front": [", ".join(name for name, flag in (("size", row["pareto_size"]),
                                                     ("latency", row["pareto_latency"])) if flag)
                   for row in front],
     })
+    if "seeds" in table.columns:
+        shown.insert(1, "seeds", [row["seeds"] for row in front])
     return shown.to_string(index=False)
 
 
+def _spread(std: float | None, scale: float = 1.0) -> str:
+    return "" if std is None else f" ± {std * scale:.2f}"
+
+
 def selection_lines(selection: Selection) -> list[str]:
-    """The choice, where to get its file, and one line per rejected file."""
+    """The choice, where to get its file, and one line per rejected file.
+
+    A seed group's choice is made on means: its lines add the spread over seeds, and say so when the mean
+    drop is within it (|mean change| < its std): over seeds the file then differs from its baseline by noise.
+    """
     row = selection.chosen
+    seeds = row.get("seeds") or 1
     latency = "" if row["latency_median_ms"] is None else \
         f", {row['latency_median_ms']:.3f} ms at {row['latency_threads']} thread(s)"
-    where = ("the workspace run" if row["experiment"] == "workspace"
-             else f"experiment {row['experiment']} (`dvc exp apply {row['experiment']}` restores it)")
-    return [f"selection: the {'smallest' if selection.objective == 'size' else 'fastest'} file within "
-            f"{selection.max_drop:g} pp of its run's baseline-float32 accuracy",
-            f"chosen: {file_name(row)}: {row['accuracy'] * 100:.2f} % ({row['accuracy_delta_pp']:+.2f} pp), "
-            f"{fmt(row['gzip_bytes'], '{:.1f}', 1 / KB)} KB gzipped{latency}",
-            f"  file {paths.tflite_file(row['variant'], row['mode'])} of {where}",
+    if seeds > 1:
+        where = f"any of the {seeds} seed runs {row['experiment']} (`dvc exp apply NAME` restores that seed's)"
+    elif row["experiment"] == "workspace":
+        where = "the workspace run"
+    else:
+        where = f"experiment {row['experiment']} (`dvc exp apply {row['experiment']}` restores it)"
+    lines = [f"selection: the {'smallest' if selection.objective == 'size' else 'fastest'} file within "
+             f"{selection.max_drop:g} pp of its run's baseline-float32 accuracy"
+             f"{' (means over seeds)' if 'seeds' in row else ''}",
+             f"chosen: {file_name(row)}: {row['accuracy'] * 100:.2f} % ({row['accuracy_delta_pp']:+.2f} pp), "
+             f"{fmt(row['gzip_bytes'], '{:.1f}', 1 / KB)} KB gzipped{latency}"]
+    delta, spread = row["accuracy_delta_pp"], row.get("accuracy_delta_pp_std")
+    if seeds > 1 and spread is not None and row["accuracy_std"] is not None:
+        lines.append(f"  mean of {seeds} seeds: accuracy {row['accuracy'] * 100:.2f} ± "
+                     f"{row['accuracy_std'] * 100:.2f} % (95 % seed interval {row['accuracy_seed_ci_low'] * 100:.2f}"
+                     f"–{row['accuracy_seed_ci_high'] * 100:.2f} %), change {delta:+.2f} ± {spread:.2f} pp")
+        if abs(delta) < spread:
+            lines.append(f"  the mean drop is within the spread: |{delta:+.2f}| pp < {spread:.2f} pp std between "
+                         f"seeds, so over seeds this file is not told apart from baseline-float32")
+    elif "seeds" in row:
+        lines.append("  one seed only: no spread is known for this file")
+    return [*lines, f"  file {paths.tflite_file(row['variant'], row['mode'])} of {where}",
             *(f"rejected {name}: {reason}" for name, reason in selection.rejected)]
 
 
@@ -482,6 +686,7 @@ def plot_comparison(table: pd.DataFrame, path: str | Path) -> Path:
     One point per row: colour per experiment, marker per mode. Each panel's Pareto front is a step line
     (the best accuracy reachable within each budget) and its points are labelled `exp/variant-mode`
     (points at the same place share one label). A cost axis is logarithmic when it spans more than 10x.
+    A seed group's point is its mean, with an error bar of ± one standard deviation of accuracy over seeds.
 
     Args:
       table: the comparison table (`build_table`).
@@ -501,7 +706,7 @@ def plot_comparison(table: pd.DataFrame, path: str | Path) -> Path:
            "gzipped size (KB, smaller is better)", "Accuracy vs. size")
     _panel(latency_ax, rows, "latency_median_ms", 1.0, "pareto_latency", colours, markers,
            f"median latency (ms {at}lower is better)", "Accuracy vs. latency")
-    _legends(fig, colours, markers)
+    _legends(fig, colours, markers, spread=any(row.get("accuracy_std") is not None for row in rows))
     return save_figure(fig, path)
 
 
@@ -517,6 +722,9 @@ def _panel(ax, rows: list[dict], cost: str, scale: float, flag: str, colours: di
     for row, x in zip(points, xs):
         ax.scatter(x, row["accuracy"] * 100, s=55, color=colours[row["experiment"]], marker=markers[row["mode"]],
                    edgecolors="black", linewidths=0.5, zorder=3)
+        if row.get("accuracy_std") is not None:   # a seed group's mean: show how far its seeds spread
+            ax.errorbar(x, row["accuracy"] * 100, yerr=row["accuracy_std"] * 100, fmt="none",
+                        ecolor=colours[row["experiment"]], elinewidth=1.2, capsize=3, zorder=2)
     _front(ax, [(x, row["accuracy"] * 100, file_name(row)) for row, x in zip(points, xs) if row[flag]],
            xs.max())
     if xs.max() / xs.min() > 10:
@@ -548,12 +756,15 @@ def _experiment_colours(rows: list[dict]) -> dict[str, tuple]:
     return {name: cmap(i % cmap.N) for i, name in enumerate(names)}
 
 
-def _legends(fig: Figure, colours: dict[str, tuple], markers: dict[str, str]) -> None:
+def _legends(fig: Figure, colours: dict[str, tuple], markers: dict[str, str], spread: bool = False) -> None:
     experiments = [Line2D([], [], linestyle="", marker="o", color=colour, markeredgecolor="black", label=name)
                    for name, colour in colours.items()]
     modes = [Line2D([], [], linestyle="", marker=marker, color="lightgrey", markeredgecolor="black", label=name)
              for name, marker in markers.items()]
     front = [Line2D([], [], color="grey", linestyle="--", label="Pareto front")]
+    if spread:
+        front.append(Line2D([], [], color="grey", marker="|", markersize=12, linestyle="",
+                            label="± 1 std over seeds"))
     fig.legend(handles=experiments, title="experiment", loc="outside right upper", fontsize=8, title_fontsize=9)
     fig.legend(handles=modes + front, title="mode", loc="outside right lower", fontsize=8, title_fontsize=9)
 
