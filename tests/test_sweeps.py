@@ -1,5 +1,5 @@
-"""Experiments at scale, end to end: a queued sweep with two workers plus a study preset, and the MLflow
-summary runs compared through a real `mlflow server` on 127.0.0.1."""
+"""Experiments at scale, end to end: a queued sweep with two workers plus a study preset writing to a real
+`mlflow server` on 127.0.0.1, and the summary runs compared through its REST API."""
 
 import json
 import socket
@@ -9,7 +9,9 @@ import urllib.request
 
 import pytest
 
-from conftest import BIN, mlflow_runs, restore_committed, run
+from mlflow.tracking import MlflowClient
+
+from conftest import BIN, restore_committed, run
 
 pytestmark = pytest.mark.slow
 
@@ -36,12 +38,14 @@ def wait_for_queue(root, timeout=1500):
     raise AssertionError(f"queue still busy after {timeout} s:\n{status}")
 
 
-def test_queued_sweep_and_preset_land_in_dvc_and_mlflow(project):
+def test_queued_sweep_and_preset_land_in_dvc_and_in_a_real_mlflow_server(project, mlflow_server):
+    """Two queue workers write to one MLflow server: every run arrives, nested under its own execution's parent."""
     restore_committed(project)
+    env = {"MLFLOW_TRACKING_URI": mlflow_server}
     run(["dvc", "exp", "run", "--queue", "-S", f"prune.final_sparsity={','.join(map(str, SWEEP))}"], project)
     run(["dvc", "exp", "run", "--queue", "-n", "firenet-quick", *[a for o in FIRENET_QUICK for a in ("-S", o)]],
         project)
-    run(["dvc", "queue", "start", "-j", "2"], project)
+    run(["dvc", "queue", "start", "-j", "2"], project, env=env)  # the workers inherit the tracking URI
     status = wait_for_queue(project)
     assert "Failed" not in status, status + run(["dvc", "queue", "logs", "firenet-quick"], project, False).stdout
     found = experiments(project)
@@ -52,18 +56,38 @@ def test_queued_sweep_and_preset_land_in_dvc_and_mlflow(project):
             continue
         swept[params["prune"]["final_sparsity"]] = (name, exp)
     assert set(SWEEP) <= set(swept)
+    client = MlflowClient(mlflow_server)
+    experiment = client.get_experiment_by_name("compresslab")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    runs = client.search_runs([experiment.experiment_id], max_results=1000)
     for sparsity in SWEEP:
         name, exp = swept[sparsity]
         measured = exp["metrics"]["reports/prune/metrics.json"]["data"]["sparsity"]
         assert measured == pytest.approx(sparsity, abs=0.03)
-        (summary,) = mlflow_runs(project, summary="true", dvc_exp_name=name)
+        (summary,) = [r for r in runs if r.data.tags.get("summary") == "true" and r.info.run_name == name]
         assert summary.data.params["prune.final_sparsity"] == str(sparsity)
-        assert "pruned.int8.accuracy" in summary.data.metrics
+        assert "pruned.int8.accuracy" in summary.data.metrics and summary.info.status == "FINISHED"
+        # Only prune, pqat and pcqat trained in this experiment; each is a child of its own parent.
+        children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == summary.info.run_id]
+        assert sorted(r.data.tags["stage"] for r in children) == ["pcqat", "pqat", "prune"]
+        assert all(r.data.tags["dvc_exp_name"] == name for r in children)
+        for child in children:
+            epochs = sum(m.value for m in client.get_metric_history(child.info.run_id, "epoch_seconds"))
+            assert child.info.end_time - child.info.start_time > epochs * 1000
+        assert summary.data.tags["mlflow.note.content"].startswith("# compresslab report")
+        assert {a.path for a in client.list_artifacts(summary.info.run_id)} >= {"report.md", "plots", "tflite"}
+    children = [r for r in runs if r.data.tags.get("stage") not in (None, "pipeline")]
+    parents = {r.info.run_id for r in runs if r.data.tags.get("stage") == "pipeline"}
+    assert all(r.data.tags.get("mlflow.parentRunId") in parents for r in children)  # none orphaned
     preset = found["firenet-quick"]
     assert preset["params"]["params.yaml"]["data"]["model"]["name"] == "firenet"
     assert preset["metrics"]["reports/prune/metrics.json"]["data"]["sparsity"] == pytest.approx(0.8, abs=0.03)
     assert preset["metrics"]["reports/quantize/metrics.json"]["data"]["quantized_layers"] == 3  # dense only
-    assert len(preset["metrics"]["reports/metrics.json"]["data"]) == 7  # every variant evaluated
+    assert len(preset["metrics"]["reports/metrics.json"]["data"]) == 8  # every variant evaluated
+    (preset_summary,) = [r for r in runs if r.data.tags.get("summary") == "true" and r.info.run_name == "firenet-quick"]
+    preset_children = {r.data.tags["stage"] for r in runs
+                       if r.data.tags.get("mlflow.parentRunId") == preset_summary.info.run_id}
+    assert preset_children == {"train", "finetune", "prune", "quantize", "pqat", "cluster", "cqat", "pcqat"}
 
 
 def free_port() -> int:
@@ -119,7 +143,7 @@ def test_summary_runs_compare_through_a_real_mlflow_server(project, mlflow_serve
         data = found[0]["data"]
         tags = {t["key"]: t["value"] for t in data["tags"]}
         metrics = {m["key"]: m["value"] for m in data["metrics"]}
-        assert tags["dvc_exp_name"] == name and found[0]["info"]["run_name"] == f"{name}: firenet"
+        assert tags["dvc_exp_name"] == name and found[0]["info"]["run_name"] == name
         assert 0 <= metrics["pruned.int8.accuracy"] <= 1 and metrics["baseline.float32.gzip_ratio"] == 1.0
     both = rest(mlflow_server, "runs/search", {"experiment_ids": [experiment_id],
                                                "filter": "params.`prune.final_sparsity` = '0.5'"})["runs"]

@@ -170,7 +170,7 @@ def log_summary(*, params: Mapping, metrics: Mapping[str, float], description: s
       artifacts: files and folders to attach.
     """
     return write("report", params=params, metrics=metrics, history=None, artifacts=artifacts, run_name=None,
-                 tags={**tags, "summary": "true", MLFLOW_RUN_NOTE: description}, summary=True)
+                 tags={**tags, "stage": PIPELINE, "summary": "true", MLFLOW_RUN_NOTE: description}, summary=True)
 
 
 def write(stage: str, *, params, metrics, history, tags, artifacts, run_name, summary: bool) -> str:
