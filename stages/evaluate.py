@@ -6,9 +6,11 @@
 One stage per variant (DVC `foreach`), so a knob re-times only the files downstream of it. It imports LiteRT
 and NumPy only, never TensorFlow, and starts in a fraction of a second.
 Output: reports/evaluate/<variant>.json, one row per file: its predictions on the test split, agreement with
-its Keras model, file and gzipped size, sparsity and MACs read back from the file, latency and FPS per
-thread count, peak memory. A file that cannot be run, or a mode that failed to convert, becomes a row with
-its `error`; the `report` stage scores, compares and reports all of them.
+its Keras model, file and gzipped size, sparsity and MACs read back from the file, latency (median and
+interquartile range) and FPS per thread count, its latency ratio to baseline-float32 timed in alternating
+rounds in this process, peak memory; and the machine's fingerprint (CPU, vector extensions, versions).
+A file that cannot be run, or a mode that failed to convert, becomes a row with its `error`; the `report`
+stage scores, compares and reports all of them.
 """
 
 import json
@@ -18,6 +20,7 @@ import compresslab  # noqa: F401  (prepares the environment)
 from compresslab import dataset, paths, variants
 from compresslab.config import load_params
 from compresslab.errors import UserError, run_main
+from compresslab.fingerprint import machine_fingerprint
 from compresslab.outputs import write_json
 from compresslab.tflite import measure
 
@@ -36,19 +39,24 @@ def run(params, variant: str) -> dict:
     rows = [measure.error_row(variant, mode, f"conversion failed: {reason}")
             for mode, reason in record["failures"].items()]
     converted = [mode for mode in record["modes"] if mode not in record["failures"]]
+    # Every file is timed against baseline-float32 in the same process, so its latency ratio holds across runs.
+    reference = paths.tflite_file(*variants.split_label(variants.BASELINE_FILE))
     for number, mode in enumerate(converted, 1):
         path = paths.tflite_file(variant, mode)
         try:
-            row = measure.measure_file(path, x_test, cfg, record["keras_predictions"])
+            row = measure.measure_file(path, x_test, cfg, record["keras_predictions"],
+                                       reference if reference.is_file() else None)
         except UserError as err:
             rows.append(measure.error_row(variant, mode, str(err)))
             print(f"evaluate [{number}/{len(converted)}] {path.name}: FAILED: {err}")
             continue
         rows.append(row)
+        ratio = row.get(f"latency_ratio_t{threads[0]}")
         print(f"evaluate [{number}/{len(converted)}] {path.name}: agrees with Keras on "
               f"{row['keras_agreement']:.2%}, gzip {row['gzip_bytes']:,} B, sparsity {row['sparsity']:.3f}, "
-              f"{row[f'latency_median_ms_t{threads[0]}']:.3f} ms at {threads[0]} thread(s)")
-    result = {"variant": variant, "rows": rows}
+              f"{row[f'latency_median_ms_t{threads[0]}']:.3f} ms at {threads[0]} thread(s)"
+              + (f" ({ratio:.2f}x baseline-float32)" if ratio is not None else ""))
+    result = {"variant": variant, "fingerprint": machine_fingerprint(), "rows": rows}
     write_json(paths.evaluation(variant), result)
     return result
 

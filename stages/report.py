@@ -6,7 +6,8 @@ Reads reports/evaluate/<variant>.json of every variant and the test labels; ligh
 LiteRT), so it can close every pipeline execution cheaply.
 Outputs: reports/metrics.json (headline figures per variant and mode, `dvc exp show`'s columns),
 reports/variants.csv (every figure, one row per file), reports/plots/ (data for `dvc plots` and PNG images),
-reports/report.md, and one MLflow summary run holding the whole configuration, every figure and the report.
+reports/report.md, reports/fingerprint.json (the machine the files were timed on), and the MLflow summary
+(in the execution's parent run) holding the whole configuration, every figure, the report and the files.
 A file that could not be produced or evaluated is reported with its reason; the stage then fails at the end.
 """
 
@@ -26,19 +27,22 @@ def run(params) -> list[dict]:
     if missing:
         raise UserError(f"no evaluation of {', '.join(missing)}: run `dvc repro` (or "
                         f"`dvc repro evaluate@{missing[0]}`) first")
-    rows = [row for v in variants.VARIANTS for row in json.loads(paths.evaluation(v).read_text())["rows"]]
+    evaluations = [json.loads(paths.evaluation(v).read_text()) for v in variants.VARIANTS]
+    rows = [row for evaluation in evaluations for row in evaluation["rows"]]
+    fingerprint, fingerprint_notes = timing_fingerprint(evaluations)
     meta = dataset.load_meta()
     y_true = dataset.load_labels("test")
     predictions = scoring.take_predictions(rows)
     confusions = scoring.score_rows(rows, predictions, y_true, meta["class_names"], cfg.get("positive_class"),
                                     latency_threads=cfg.threads[0])
-    notes = scoring.uncertainty_notes(rows)
+    notes = scoring.uncertainty_notes(rows) + fingerprint_notes
     for note in notes:
         print(f"report: {note}")
     if variants.BASELINE_FILE in predictions:  # DVC's confusion plot reads one line per test image
         report.write_confusion_samples(y_true, predictions[variants.BASELINE_FILE], meta["class_names"],
                                        paths.PLOTS / "confusion.csv")
-    write_outputs(params, rows, confusions, notes)
+    write_json(paths.REPORTS / "fingerprint.json", fingerprint)
+    write_outputs(params, rows, confusions, notes, fingerprint)
     failed = [scoring.label(r) for r in rows if r.get("error")]
     if failed:
         raise UserError(f"{len(failed)} file(s) could not be evaluated: {', '.join(failed)} (reasons in "
@@ -46,7 +50,20 @@ def run(params) -> list[dict]:
     return rows
 
 
-def write_outputs(params, rows: list[dict], confusions: dict, notes: list[str]) -> None:
+def timing_fingerprint(evaluations: list[dict]) -> tuple[dict, list[str]]:
+    """The machine the files were timed on, and a note when the variants were timed on different ones (a
+    shared DVC cache can bring evaluations from elsewhere): then only the latency ratios compare."""
+    found = [e["fingerprint"] for e in evaluations if e.get("fingerprint")]
+    if not found:
+        return {}, []
+    differing = sorted({key for f in found for key in f if len({g.get(key) for g in found}) > 1})
+    if not differing:
+        return found[0], []
+    return found[0], [f"The files were timed on different machines or software ({', '.join(differing)} differ): "
+                      f"compare their latency ratios to baseline-float32, not milliseconds."]
+
+
+def write_outputs(params, rows: list[dict], confusions: dict, notes: list[str], fingerprint: dict) -> None:
     headline = report.headline_metrics(rows)
     write_json(paths.REPORTS / "metrics.json", headline)
     report.write_variants_csv(rows, paths.REPORTS / "variants.csv")
@@ -57,7 +74,8 @@ def write_outputs(params, rows: list[dict], confusions: dict, notes: list[str]) 
                "quantize": f"QAT on {params.quantize.layers}", "cluster": f"{params.cluster.number_of_clusters} "
                f"clusters on {params.cluster.layers}", "control": f"baseline fine-tuned {params.finetune.epochs} "
                f"epoch(s) at learning rate {params.finetune.learning_rate}, no compression",
-               "threads": list(params.evaluate.threads)}
+               "threads": list(params.evaluate.threads),
+               "timed on": ", ".join(f"{key} {value}" for key, value in fingerprint.items())}
     # The float32 baseline and the int8 files (what ships to a device) get a confusion heatmap each.
     shown = {name: c for name, c in confusions.items() if name == variants.BASELINE_FILE or name.endswith("-int8")}
     report_path = report.write_report(rows, shown, paths.REPORTS, title="compresslab report",
@@ -66,14 +84,18 @@ def write_outputs(params, rows: list[dict], confusions: dict, notes: list[str]) 
     metrics = {f"{r['variant']}.{r['mode']}.{key}": float(value) for r in rows if not r.get("error")
                for key, value in r.items() if isinstance(value, (int, float))}
     tracking.log_summary(params=params, metrics=metrics, description=report_path.read_text(),
-                         tags={"files": str(len(rows)), "model": params.model.name},
+                         tags={"files": str(len(rows)), "model": params.model.name,
+                               **{f"fingerprint.{key}": value for key, value in fingerprint.items()}},
                          artifacts=[report_path, paths.REPORTS / "variants.csv", paths.REPORTS / "metrics.json",
-                                    paths.PLOTS, paths.TFLITE, "dvc.lock", "params.yaml"])
+                                    paths.REPORTS / "fingerprint.json", paths.PLOTS, paths.TFLITE, "dvc.lock",
+                                    "params.yaml"])
 
 
 def report_notes() -> list[str]:
-    return ["Latency is the median of timed single-sample runs on this machine after warm-up; it varies "
-            "between machines and runs, every other figure repeats exactly.",
+    return ["Latency is the median of timed single-sample runs after warm-up, with its interquartile range; it "
+            "varies between machines and runs (every other figure repeats exactly). The latency ratio ('× base') "
+            "is timed against baseline-float32 in alternating rounds in the same process, so it holds across "
+            "runs: compare files and experiments by it.",
             "Sparsity and parameters are read back from the weights stored in each .tflite file; gzip size "
             "(level 9) shows what pruning and clustering buy on disk or over the air.",
             "Pruning shrinks files only once compressed: the zeros are still stored in the flatbuffer."]

@@ -27,7 +27,8 @@ from mlflow.tracking import MlflowClient
 
 from compresslab import tracking
 from compresslab.cli import main
-from compresslab.reporting.compare import SINGLE_SEED_NOTE, compare, select, selection_lines, summary_lines
+from compresslab.reporting.compare import (SINGLE_SEED_NOTE, compare, file_name, select, selection_lines,
+                                          summary_lines)
 from compresslab.errors import UserError
 
 KB = 1024
@@ -113,7 +114,8 @@ def test_one_row_per_file_of_the_newest_run_with_the_swept_param_as_a_column(pro
     assert result.varying == ["prune.final_sparsity"]  # the stale run's model.name=mlp no longer counts
     assert list(table.columns) == [
         "experiment", "run_id", "prune.final_sparsity", "variant", "mode", "accuracy", "accuracy_delta_pp",
-        "gzip_bytes", "gzip_ratio", "latency_median_ms", "latency_threads", "pareto_size", "pareto_latency",
+        "gzip_bytes", "gzip_ratio", "latency_median_ms", "latency_threads", "latency_ratio", "pareto_size",
+        "pareto_latency",
         "accuracy_ci_low", "accuracy_ci_high", "p_value", "significant", "accuracy_delta_control_pp"]
     assert len(table) == 12
     assert list(table.experiment[:4]) == ["exp-c"] * 4
@@ -445,3 +447,28 @@ def test_without_a_group_of_two_the_comparison_is_single_seed(seeded, tmp_path):
     # A per-run table left by the grouped comparison before must not outlive it.
     assert result.runs_csv_path is None and not (tmp_path / "out" / "compare_runs.csv").exists()
     assert row(result.table, "exp-s1", *PI8).accuracy_delta_control_pp == pytest.approx((0.950 - 0.957) * 100)
+
+
+def test_runs_timed_on_different_machines_compare_by_latency_ratio(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    # (accuracy, ms, ratio to the run's own baseline-float32 timed interleaved) per file.
+    machines = {
+        "fast-box": ("CPU A", {("baseline", "float32"): (0.96, 0.10, 1.0), ("pruned", "int8"): (0.955, 0.08, 0.8)}),
+        "slow-box": ("CPU B", {("baseline", "float32"): (0.96, 1.00, 1.0), ("pruned", "int8"): (0.955, 0.50, 0.5)})}
+    for sparsity, (name, (cpu, files)) in zip((0.5, 0.7), machines.items()):
+        monkeypatch.setenv("DVC_EXP_NAME", name)
+        metrics = {}
+        for (variant, mode), (accuracy, ms, ratio) in files.items():
+            prefix = f"{variant}.{mode}."
+            metrics.update({prefix + "accuracy": accuracy, prefix + "gzip_bytes": 1000.0,
+                            prefix + "latency_median_ms_t1": ms, prefix + "latency_ratio_t1": ratio})
+        tracking.log_run("report", params=params(sparsity), metrics=metrics,
+                         tags={"summary": "true", "fingerprint.cpu": cpu})
+    result = compare(out=tmp_path / "cmp", max_drop=1, objective="latency")
+    # In milliseconds the fast machine's file wins; as a ratio, the file that halves its own baseline does.
+    assert file_name(result.selection.chosen) == "slow-box/pruned-int8"
+    assert any("different machines" in note and "fingerprint.cpu" in note for note in result.notes)
+    assert sorted(result.table.loc[result.table.variant == "pruned", "latency_ratio"]) == [0.5, 0.8]

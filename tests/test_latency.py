@@ -11,12 +11,12 @@ import tf_keras as keras
 from ai_edge_litert.interpreter import Interpreter
 
 from compresslab.errors import UserError
-from compresslab.tflite.benchmark import (_run_child, latency_by_threads, load_interpreter, make_input,
-                                 measure_latency, peak_memory, peak_memory_mb)
+from compresslab.tflite.benchmark import (_run_child, interleaved_ratio, latency_by_threads, load_interpreter,
+                                          make_input, measure_latency, peak_memory, peak_memory_mb)
 
 SHAPE = (16, 16, 3)
 FAST = {"warmup": 2, "min_runs": 20, "min_seconds": 0.05}
-EXPECTED_KEYS = {"median_ms", "p90_ms", "mean_ms", "std_ms", "runs", "fps", "threads"}
+EXPECTED_KEYS = {"median_ms", "p25_ms", "p75_ms", "p90_ms", "mean_ms", "std_ms", "runs", "fps", "threads"}
 
 
 def tiny_model() -> keras.Model:
@@ -71,7 +71,7 @@ def test_latency_at_one_and_two_threads(float_tflite):
         assert set(result) == EXPECTED_KEYS
         assert result["threads"] == threads
         assert result["median_ms"] > 0
-        assert result["p90_ms"] >= result["median_ms"]
+        assert result["p25_ms"] <= result["median_ms"] <= result["p75_ms"] <= result["p90_ms"]
         assert result["runs"] >= FAST["min_runs"]
         assert result["fps"] == pytest.approx(1000.0 / result["median_ms"])
         assert result["std_ms"] >= 0
@@ -169,3 +169,19 @@ def test_a_6_mb_model_costs_more_memory_than_a_tiny_one(float_tflite, tmp_path):
     path = tmp_path / "big.tflite"
     path.write_bytes(tf.lite.TFLiteConverter.from_keras_model(big).convert())
     assert peak_memory(path)["model_rss_mb"] > peak_memory(float_tflite)["model_rss_mb"] + 5.0
+
+
+def test_interleaved_ratio_of_a_file_against_itself_is_one_and_a_bigger_file_is_slower(float_tflite, tmp_path):
+    same = interleaved_ratio(float_tflite, float_tflite, 1, rounds=6, runs_per_round=5, warmup=2)
+    assert same["rounds"] == 6 and same["ratio_p25"] <= same["ratio"] <= same["ratio_p75"]
+    assert 0.5 < same["ratio"] < 2.0
+    inputs = keras.Input((8, 8, 1))
+    x = keras.layers.Conv2D(256, 3, padding="same", activation="relu")(inputs)
+    x = keras.layers.Conv2D(256, 3, padding="same", activation="relu")(x)
+    bigger = tmp_path / "bigger.tflite"
+    model = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.Flatten()(x)))
+    bigger.write_bytes(tf.lite.TFLiteConverter.from_keras_model(model).convert())
+    slower = interleaved_ratio(bigger, float_tflite, 1, rounds=6, runs_per_round=5, warmup=2)
+    assert slower["ratio"] > 3  # far more MACs: the ratio must show it, whatever the machine's speed
+    with pytest.raises(UserError, match="rounds"):
+        interleaved_ratio(float_tflite, float_tflite, 1, rounds=0)

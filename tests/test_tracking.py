@@ -88,8 +88,9 @@ def test_stage_runs_nest_under_one_parent_per_execution_and_span_the_stage(root,
         assert run.data.tags["mlflow.source.name"] == f"stages/{run.data.tags['stage']}.py"
         # The run starts when the stage's process started, not when it was logged.
         assert run.info.end_time - run.info.start_time >= (time.time() - psutil.Process().create_time() - 60) * 1000
-    summary_id = tracking.log_summary(params={"prune": {"final_sparsity": 0.5}}, metrics={"baseline.float32.accuracy": 0.9},
-                                      description="# report\n\nbody", tags={"files": "1"}, artifacts=[])
+    summary_id = tracking.log_summary(params={"prune": {"final_sparsity": 0.5}},
+                                      metrics={"baseline.float32.accuracy": 0.9}, description="# report\n\nbody",
+                                      tags={"files": "1"}, artifacts=[])
     summary = client.get_run(summary_id)
     assert summary_id == parent.info.run_id and summary.info.status == "FINISHED"
     assert summary.data.tags["mlflow.note.content"].startswith("# report")

@@ -44,7 +44,7 @@ from compresslab.reporting.report import DPI, KB, fmt, mode_markers, save_figure
 OUT_DIR = Path("reports/compare")
 REFERENCE = variants.split_label(variants.BASELINE_FILE)   # ('baseline', 'float32')
 FIGURE_COLUMNS = ("variant", "mode", "accuracy", "accuracy_delta_pp", "gzip_bytes", "gzip_ratio",
-                  "latency_median_ms", "latency_threads", "pareto_size", "pareto_latency")
+                  "latency_median_ms", "latency_threads", "latency_ratio", "pareto_size", "pareto_latency")
 # Carried from the report stage's scoring (Wilson interval, exact McNemar vs baseline-float32, change vs the
 # float control of the same mode); runs logged before it have none: empty cells.
 SCORING_COLUMNS = ("accuracy_ci_low", "accuracy_ci_high", "p_value", "significant", "accuracy_delta_control_pp")
@@ -52,7 +52,7 @@ SCORING_COLUMNS = ("accuracy_ci_low", "accuracy_ci_high", "p_value", "significan
 GROUP_COLUMNS = ("seeds", "accuracy_std", "accuracy_seed_ci_low", "accuracy_seed_ci_high", "accuracy_delta_pp_std")
 # Averaged over a group's seeds; the fronts and the choice are taken on these means.
 MEAN_COLUMNS = ("accuracy", "accuracy_delta_pp", "accuracy_delta_control_pp", "gzip_bytes", "gzip_ratio",
-                "latency_median_ms")
+                "latency_median_ms", "latency_ratio")
 # Figures of one run's test split (its Wilson interval, its McNemar test): a mean of them means nothing, so a
 # group of several runs leaves them empty; compare_runs.csv has them per run, the seed interval replaces them.
 PER_RUN_COLUMNS = ("accuracy_ci_low", "accuracy_ci_high", "p_value", "significant")
@@ -61,7 +61,10 @@ GROUP_JOIN = "+"   # a group is named by its experiments: exp-a+exp-b+exp-c
 SINGLE_SEED_NOTE = ("single-seed comparison: every figure is one run, one sample; queue seeds "
                     "(`dvc exp run --queue -S 'seed=1,2,3'`) for means and spreads")
 OBJECTIVES = {"size": "gzip_bytes", "latency": "latency_median_ms"}
-FRONTS = (("pareto_size", "gzip_bytes"), ("pareto_latency", "latency_median_ms"))
+# Latency compares across runs only as a ratio timed within each run (each file against its own run's
+# baseline-float32, interleaved): milliseconds drift 2x between runs and differ between machines. Runs
+# logged before the ratio existed fall back to milliseconds.
+LATENCY_RATIO = "latency_ratio"
 # accuracy_delta_pp comes from float differences: (0.95 - 0.96) * 100 is -1.0000000000000009, which must
 # still pass --max-drop 1.
 TOLERANCE_PP = 1e-9
@@ -334,7 +337,7 @@ def _group_row(members: list[dict]) -> dict:
     row.update({key: None for key in PER_RUN_COLUMNS})
     threads = {member["latency_threads"] for member in members}
     if len(threads) > 1:   # latencies at different thread counts do not average
-        row.update(latency_threads=None, latency_median_ms=None)
+        row.update(latency_threads=None, latency_median_ms=None, latency_ratio=None)
     return row
 
 
@@ -349,9 +352,17 @@ def _over_seeds(members: list[dict], key: str) -> dict:
     return summary
 
 
+def latency_cost(rows: Sequence[Mapping]) -> str:
+    """The latency figure that compares across these rows: the ratio when every timed row has one."""
+    timed = [row for row in rows if row.get("latency_median_ms") is not None]
+    if timed and all(row.get(LATENCY_RATIO) is not None for row in timed):
+        return LATENCY_RATIO
+    return OBJECTIVES["latency"]
+
+
 def _mark_fronts(rows: list[dict]) -> None:
     """Set pareto_size / pareto_latency on every row: on the front of (cost, accuracy) over all rows."""
-    for flag, cost in FRONTS:
+    for flag, cost in (("pareto_size", "gzip_bytes"), ("pareto_latency", latency_cost(rows))):
         on_front = pareto_front([(row[cost], row["accuracy"]) for row in rows])
         for row, keep in zip(rows, on_front):
             row[flag] = keep
@@ -406,6 +417,7 @@ def _run_rows(run: Run, varying: Sequence[str], threads: int | None) -> list[dic
             "gzip_ratio": _ratio(gzip_bytes, reference.get("gzip_bytes"), figures.get("gzip_ratio")),
             "latency_median_ms": None if threads is None else figures.get(f"latency_median_ms_t{threads}"),
             "latency_threads": threads,
+            "latency_ratio": figures.get(f"latency_ratio_t{threads}", figures.get(LATENCY_RATIO)),
             "accuracy_ci_low": figures.get("accuracy_ci_low"), "accuracy_ci_high": figures.get("accuracy_ci_high"),
             "p_value": figures.get("p_value"),
             "significant": None if significant is None else round(significant),
@@ -436,6 +448,14 @@ def _notes(runs: Sequence[Run], table: pd.DataFrame) -> list[str]:
     if len(hashes) > 1:
         notes.append(f"the runs were evaluated on different data (data_hash {', '.join(sorted(map(str, hashes)))}"
                      f"): their accuracies do not compare directly")
+    fingerprints = {key for run in runs for key in run.data.tags if key.startswith("fingerprint.")
+                    if len({other.data.tags.get(key) for other in runs}) > 1}
+    if fingerprints:
+        compared = ("latency is compared as each file's ratio to its own run's baseline-float32 (timed in the same "
+                    "process)" if latency_cost(records(table)) == LATENCY_RATIO
+                    else "their milliseconds do not compare directly")
+        notes.append(f"the runs were timed on different machines or software ({', '.join(sorted(fingerprints))} "
+                     f"differ): {compared}")
     threads = set(table["latency_threads"].dropna())
     if len(threads) > 1:
         notes.append(f"the runs share no thread count: latency is each run's lowest ({sorted(threads)} "
@@ -492,7 +512,7 @@ def select(table: pd.DataFrame, max_drop: float, objective: str = "size") -> Sel
     Args:
       table: the comparison table (`build_table`).
       max_drop: the tolerated accuracy drop in percentage points (>= 0).
-      objective: 'size' (gzip_bytes) or 'latency' (latency_median_ms).
+      objective: 'size' (gzip_bytes) or 'latency' (latency_ratio, or latency_median_ms for runs without).
 
     Returns:
       A Selection; every file but the choice and the baseline-float32 references gets a rejection reason.
@@ -501,8 +521,9 @@ def select(table: pd.DataFrame, max_drop: float, objective: str = "size") -> Sel
       UserError: when no file qualifies, naming the smallest drop found and the --max-drop that admits it.
     """
     _check_selection_args(max_drop, objective)
-    cost = OBJECTIVES[objective]
-    candidates = [row for row in records(table) if (row["variant"], row["mode"]) != REFERENCE]
+    rows = records(table)
+    cost = latency_cost(rows) if objective == "latency" else OBJECTIVES[objective]
+    candidates = [row for row in rows if (row["variant"], row["mode"]) != REFERENCE]
     if not candidates:
         raise UserError("the runs hold no compressed file, only baseline-float32: run the whole pipeline "
                         "(`dvc repro`) before selecting")
@@ -555,7 +576,7 @@ def _rejection(row: Mapping, chosen: Mapping, cost: str, max_drop: float) -> str
         return f"accuracy drop {drop} pp > {limit} pp"
     if row[cost] is None:
         return f"no {'gzip size' if cost == 'gzip_bytes' else 'latency'} measured"
-    show = _size_text if cost == "gzip_bytes" else _latency_text
+    show = {"gzip_bytes": _size_text, LATENCY_RATIO: _ratio_text}.get(cost, _latency_text)
     mine, theirs = show(row[cost]), show(chosen[cost])
     if row[cost] > chosen[cost]:
         if mine == theirs:   # a difference the rounding hides
@@ -579,6 +600,10 @@ def _latency_text(ms: float, exact: bool = False) -> str:
     return f"{ms:.5f} ms" if exact else f"{ms:.3f} ms"
 
 
+def _ratio_text(ratio: float, exact: bool = False) -> str:
+    return f"{ratio:.5f}x baseline-float32 latency" if exact else f"{ratio:.3f}x baseline-float32 latency"
+
+
 def write_selection(selection: Selection, varying: Sequence[str], path: str | Path) -> Path:
     """selection.json: the rule, the chosen file with its figures and params, and every rejection.
 
@@ -587,7 +612,7 @@ def write_selection(selection: Selection, varying: Sequence[str], path: str | Pa
     chosen = selection.chosen
     params = {key: chosen.get(column) for column, key in zip(_param_columns(varying), varying)}
     figures = {key: chosen.get(key) for key in ("accuracy", "accuracy_delta_pp", "gzip_bytes", "gzip_ratio",
-                                                "latency_median_ms", "latency_threads")}
+                                                "latency_median_ms", "latency_threads", LATENCY_RATIO)}
     figures.update({key: chosen[key] for key in (*SCORING_COLUMNS, *GROUP_COLUMNS) if key in chosen})
     write_json(path, {
         "max_drop_pp": selection.max_drop,
@@ -704,8 +729,13 @@ def plot_comparison(table: pd.DataFrame, path: str | Path) -> Path:
     at = f"at {threads[0]} thread{'s' * (threads[0] > 1)}, " if len(threads) == 1 else ""
     _panel(size_ax, rows, "gzip_bytes", 1 / KB, "pareto_size", colours, markers,
            "gzipped size (KB, smaller is better)", "Accuracy vs. size")
-    _panel(latency_ax, rows, "latency_median_ms", 1.0, "pareto_latency", colours, markers,
-           f"median latency (ms {at}lower is better)", "Accuracy vs. latency")
+    if latency_cost(rows) == LATENCY_RATIO:
+        _panel(latency_ax, rows, LATENCY_RATIO, 1.0, "pareto_latency", colours, markers,
+               f"latency / its run's baseline-float32 ({at}timed interleaved; lower is better)",
+               "Accuracy vs. latency")
+    else:
+        _panel(latency_ax, rows, "latency_median_ms", 1.0, "pareto_latency", colours, markers,
+               f"median latency (ms {at}lower is better)", "Accuracy vs. latency")
     _legends(fig, colours, markers, spread=any(row.get("accuracy_std") is not None for row in rows))
     return save_figure(fig, path)
 

@@ -43,7 +43,8 @@ STATISTICS_COLUMNS = (
     "baseline_agreement",
 )
 TAIL_COLUMNS = ("peak_rss_mb", "model_rss_mb", "gzip_ratio", "latency_ratio", "error")
-THREAD_METRICS = ("latency_median_ms", "latency_p90_ms", "latency_mean_ms", "latency_std_ms", "fps")
+THREAD_METRICS = ("latency_median_ms", "latency_p25_ms", "latency_p75_ms", "latency_p90_ms", "latency_mean_ms",
+                  "latency_std_ms", "fps", "latency_ratio", "latency_ratio_p25", "latency_ratio_p75")
 _THREAD_KEY = re.compile(r"^latency_median_ms_t(\d+)$")
 
 # Reading order of the study (each variant builds on the ones before); names not listed sort after, by name.
@@ -83,13 +84,16 @@ def write_variants_csv(rows: Sequence[Mapping], path: str | Path) -> Path:
 
 
 def csv_columns(rows: Sequence[Mapping]) -> list[str]:
-    """Stable column order: BASE_COLUMNS with the STATISTICS_COLUMNS the rows hold after `accuracy`, per-thread
-    latency keys by thread count, TAIL_COLUMNS, then any other key in the order first seen."""
+    """Stable column order: BASE_COLUMNS with the STATISTICS_COLUMNS the rows hold after `accuracy`, the
+    per-thread latency keys the rows hold by thread count, TAIL_COLUMNS, then any other key in the order first
+    seen."""
+    def held(keys):
+        return [key for key in keys if any(key in row for row in rows)]
+
     threads = thread_counts(rows)
-    statistics = [key for key in STATISTICS_COLUMNS if any(key in row for row in rows)]
     at = BASE_COLUMNS.index("accuracy") + 1
-    columns = [*BASE_COLUMNS[:at], *statistics, *BASE_COLUMNS[at:],
-               *(f"{metric}_t{n}" for n in threads for metric in THREAD_METRICS), *TAIL_COLUMNS]
+    columns = [*BASE_COLUMNS[:at], *held(STATISTICS_COLUMNS), *BASE_COLUMNS[at:],
+               *held(f"{metric}_t{n}" for n in threads for metric in THREAD_METRICS), *TAIL_COLUMNS]
     known = set(columns)
     extras = [key for row in rows for key in row if key not in known]
     return columns + list(dict.fromkeys(extras))
@@ -234,10 +238,10 @@ def _tradeoff_legends(ax, colours: dict[str, tuple], markers: dict[str, str]) ->
 
 
 def plot_latency(rows: Sequence[Mapping], path: str | Path) -> Path:
-    """Median latency per file and thread count as grouped horizontal bars, p90 as whiskers.
+    """Median latency per file and thread count as grouped horizontal bars, the interquartile range as whiskers.
 
     Files run top to bottom by variant then mode (VARIANT_ORDER, MODE_ORDER); one bar per thread count,
-    labelled with its median. A missing median draws no bar, a missing p90 no whisker.
+    labelled with its median. A missing median draws no bar, a missing quartile no whisker.
 
     Args:
       rows: result rows.
@@ -266,19 +270,19 @@ def plot_latency(rows: Sequence[Mapping], path: str | Path) -> Path:
             y = i - 0.4 + (j + 0.5) * bar
             ax.barh(y, median, height=bar * 0.9, color=colours[j], label=f"{n} thread{'s' * (n > 1)}"
                     if i == _first_with(files, n) else None)
-            p90 = as_number(row.get(f"latency_p90_ms_t{n}"))
+            low, high = (as_number(row.get(f"latency_{q}_ms_t{n}")) for q in ("p25", "p75"))
             end = median
-            if p90 is not None and p90 >= median:
-                ax.errorbar(median, y, xerr=[[0], [p90 - median]], fmt="none", ecolor="black", capsize=2,
-                            linewidth=0.8)
-                end = p90
+            if low is not None and high is not None and low <= median <= high:
+                ax.errorbar(median, y, xerr=[[median - low], [high - median]], fmt="none", ecolor="black",
+                            capsize=2, linewidth=0.8)
+                end = high
             ax.annotate(_ms(median), (end, y), xytext=(3, 0), textcoords="offset points", va="center",
                         fontsize=7)
             longest = max(longest, end)
     ax.set_yticks(range(len(files)), [label(row) for row in files])
     ax.invert_yaxis()
     ax.set_xlim(0, longest * 1.15)
-    ax.set_xlabel("median latency per inference (ms); whisker: p90")
+    ax.set_xlabel("median latency per inference (ms); whiskers: interquartile range")
     ax.set_title("Latency by file and thread count")
     ax.grid(True, axis="x", alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
@@ -437,12 +441,14 @@ def results_table(rows: Sequence[Mapping]) -> str:
                ("Δ ctrl pp", True), ("agree Keras %", True), ("gzip KB", True), ("×smaller", True),
                ("sparsity %", True), ("MACs", True),
                *((f"ms t{n}", True) for n in threads),
+               *((f"× base t{n}", True) for n in threads if any(f"latency_ratio_t{n}" in row for row in rows)),
                *(((f"FPS t{fps_threads}", True),) if fps_threads is not None else ()), ("peak MB", True)]
-    body = [_table_cells(row, threads, fps_threads) for row in sort_rows(_drawable(rows))]
+    body = [_table_cells(row, threads, fps_threads, rows) for row in sort_rows(_drawable(rows))]
     return _markdown_table(columns, body)
 
 
-def _table_cells(row: Mapping, threads: list[int], fps_threads: int | None) -> list[str]:
+def _table_cells(row: Mapping, threads: list[int], fps_threads: int | None,
+                 all_rows: Sequence[Mapping]) -> list[str]:
     gzip_ratio = as_number(row.get("gzip_ratio"))
     cells = [str(row["variant"]), str(row["mode"]), _accuracy_cell(row),
              _change_cell(row.get("accuracy_delta_pp"), row.get("significant")),
@@ -452,11 +458,22 @@ def _table_cells(row: Mapping, threads: list[int], fps_threads: int | None) -> l
              fmt(1 / gzip_ratio if gzip_ratio else None, "{:.2f}×"),
              fmt(row.get("sparsity"), "{:.1f}", scale=100),
              _count(row.get("macs")),
-             *(_ms(row.get(f"latency_median_ms_t{n}")) for n in threads)]
+             *(_ms(row.get(f"latency_median_ms_t{n}")) for n in threads),
+             *(_ratio_cell(row, n) for n in threads if any(f"latency_ratio_t{n}" in r for r in all_rows))]
     if fps_threads is not None:
         cells.append(fmt(row.get(f"fps_t{fps_threads}"), "{:.1f}"))
     cells.append(fmt(row.get("peak_rss_mb"), "{:.1f}"))
     return cells
+
+
+def _ratio_cell(row: Mapping, threads: int) -> str:
+    """Latency against baseline-float32, timed interleaved, with the interquartile range of its rounds."""
+    ratio = as_number(row.get(f"latency_ratio_t{threads}"))
+    low, high = (as_number(row.get(f"latency_ratio_{q}_t{threads}")) for q in ("p25", "p75"))
+    if ratio is None:
+        return DASH
+    spread = f" [{low:.2f}–{high:.2f}]" if low is not None and high is not None and low != high else ""
+    return f"{ratio:.2f}{spread}"
 
 
 def _accuracy_cell(row: Mapping) -> str:
@@ -509,8 +526,10 @@ def _results_section(rows: Sequence[Mapping]) -> str:
               "(exact McNemar test on the same test images), `ns`: not significant, read as no change; "
               "agree Keras: share of test images where the file predicts what its Keras model predicts (a "
               "conversion bug shows here); gzip KB: gzipped .tflite size; ×smaller: baseline size / this size; "
-              "ms tN: median latency of one inference at N threads; FPS: 1000 / median ms; peak MB: peak "
-              f"memory of a process running the file. {DASH} = not measured.")
+              "ms tN: median latency of one inference at N threads; × base tN: latency against baseline-float32, "
+              "timed in alternating rounds in one process [interquartile range over rounds]: the figure that holds "
+              "across runs and machines; FPS: 1000 / median ms; peak MB: peak memory of a process running the "
+              f"file. {DASH} = not measured.")
     return f"## Results\n\n{results_table(rows)}\n\n{legend}"
 
 

@@ -56,6 +56,10 @@ def score_rows(rows: list[dict], predictions: Mapping[str, np.ndarray], y_true: 
             row.update(paired(y_true, y_pred, predictions[label(baseline)], "baseline"))
             row["baseline_agreement"] = statistics.agreement(y_pred, predictions[label(baseline)])
             row.update(metrics.ratios(row, baseline, latency_key=f"latency_median_ms_t{latency_threads}"))
+            # Timed against baseline-float32 in alternating rounds by evaluate: holds across runs and machines,
+            # where a ratio of two medians timed at different moments does not.
+            if row.get(f"latency_ratio_t{latency_threads}") is not None:
+                row["latency_ratio"] = row[f"latency_ratio_t{latency_threads}"]
         control = controls.get(row["mode"])
         if control is not None:
             row.update(paired(y_true, y_pred, predictions[label(control)], "control"))

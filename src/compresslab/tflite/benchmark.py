@@ -47,7 +47,8 @@ def measure_latency(path: str | os.PathLike, threads: int, *, warmup: int = 10, 
         integer tensor. None feeds deterministic uniform noise in [0, 1] through the same path.
 
     Returns:
-      {'median_ms', 'p90_ms', 'mean_ms', 'std_ms', 'runs', 'fps' (1000 / median_ms), 'threads'}.
+      {'median_ms', 'p25_ms', 'p75_ms' (the interquartile range: the spread of the runs), 'p90_ms',
+       'mean_ms', 'std_ms', 'runs', 'fps' (1000 / median_ms), 'threads'}.
     """
     _check_threads([threads])
     _check_schedule(warmup, min_runs, min_seconds, max_runs)
@@ -57,7 +58,8 @@ def measure_latency(path: str | os.PathLike, threads: int, *, warmup: int = 10, 
         interpreter.invoke()
     times_ms = _timed_runs(interpreter, min_runs, min_seconds, max_runs)
     median = float(np.median(times_ms))
-    return {"median_ms": median, "p90_ms": float(np.percentile(times_ms, 90)),
+    return {"median_ms": median, "p25_ms": float(np.percentile(times_ms, 25)),
+            "p75_ms": float(np.percentile(times_ms, 75)), "p90_ms": float(np.percentile(times_ms, 90)),
             "mean_ms": float(np.mean(times_ms)), "std_ms": float(np.std(times_ms)),
             "runs": len(times_ms), "fps": 1000.0 / median, "threads": int(threads)}
 
@@ -75,6 +77,47 @@ def latency_by_threads(path: str | os.PathLike, threads: Sequence[int], **kwargs
     """
     counts = _check_threads(threads)
     return {count: measure_latency(path, count, **kwargs) for count in counts}
+
+
+def interleaved_ratio(path: str | os.PathLike, reference: str | os.PathLike, threads: int, *, rounds: int = 20,
+                      runs_per_round: int = 10, warmup: int = 10, input_sample=None) -> dict:
+    """Latency of `path` relative to `reference`, both timed in this process in alternating rounds.
+
+    Absolute latency on a shared machine drifts by 2x between runs (frequency, other jobs, cache state),
+    so a file's latency is only comparable with another's when both are timed under the same conditions:
+    each round times `runs_per_round` invocations of one file, then of the other (ABBA order over
+    consecutive rounds, so neither always goes first), and the ratio of the two medians is one sample.
+
+    Args:
+      path, reference: .tflite files taking the same input (e.g. a variant and baseline-float32).
+      threads: interpreter threads for both.
+      rounds, runs_per_round, warmup: the schedule above; warm-up runs of both come first.
+      input_sample: as for `measure_latency`.
+
+    Returns:
+      {'ratio': median over rounds of median(path) / median(reference), 'ratio_p25', 'ratio_p75': the
+       interquartile range of the round ratios, 'rounds'}.
+    """
+    _check_threads([threads])
+    _check_schedule(warmup, runs_per_round, 0.0, runs_per_round)
+    if rounds < 1:
+        raise UserError(f"latency ratio rounds must be at least 1, got {rounds}")
+    pair = []
+    for file in (path, reference):
+        interpreter = load_interpreter(file, threads)
+        feed_inputs(interpreter, input_sample)
+        for _ in range(warmup):
+            interpreter.invoke()
+        pair.append(interpreter)
+    ratios = []
+    for number in range(rounds):
+        order = (0, 1) if number % 2 == 0 else (1, 0)
+        medians = {}
+        for index in order:
+            medians[index] = float(np.median(_timed_runs(pair[index], runs_per_round, 0.0, runs_per_round)))
+        ratios.append(medians[0] / medians[1])
+    return {"ratio": float(np.median(ratios)), "ratio_p25": float(np.percentile(ratios, 25)),
+            "ratio_p75": float(np.percentile(ratios, 75)), "rounds": rounds}
 
 
 def peak_memory(path: str | os.PathLike, input_sample=None) -> dict:

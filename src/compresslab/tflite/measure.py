@@ -19,10 +19,10 @@ def validate_evaluate_config(cfg: Mapping) -> list[int]:
     if not threads or any(not isinstance(n, int) or isinstance(n, bool) or n < 1 for n in threads):
         raise UserError(f"evaluate.threads={threads} must be a non-empty list of positive thread counts, "
                         f"e.g. [1, 2]")
-    for key in ("warmup_runs", "min_runs"):
-        if not isinstance(cfg[key], int) or cfg[key] < (0 if key == "warmup_runs" else 1):
-            raise UserError(f"evaluate.{key} must be a whole number ({'0' if key == 'warmup_runs' else '1'} "
-                            f"or more), got {cfg[key]!r}")
+    for key, least in (("warmup_runs", 0), ("min_runs", 1), ("ratio_rounds", 1)):
+        value = cfg.get(key, least)
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise UserError(f"evaluate.{key} must be a whole number ({least} or more), got {value!r}")
     return threads
 
 
@@ -35,20 +35,22 @@ def check_positive_class(cfg: Mapping, class_names: Sequence[str]) -> None:
 
 
 def measure_file(path: Path, x_test: np.ndarray, cfg: Mapping,
-                 keras_predictions: Sequence[int] | None = None) -> dict:
+                 keras_predictions: Sequence[int] | None = None, reference: Path | None = None) -> dict:
     """Every interpreter-measured figure of one .tflite file; raises UserError when the file is unusable.
 
     Args:
       path: models/tflite/<variant>/<variant>-<mode>.tflite.
       x_test: the test images as model input.
-      cfg: the `evaluate` group (threads, warmup_runs, min_runs, min_seconds, measure_memory).
+      cfg: the `evaluate` group (threads, warmup_runs, min_runs, min_seconds, ratio_rounds, measure_memory).
       keras_predictions: the predicted classes of the Keras model the file was converted from.
+      reference: baseline-float32's file, timed against this one in alternating rounds (None: no ratio).
 
     Returns:
       A row: variant, mode, file, y_pred (predicted class per test image), keras_agreement (share of test
       images where the file predicts what its Keras model predicts), file_bytes, gzip_bytes, parameters,
-      nonzero_parameters, sparsity, macs, latency and fps per thread count (`*_t{n}` keys), peak_rss_mb
-      and model_rss_mb.
+      nonzero_parameters, sparsity, macs; per thread count n: latency_{median,p25,p75,p90,mean,std}_ms_t{n},
+      fps_t{n} and latency_ratio{,_p25,_p75}_t{n} (against `reference`, interleaved); peak_rss_mb and
+      model_rss_mb.
     """
     variant, mode = variants.split_label(path.stem)
     interpreter = runtime.load_interpreter(path)
@@ -66,9 +68,15 @@ def measure_file(path: Path, x_test: np.ndarray, cfg: Mapping,
                                            min_runs=cfg["min_runs"], min_seconds=cfg["min_seconds"],
                                            input_sample=sample)
     for threads, timing in timings.items():
-        for key in ("median_ms", "p90_ms", "mean_ms", "std_ms"):
+        for key in ("median_ms", "p25_ms", "p75_ms", "p90_ms", "mean_ms", "std_ms"):
             row[f"latency_{key}_t{threads}"] = timing[key]
         row[f"fps_t{threads}"] = timing["fps"]
+        if reference is not None:
+            ratio = ({"ratio": 1.0, "ratio_p25": 1.0, "ratio_p75": 1.0} if reference.resolve() == path.resolve()
+                     else benchmark.interleaved_ratio(path, reference, threads, rounds=cfg.get("ratio_rounds", 20),
+                                                      warmup=cfg["warmup_runs"], input_sample=sample))
+            for key in ("ratio", "ratio_p25", "ratio_p75"):
+                row[f"latency_{key}_t{threads}"] = ratio[key]
     memory = benchmark.peak_memory(path, sample) if cfg.get("measure_memory", True) else {}
     row["peak_rss_mb"], row["model_rss_mb"] = memory.get("peak_rss_mb"), memory.get("model_rss_mb")
     return row
