@@ -35,7 +35,7 @@ def run(params) -> list[dict]:
     predictions = scoring.take_predictions(rows)
     confusions = scoring.score_rows(rows, predictions, y_true, meta["class_names"], cfg.get("positive_class"),
                                     latency_threads=cfg.threads[0])
-    notes = scoring.uncertainty_notes(rows) + fingerprint_notes
+    notes = scoring.uncertainty_notes(rows) + scoring.latency_notes(rows, cfg.threads[0]) + fingerprint_notes
     for note in notes:
         print(f"report: {note}")
     if variants.BASELINE_FILE in predictions:  # DVC's confusion plot reads one line per test image

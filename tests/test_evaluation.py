@@ -90,6 +90,11 @@ def test_evaluate_measures_every_file_of_a_variant_without_tensorflow(workspace)
         for threads in (1, 2):
             assert row[f"latency_median_ms_t{threads}"] > 0 and row[f"fps_t{threads}"] > 0
     assert rows["int8"]["file_bytes"] < rows["float32"]["file_bytes"]
+    assert rows["float32"]["xnnpack_partitions"] == 1 and rows["float32"]["operators_outside_xnnpack"] == ""
+    assert rows["int8"]["operators_outside_xnnpack"] == "SOFTMAX"  # XNNPACK takes no int8 softmax
+    for row in rows.values():  # timed against baseline-float32 in the same process
+        assert row["latency_ratio_p25_t1"] <= row["latency_ratio_t1"] <= row["latency_ratio_p75_t1"]
+    assert rows["float32"]["latency_ratio_t1"] == 1.0
 
 
 def test_a_broken_file_and_a_failed_conversion_become_error_rows(workspace):

@@ -6,12 +6,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import tf_keras as keras
+from ai_edge_litert.interpreter import Interpreter
 
 from compresslab.errors import UserError
 from compresslab.outputs import write_bytes
 from compresslab.tflite.converter import MODES, convert
 from compresslab.tflite.flatbuffer import TfliteFileError, gzip_size, weight_stats
-from compresslab.tflite.runtime import check_input_shape, input_details, load_interpreter, predict
+from compresslab.tflite.runtime import check_input_shape, delegation, input_details, load_interpreter, predict
 
 L = keras.layers
 RNG_SEED = 0
@@ -206,3 +207,20 @@ def test_gzip_size_of_bytes_and_files(tmp_path, conv_files):
     assert gzip_size(zeros, level=0) > 4096  # level 0 stores without compressing
     model_file = conv_files[1]["float32"]
     assert gzip_size(model_file) < model_file.stat().st_size
+
+
+def test_delegation_names_the_operators_xnnpack_leaves_out():
+    """FireNet's int8 file: LiteRT 2.3.0's XNNPACK takes no int8 AVERAGE_POOL_2D or SOFTMAX, so they split the
+    model into partitions; the float32 file runs as one."""
+    model = keras.Sequential([L.Input((16, 16, 3)), L.Conv2D(4, 3, activation="relu"), L.AveragePooling2D(2),
+                              L.Flatten(), L.Dense(3, activation="softmax")])
+    found = {}
+    for mode in ("float32", "int8"):
+        flatbuffer = convert(model, mode, representative=calibration((16, 16, 3)))
+        interpreter = Interpreter(model_content=flatbuffer)
+        interpreter.allocate_tensors()
+        found[mode] = delegation(interpreter)
+    assert found["float32"] == {"operators": 5, "partitions": 1, "delegated": 5, "outside": []}
+    assert found["int8"]["outside"] == ["AVERAGE_POOL_2D", "SOFTMAX"]
+    assert found["int8"]["partitions"] == 3  # input and conv; reshape and dense; the output's dequantize
+    assert found["int8"]["delegated"] == found["int8"]["operators"] - 2

@@ -43,6 +43,8 @@ STATISTICS_COLUMNS = (
     "baseline_agreement",
 )
 TAIL_COLUMNS = ("peak_rss_mb", "model_rss_mb", "gzip_ratio", "latency_ratio", "error")
+# How much of each file XNNPACK runs (from its execution plan), when the rows hold it: where the time goes.
+DELEGATION_COLUMNS = ("xnnpack_partitions", "xnnpack_operator_share", "operators_outside_xnnpack")
 THREAD_METRICS = ("latency_median_ms", "latency_p25_ms", "latency_p75_ms", "latency_p90_ms", "latency_mean_ms",
                   "latency_std_ms", "fps", "latency_ratio", "latency_ratio_p25", "latency_ratio_p75")
 _THREAD_KEY = re.compile(r"^latency_median_ms_t(\d+)$")
@@ -93,7 +95,8 @@ def csv_columns(rows: Sequence[Mapping]) -> list[str]:
     threads = thread_counts(rows)
     at = BASE_COLUMNS.index("accuracy") + 1
     columns = [*BASE_COLUMNS[:at], *held(STATISTICS_COLUMNS), *BASE_COLUMNS[at:],
-               *held(f"{metric}_t{n}" for n in threads for metric in THREAD_METRICS), *TAIL_COLUMNS]
+               *held(f"{metric}_t{n}" for n in threads for metric in THREAD_METRICS), *held(DELEGATION_COLUMNS),
+               *TAIL_COLUMNS]
     known = set(columns)
     extras = [key for row in rows for key in row if key not in known]
     return columns + list(dict.fromkeys(extras))
@@ -426,7 +429,8 @@ def write_report(rows: Sequence[Mapping], confusions: Mapping[str, Mapping], out
     """
     out_dir = Path(out_dir)
     plots = _write_report_plots(rows, confusions, out_dir / "plots")
-    parts = [f"# {title}", _config_section(config_summary), _results_section(rows), _failed_section(rows),
+    parts = [f"# {title}", _config_section(config_summary), _results_section(rows), _delegation_section(rows),
+             _failed_section(rows),
              _notes_section(notes), _plots_section(plots)]
     path = out_dir / "report.md"
     write_text(path, "\n\n".join(part for part in parts if part) + "\n")
@@ -531,6 +535,20 @@ def _results_section(rows: Sequence[Mapping]) -> str:
               "across runs and machines; FPS: 1000 / median ms; peak MB: peak memory of a process running the "
               f"file. {DASH} = not measured.")
     return f"## Results\n\n{results_table(rows)}\n\n{legend}"
+
+
+def _delegation_section(rows: Sequence[Mapping]) -> str:
+    """Per file, how much of it XNNPACK runs: the operators it leaves out run on LiteRT's reference kernels."""
+    files = [row for row in sort_rows(_drawable(rows)) if row.get("xnnpack_partitions") is not None]
+    if not files:
+        return ""
+    columns = [("file", False), ("XNNPACK partitions", True), ("operators in XNNPACK %", True),
+               ("operators outside XNNPACK", False)]
+    body = [[label(row), str(row["xnnpack_partitions"]), fmt(row.get("xnnpack_operator_share"), "{:.0f}", 100),
+             row.get("operators_outside_xnnpack") or "none"] for row in files]
+    return ("## Where the time goes\n\nWhich operators XNNPACK runs, read from each file's execution plan (LiteRT "
+            "2.3.0's Python API has no per-operator profiler). Operators outside it run on LiteRT's reference "
+            "kernels, and each boundary between partitions costs a hand-over.\n\n" + _markdown_table(columns, body))
 
 
 def _failed_section(rows: Sequence[Mapping]) -> str:

@@ -110,5 +110,22 @@ def uncertainty_notes(rows: Sequence[Mapping]) -> list[str]:
     return notes
 
 
+def latency_notes(rows: Sequence[Mapping], threads: int) -> list[str]:
+    """Why an int8 file is not much faster than float32 (when it is not): the operators XNNPACK leaves to
+    LiteRT's reference kernels, read from each file's execution plan (LiteRT 2.3.0's Python API has no
+    per-operator profiler)."""
+    notes = []
+    for row in rows:
+        ratio = row.get(f"latency_ratio_t{threads}")
+        if row.get("mode") != "int8" or ratio is None or ratio <= 0.5 or not row.get("operators_outside_xnnpack"):
+            continue
+        notes.append(f"{label(row)} runs at {ratio:.2f}x baseline-float32's latency at {threads} thread(s), not "
+                     f"the ~0.5x int8 can reach: XNNPACK leaves {row['operators_outside_xnnpack']} to LiteRT's "
+                     f"reference kernels, splitting it into {row['xnnpack_partitions']} partitions "
+                     f"(baseline-float32 runs in one), and every hand-over costs time (with 2 threads, a wake-up "
+                     f"of the worker). For this CPU, the dynamic-range file is the fast one.")
+    return notes
+
+
 def label(row: Mapping) -> str:
     return variants.label(row["variant"], row["mode"])

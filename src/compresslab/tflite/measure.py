@@ -48,7 +48,8 @@ def measure_file(path: Path, x_test: np.ndarray, cfg: Mapping,
     Returns:
       A row: variant, mode, file, y_pred (predicted class per test image), keras_agreement (share of test
       images where the file predicts what its Keras model predicts), file_bytes, gzip_bytes, parameters,
-      nonzero_parameters, sparsity, macs; per thread count n: latency_{median,p25,p75,p90,mean,std}_ms_t{n},
+      nonzero_parameters, sparsity, macs, xnnpack_partitions, xnnpack_operator_share and
+      operators_outside_xnnpack (e.g. 'AVERAGE_POOL_2D x3, SOFTMAX'); per thread count n: latency_{median,p25,p75,p90,mean,std}_ms_t{n},
       fps_t{n} and latency_ratio{,_p25,_p75}_t{n} (against `reference`, interleaved); peak_rss_mb and
       model_rss_mb.
     """
@@ -56,13 +57,17 @@ def measure_file(path: Path, x_test: np.ndarray, cfg: Mapping,
     interpreter = runtime.load_interpreter(path)
     runtime.check_input_shape(interpreter, x_test.shape[1:])
     y_pred = np.argmax(runtime.predict(interpreter, x_test), axis=1)
+    delegated = runtime.delegation(interpreter)
     stats = flatbuffer.weight_stats(path)
     row = {"variant": variant, "mode": mode, "file": str(path), "y_pred": y_pred.tolist(),
            "keras_agreement": (float(np.mean(y_pred == np.asarray(keras_predictions)))
                                if keras_predictions is not None else None),
            "file_bytes": path.stat().st_size, "gzip_bytes": flatbuffer.gzip_size(path),
            "parameters": stats["parameters"], "nonzero_parameters": stats["nonzero"],
-           "sparsity": stats["sparsity"], "macs": stats["macs"]}
+           "sparsity": stats["sparsity"], "macs": stats["macs"],
+           "xnnpack_partitions": delegated["partitions"],
+           "xnnpack_operator_share": delegated["delegated"] / max(delegated["operators"], 1),
+           "operators_outside_xnnpack": counted(delegated["outside"])}
     sample = x_test[:1]
     timings = benchmark.latency_by_threads(path, list(cfg["threads"]), warmup=cfg["warmup_runs"],
                                            min_runs=cfg["min_runs"], min_seconds=cfg["min_seconds"],
@@ -80,6 +85,12 @@ def measure_file(path: Path, x_test: np.ndarray, cfg: Mapping,
     memory = benchmark.peak_memory(path, sample) if cfg.get("measure_memory", True) else {}
     row["peak_rss_mb"], row["model_rss_mb"] = memory.get("peak_rss_mb"), memory.get("model_rss_mb")
     return row
+
+
+def counted(names: Sequence[str]) -> str:
+    """'AVERAGE_POOL_2D x3, SOFTMAX' from a list of operator names, in order of first appearance."""
+    counts = {name: names.count(name) for name in dict.fromkeys(names)}
+    return ", ".join(name if count == 1 else f"{name} x{count}" for name, count in counts.items())
 
 
 def error_row(variant: str, mode: str, reason: str) -> dict:

@@ -155,3 +155,32 @@ def dequantize(values: np.ndarray, details: dict) -> np.ndarray:
 
 
 # --- Weights and MACs, read from the flatbuffer -------------------------------------------------------
+
+
+def delegation(interpreter: Interpreter) -> dict:
+    """Which of the model's operators the default delegate (XNNPACK on CPU) runs, read from the execution plan.
+
+    LiteRT 2.3.0's Python API has no per-operator profiler, but where the time goes starts here: every
+    operator left outside XNNPACK runs on LiteRT's reference kernels, and each boundary between partitions
+    costs a hand-over (and, with several threads, a wake-up of the worker threads).
+
+    Returns:
+      {'operators': the model's operators, 'partitions': XNNPACK partitions, 'delegated': operators inside
+       them, 'outside': names of the operators outside, in graph order}.
+    """
+    nodes = interpreter._get_ops_details()  # the model's operators, then one DELEGATE node per partition
+    operators = [node for node in nodes if node["op_name"] != "DELEGATE"]
+    producer = {int(tensor): node for node in operators for tensor in node["outputs"]}
+    inside = set()
+    for partition in (node for node in nodes if node["op_name"] == "DELEGATE"):
+        # A partition holds every operator between its inputs and its outputs: walk back from the outputs.
+        boundary = {int(tensor) for tensor in partition["inputs"]}
+        todo = [int(tensor) for tensor in partition["outputs"]]
+        while todo:
+            node = producer.get(todo.pop())
+            if node is None or node["index"] in inside:
+                continue
+            inside.add(node["index"])
+            todo += [int(tensor) for tensor in node["inputs"] if int(tensor) not in boundary]
+    return {"operators": len(operators), "partitions": len(nodes) - len(operators), "delegated": len(inside),
+            "outside": [node["op_name"] for node in operators if node["index"] not in inside]}
