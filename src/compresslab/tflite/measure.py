@@ -49,9 +49,9 @@ def measure_file(path: Path, x_test: np.ndarray, cfg: Mapping,
       A row: variant, mode, file, y_pred (predicted class per test image), keras_agreement (share of test
       images where the file predicts what its Keras model predicts), file_bytes, gzip_bytes, parameters,
       nonzero_parameters, sparsity, macs, xnnpack_partitions, xnnpack_operator_share and
-      operators_outside_xnnpack (e.g. 'AVERAGE_POOL_2D x3, SOFTMAX'); per thread count n: latency_{median,p25,p75,p90,mean,std}_ms_t{n},
-      fps_t{n} and latency_ratio{,_p25,_p75}_t{n} (against `reference`, interleaved); peak_rss_mb and
-      model_rss_mb.
+      operators_outside_xnnpack (e.g. 'AVERAGE_POOL_2D x3, SOFTMAX'); per thread count n:
+      latency_{median,p25,p75,p90,mean,std}_ms_t{n}, fps_t{n} and latency_ratio{,_p25,_p75}_t{n} (against
+      `reference`, interleaved); peak_rss_mb and model_rss_mb.
     """
     variant, mode = variants.split_label(path.stem)
     interpreter = runtime.load_interpreter(path)
