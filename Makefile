@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help setup data run test test-fast params benchmark clean
+.PHONY: help setup data run test test-fast params benchmark benchmark-latency clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -34,8 +34,11 @@ test-fast: setup  ## only the fast unit tests (skips the end-to-end dvc runs)
 params: setup  ## rewrite params.yaml from conf/ (what dvc exp run composes; dvc repro does not)
 	$(BIN)/compresslab params
 
-benchmark: data  ## time the default pipeline and print the size/speed figures
+benchmark: data  ## time the default pipeline (full run, a re-run, the smoke preset), per stage, and every file's figures
 	. $(BIN)/activate && python benchmarks/pipeline.py
+
+benchmark-latency: setup  ## time one file against baseline-float32 in five separate runs: does the ratio hold?
+	. $(BIN)/activate && python benchmarks/latency_ratio.py
 
 clean:  ## remove the virtual environment
 	rm -rf $(VENV)
