@@ -41,7 +41,7 @@ from compresslab.reporting import statistics
 from compresslab.reporting.metrics import as_number, pareto_front
 from compresslab.reporting.report import DPI, KB, fmt, mode_markers, save_figure, sort_rows
 
-OUT_DIR = Path("reports/compare")
+OUT_DIR = paths.REPORTS / "compare"
 REFERENCE = variants.split_label(variants.BASELINE_FILE)   # ('baseline', 'float32')
 FIGURE_COLUMNS = ("variant", "mode", "accuracy", "accuracy_delta_pp", "gzip_bytes", "gzip_ratio",
                   "latency_median_ms", "latency_threads", "latency_ratio", "pareto_size", "pareto_latency")
