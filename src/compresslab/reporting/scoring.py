@@ -111,20 +111,23 @@ def uncertainty_notes(rows: Sequence[Mapping]) -> list[str]:
 
 
 def latency_notes(rows: Sequence[Mapping], threads: int) -> list[str]:
-    """Why an int8 file is not much faster than float32 (when it is not): the operators XNNPACK leaves to
+    """Why int8 files are not much faster than float32 (when they are not): the operators XNNPACK leaves to
     LiteRT's reference kernels, read from each file's execution plan (LiteRT 2.3.0's Python API has no
-    per-operator profiler)."""
-    notes = []
-    for row in rows:
-        ratio = row.get(f"latency_ratio_t{threads}")
-        if row.get("mode") != "int8" or ratio is None or ratio <= 0.5 or not row.get("operators_outside_xnnpack"):
-            continue
-        notes.append(f"{label(row)} runs at {ratio:.2f}x baseline-float32's latency at {threads} thread(s), not "
-                     f"the ~0.5x int8 can reach: XNNPACK leaves {row['operators_outside_xnnpack']} to LiteRT's "
-                     f"reference kernels, splitting it into {row['xnnpack_partitions']} partitions "
-                     f"(baseline-float32 runs in one), and every hand-over costs time (with 2 threads, a wake-up "
-                     f"of the worker). For this CPU, the dynamic-range file is the fast one.")
-    return notes
+    per-operator profiler); and which file is fastest instead."""
+    key = f"latency_ratio_t{threads}"
+    slow = [row for row in rows if row.get("mode") == "int8" and (row.get(key) or 0) > 0.5
+            and row.get("operators_outside_xnnpack")]
+    if not slow:
+        return []
+    ratios = [row[key] for row in slow]
+    outside = sorted({row["operators_outside_xnnpack"] for row in slow})
+    partitions = sorted({row["xnnpack_partitions"] for row in slow})
+    fastest = min((row for row in rows if row.get(key) is not None), key=lambda row: row[key])
+    return [f"{len(slow)} int8 file(s) run at {min(ratios):.2f}-{max(ratios):.2f}x baseline-float32's latency at "
+            f"{threads} thread(s), not the ~0.5x int8 can reach: XNNPACK leaves {' / '.join(outside)} to LiteRT's "
+            f"reference kernels, splitting them into {'/'.join(map(str, partitions))} partitions where "
+            f"baseline-float32 runs as one, and every hand-over costs time (with several threads, a wake-up of "
+            f"the workers). The fastest file here is {label(fastest)} at {fastest[key]:.2f}x."]
 
 
 def label(row: Mapping) -> str:
