@@ -197,6 +197,9 @@ def write(stage: str, *, params, metrics, history, tags, artifacts, run_name, su
                     run_id = new_child(client, parent, stage, run_name, contents)
             print(f"mlflow: logged {'summary into' if summary else 'run'} {run_id} "
                   f"({run_name or stage}) to {uri}")
+            if summary:  # MLflow 3.17's UI opens on its GenAI view unless the link asks for model training
+                print(f"mlflow: in `mlflow ui`, open #/experiments/{experiment_id(MlflowClient(uri))}/runs/"
+                      f"{run_id}?workflowType=machine_learning")
             return run_id
         except Exception as err:  # noqa: BLE001 - only "locked" is retried, the rest re-raised
             if "locked" not in str(err).lower() or attempt == ATTEMPTS:
