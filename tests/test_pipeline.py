@@ -9,7 +9,7 @@ import json
 import pytest
 from mlflow.tracking import MlflowClient
 
-from compresslab import variants
+from compresslab import tracking, variants
 from conftest import mlflow_runs, read_json, run, stages_ran
 
 pytestmark = pytest.mark.slow
@@ -93,7 +93,9 @@ def test_mlflow_holds_one_parent_per_execution_with_every_stage_nested_and_the_s
     assert 0 <= summary.data.metrics["pruned.int8.p_value"] <= 1
     assert "finetune.float32.accuracy_delta_pp" in summary.data.metrics
     assert summary.data.tags["git_commit"] and summary.data.tags["data_hash"].endswith(".dir")
-    assert summary.data.tags["mlflow.note.content"] == (project / "reports/report.md").read_text()
+    report = (project / "reports/report.md").read_text()
+    assert summary.data.tags["mlflow.note.content"] == tracking.fit_description(report)
+    assert summary.data.tags["mlflow.note.content"].startswith("# compresslab report\n\n## Configuration")
     assert summary.data.tags["mlflow.source.name"] == "stages/report.py"
     (train,) = mlflow_runs(project, stage="train", dvc_exp_name="workspace")
     curve = client.get_metric_history(train.info.run_id, "val_accuracy")

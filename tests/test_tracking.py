@@ -96,3 +96,11 @@ def test_stage_runs_nest_under_one_parent_per_execution_and_span_the_stage(root,
     assert summary.data.tags["mlflow.note.content"].startswith("# report")
     assert summary.data.tags["summary"] == "true" and summary.data.params["prune.final_sparsity"] == "0.5"
     assert summary.data.metrics["baseline.float32.accuracy"] == 0.9
+
+
+def test_a_long_report_is_cut_at_a_section_and_points_at_the_full_one():
+    report = "# report\n\n## Results\n\n" + "row\n" * 100 + "\n## Notes\n\n" + "note\n" * 100
+    assert tracking.fit_description(report, limit=10_000) == report
+    cut = tracking.fit_description(report, limit=500)
+    assert len(cut) <= 500 and cut.startswith("# report\n\n## Results")
+    assert "## Notes" not in cut and cut.endswith("artifact `report.md`.*\n")

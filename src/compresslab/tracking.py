@@ -41,6 +41,7 @@ from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import (MLFLOW_GIT_COMMIT, MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NOTE, MLFLOW_SOURCE_NAME,
                                       MLFLOW_SOURCE_TYPE)
+from mlflow.utils.validation import MAX_TAG_VAL_LENGTH
 
 from compresslab import lineage
 from compresslab.config import flatten
@@ -170,7 +171,18 @@ def log_summary(*, params: Mapping, metrics: Mapping[str, float], description: s
       artifacts: files and folders to attach.
     """
     return write("report", params=params, metrics=metrics, history=None, artifacts=artifacts, run_name=None,
-                 tags={**tags, "stage": PIPELINE, "summary": "true", MLFLOW_RUN_NOTE: description}, summary=True)
+                 tags={**tags, "stage": PIPELINE, "summary": "true", MLFLOW_RUN_NOTE: fit_description(description)},
+                 summary=True)
+
+
+def fit_description(text: str, limit: int = MAX_TAG_VAL_LENGTH) -> str:
+    """`text` whole when MLflow can hold it as a run description, else its first sections that fit, cut at a
+    section heading, with a pointer to the full report (MLflow silently truncates a tag past `limit`)."""
+    if len(text) <= limit:
+        return text
+    pointer = "\n\n*The full report is the run's artifact `report.md`.*\n"
+    cut = text.rfind("\n## ", 0, limit - len(pointer))
+    return text[:cut if cut > 0 else limit - len(pointer)].rstrip() + pointer
 
 
 def write(stage: str, *, params, metrics, history, tags, artifacts, run_name, summary: bool) -> str:
@@ -237,7 +249,7 @@ def new_child(client: MlflowClient, parent: str, stage: str, run_name: str | Non
     """Create a finished child run that spans this stage process's life; a failed write leaves no half run."""
     started = int(psutil.Process().create_time() * 1000)
     run = client.create_run(experiment_id(client), run_name=run_name or stage, start_time=started,
-                            tags={**{k: str(v) for k, v in contents.tags.items()}, MLFLOW_PARENT_RUN_ID: parent})
+                            tags={MLFLOW_PARENT_RUN_ID: parent, "stage": stage})
     try:
         fill(client, run.info.run_id, contents)
     except Exception:
