@@ -18,6 +18,7 @@ A second store holds a seed group, exp-s1/s2/s3 (seeds 1, 2, 3 of sparsity 0.8),
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -62,16 +63,21 @@ def params(sparsity: float, model: str = "firenet") -> dict:
             "evaluate": {"threads": [1, 2]}}
 
 
+def use_store(patch: pytest.MonkeyPatch, root: Path, cwd: Path) -> None:
+    """Log to and read from root/mlflow.db (the DVC_ROOT rule, as in a queued experiment), working in cwd."""
+    patch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    patch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
+    patch.setenv("DVC_ROOT", str(root))
+    patch.chdir(cwd)
+
+
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     """A project root whose mlflow.db holds the runs; returns (root, {experiment: newest run id})."""
     root = tmp_path_factory.mktemp("project")
     ids = {}
     with pytest.MonkeyPatch.context() as patch:
-        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
-        patch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
-        patch.setenv("DVC_ROOT", str(root))
-        patch.chdir(root)
+        use_store(patch, root, root)
         patch.setenv("DVC_EXP_NAME", "exp-a")
         stale = {key: value - 0.1 if key.endswith("accuracy") else value
                  for key, value in summary_metrics(FILES["exp-a"]).items()}
@@ -90,10 +96,7 @@ def store(tmp_path_factory):
 def project(store, tmp_path, monkeypatch):
     """Run in a fresh working folder whose tracking URI is the shared store; returns the run ids."""
     root, ids = store
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
-    monkeypatch.setenv("DVC_ROOT", str(root))
-    monkeypatch.chdir(tmp_path)
+    use_store(monkeypatch, root, tmp_path)
     return ids
 
 
@@ -233,9 +236,7 @@ def test_bad_arguments_are_one_line_errors(project, capsys, argv, fragment):
 
 
 def test_no_summary_runs_tells_to_run_the_pipeline(tmp_path, monkeypatch, capsys):
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
-    monkeypatch.chdir(tmp_path)
+    use_store(monkeypatch, tmp_path, tmp_path)
     with pytest.raises(SystemExit) as stop:
         main(["compare"])
     err = capsys.readouterr().err.strip()
@@ -298,10 +299,7 @@ def seeded_store(tmp_path_factory):
     root = tmp_path_factory.mktemp("seeded")
     ids = {}
     with pytest.MonkeyPatch.context() as patch:
-        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
-        patch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
-        patch.setenv("DVC_ROOT", str(root))
-        patch.chdir(root)
+        use_store(patch, root, root)
         for name, (seed, sparsity, files) in SEEDED.items():
             patch.setenv("DVC_EXP_NAME", name)
             ids[name] = tracking.log_run("report", params={**params(sparsity), "seed": seed},
@@ -312,10 +310,7 @@ def seeded_store(tmp_path_factory):
 @pytest.fixture
 def seeded(seeded_store, tmp_path, monkeypatch):
     root, ids = seeded_store
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
-    monkeypatch.setenv("DVC_ROOT", str(root))
-    monkeypatch.chdir(tmp_path)
+    use_store(monkeypatch, root, tmp_path)
     return ids
 
 
@@ -450,10 +445,7 @@ def test_without_a_group_of_two_the_comparison_is_single_seed(seeded, tmp_path):
 
 
 def test_runs_timed_on_different_machines_compare_by_latency_ratio(tmp_path, monkeypatch):
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
-    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
-    monkeypatch.chdir(tmp_path)
+    use_store(monkeypatch, tmp_path, tmp_path)
     # (accuracy, ms, ratio to the run's own baseline-float32 timed interleaved) per file.
     machines = {
         "fast-box": ("CPU A", {("baseline", "float32"): (0.96, 0.10, 1.0), ("pruned", "int8"): (0.955, 0.08, 0.8)}),

@@ -154,3 +154,23 @@ def test_cluster_count_change_reruns_only_the_clustering_branch(project):
     assert set(stages_ran(result.stdout)) == {"cluster", "cqat", "pcqat", *per_variant("clustered", "cqat", "pcqat"),
                                               "report"}
     assert read_json(project / "reports/cluster/metrics.json")["max_unique_values"] <= 4
+
+
+def test_the_control_is_evaluated_and_report_and_compare_carry_the_statistics(project):
+    import pandas as pd
+
+    rows = pd.read_csv(project / "reports/variants.csv").set_index(["variant", "mode"])
+    for column in ("test_images", "accuracy_ci_low", "accuracy_ci_high", "p_value", "significant",
+                   "accuracy_delta_control_pp", "keras_agreement", "baseline_agreement", "latency_ratio_t1"):
+        assert rows[column].notna().all(), column
+    assert (rows["accuracy_ci_low"] <= rows["accuracy"]).all() and (rows["accuracy"] <= rows["accuracy_ci_high"]).all()
+    assert rows.loc[("finetune", "float32"), "accuracy_delta_control_pp"] == 0.0
+    assert (rows["keras_agreement"] > 0.5).all()  # a conversion bug would show here
+    report = (project / "reports/report.md").read_text()
+    assert "acc % [95% CI]" in report and "Δ ctrl pp" in report and "The float control" in report
+    result = run(["compresslab", "compare"], project)
+    assert "single-seed comparison" in result.stdout
+    table = pd.read_csv(project / "reports/compare/compare.csv")
+    assert {"accuracy_ci_low", "p_value", "accuracy_delta_control_pp", "latency_ratio"} <= set(table.columns)
+    control = table[(table.variant == "finetune") & (table["mode"] == "float32")]
+    assert control["accuracy_delta_control_pp"].iloc[0] == 0
