@@ -9,6 +9,7 @@ import signal
 import subprocess
 import threading
 import time
+from pathlib import Path
 
 import psutil
 import pytest
@@ -73,15 +74,17 @@ class Repro:
                 raise AssertionError(f"never saw {fragment!r}:\n{''.join(self.lines)[-3000:]}")
             time.sleep(0.05)
 
-    def wait_for_stage_process(self, script, timeout=300) -> None:
-        """Until the stage's own Python process exists (it has just started: Python and TensorFlow import)."""
+    def wait_for_stage_start_up(self, script, timeout=300) -> None:
+        """Until the stage's own Python process exists and handles SIGINT (it has just started and is importing
+        TensorFlow). Before that point a signal can find SIGINT still ignored, as inherited from dvc (which
+        ignores it while a stage runs), and the kernel discards it: no program can stop there."""
         deadline = time.time() + timeout
         while time.time() < deadline and self.process.poll() is None:
             for child in psutil.Process(self.process.pid).children(recursive=True):
-                with contextlib.suppress(psutil.Error):
-                    if script in " ".join(child.cmdline()) and "python" in child.name():
+                with contextlib.suppress(psutil.Error, OSError):
+                    if script in " ".join(child.cmdline()) and handles_sigint(child.pid):
                         return
-            time.sleep(0.02)
+            time.sleep(0.01)
         raise AssertionError(f"{script} never started:\n{''.join(self.lines)[-3000:]}")
 
     def stop(self, how, timeout=60) -> float:
@@ -98,10 +101,18 @@ class Repro:
         return time.time() - sent
 
 
+def handles_sigint(pid: int) -> bool:
+    """Whether the process has a SIGINT handler installed (bit SIGINT - 1 of SigCgt in /proc/<pid>/status)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) & (1 << (signal.SIGINT - 1)))
+    return False
+
+
 # A Ctrl-C at a terminal reaches every point of a stage, start-up included. Under a shell that ignores SIGINT,
 # the stage takes SIGINT back as soon as `compresslab` is imported (its first line); a signal that arrives
 # before that, while it is still ignored, is discarded by the kernel, so that case is tested once training runs.
-# "start-up": as soon as the stage's Python process exists, while it imports Python and TensorFlow.
+# "start-up": as soon as the stage's Python process handles SIGINT, while it imports TensorFlow.
 @pytest.mark.parametrize("how, when, sigint_ignored", [
     (signal.SIGINT, "Epoch 3/", False),
     (signal.SIGINT, "Epoch 3/", True),
@@ -113,7 +124,7 @@ def test_a_stage_killed_midway_is_rerun_and_completes(tmp_path, how, when, sigin
     run(["compresslab", "params", "-S", "train.epochs=3000", "-S", "train.patience=0"], root)
     repro = Repro(root, "train", sigint_ignored=sigint_ignored)
     if when == "start-up":
-        repro.wait_for_stage_process("stages/train.py")
+        repro.wait_for_stage_start_up("stages/train.py")
     else:
         repro.wait_for_line(when)
     took = repro.stop(how)
