@@ -25,6 +25,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter
 
+from compresslab import variants
 from compresslab.errors import UserError
 from compresslab.reporting.metrics import as_number, pareto_front
 from compresslab.outputs import atomic_path, write_text
@@ -590,7 +591,7 @@ def _confusion_order(rows: Sequence[Mapping], confusions: Mapping[str, Mapping])
 
 def label(row: Mapping) -> str:
     """The 'variant-mode' name of a row, as used in metrics.json, plots and `confusions`."""
-    return f"{row['variant']}-{row['mode']}"
+    return variants.label(row["variant"], row["mode"])
 
 
 def sort_rows(rows: Iterable[Mapping]) -> list[Mapping]:
