@@ -187,3 +187,35 @@ def test_trained_model_round_trips_and_converts_to_int8(qat_results, pqat_result
         # The zeros PQAT kept in the float kernel are still zeros in the int8 file.
         float_zeros = int(np.count_nonzero(weights.kernels(loaded)["fc"] == 0))
         assert np.count_nonzero(fc == 0) >= float_zeros > 0
+
+
+def test_calibrated_ranges_are_the_min_max_inference_sees_and_nothing_else_changes():
+    keras.utils.set_random_seed(4)
+    inputs = keras.Input((6,))
+    x = L.Dense(8, activation="relu", name="fc")(inputs)
+    x = L.BatchNormalization(name="bn")(L.Dropout(0.5, name="drop")(x))
+    model = keras.Model(inputs, L.Dense(3, activation="softmax", name="out")(x))
+    model.get_layer("bn").set_weights([np.full(8, 1.5, np.float32), np.full(8, 0.2, np.float32),
+                                       np.full(8, 0.1, np.float32), np.full(8, 2.0, np.float32)])
+    images = np.random.default_rng(0).normal(size=(40, 6)).astype(np.float32) * 3
+    qat = quantization.quantize_layers(model, ["fc"], "quantize.layers", "leave it out")
+    variables = {v.name: v for _, found in quantization.range_quantizers(qat) for v in found.values()}
+    others = {v.name: v.numpy() for v in qat.variables if v.name not in variables}
+    quantization.calibrate_ranges(qat, images, batch_size=16)
+
+    # The input range spans every value seen (and 0); the ReLU output's range its largest inference value,
+    # over all batches, not a moving average still near TFMOT's initial [-6, 6].
+    (input_range,) = [found for q, found in quantization.range_quantizers(qat)
+                      if type(q) is qk.quantizers.AllValuesQuantizer]  # the QuantizeLayer before fc
+    assert input_range["min_var"].numpy() == pytest.approx(images.min(), rel=1e-6)
+    assert input_range["max_var"].numpy() == pytest.approx(images.max(), rel=1e-6)
+    relu = keras.Model(model.input, model.get_layer("fc").output)(images).numpy()
+    assert variables["quant_fc/post_activation_min:0"].numpy() == 0.0
+    assert variables["quant_fc/post_activation_max:0"].numpy() == pytest.approx(relu.max(), rel=0.02)
+    # Weights, BatchNorm statistics and TFMOT's step counters are as they were; dropout is back on.
+    assert all(np.array_equal(v.numpy(), others[v.name]) for v in qat.variables if v.name in others)
+    assert qat.get_layer("drop").rate == 0.5 and qat.get_layer("bn").trainable
+    kinds = {v.name: type(q).__name__ for q, found in quantization.range_quantizers(qat) for v in found.values()}
+    assert kinds["quant_fc/post_activation_max:0"] == "MovingAverageQuantizer"  # swapped back for QAT
+    probabilities = qat.predict(images, verbose=0)
+    assert np.argmax(probabilities, 1).tolist() == np.argmax(model.predict(images, verbose=0), 1).tolist()

@@ -16,8 +16,10 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+import numpy as np
 import tensorflow_model_optimization as tfmot
 import tf_keras as keras
+from tensorflow_model_optimization.python.core.quantization.keras.quantize_layer import QuantizeLayer
 
 from compresslab import training
 from compresslab.techniques import weights
@@ -130,18 +132,104 @@ def quantize_aware(model: keras.Model, cfg: Mapping, train: training.Split, val:
     validate_qat_config(cfg, "quantize")
     _require_layers(cfg, "quantize")
     names = select_layers(model, cfg["layers"], "quantize.layers")
-    _check_flat(model, names, "quantize.layers")
-    wanted = set(names)
-    annotated = keras.models.clone_model(
-        _copy_model(model),
-        clone_function=lambda layer: qk.quantize_annotate_layer(layer) if layer.name in wanted else layer)
-    qat = _apply(annotated, qk.default_8bit.Default8BitQuantizeScheme(), model, "quantize.layers",
-                 "leave it out of quantize.layers")
+    qat = quantize_layers(model, names, "quantize.layers", "leave it out of quantize.layers")
     wrapped = [layer.layer.name for layer in qat.layers if isinstance(layer, qk.QuantizeWrapper)]
     print(f"quantize: 8-bit QAT of {', '.join(names)} (quantize wrappers on {', '.join(wrapped)})")
     history = training.fit(qat, train, val, epochs=cfg["epochs"], batch_size=batch_size,
                            learning_rate=cfg["learning_rate"], optimizer=optimizer)
     return QatResult(model=qat, history=history, quantized_layers=names)
+
+
+def quantize_layers(model: keras.Model, names, option: str, fix: str) -> keras.Model:
+    """A copy of `model` with the `names` layers annotated and TFMOT's default 8-bit scheme applied.
+
+    Args:
+      model: a flat Keras model; it is not modified.
+      names: the layers to quantize (TFMOT also wraps a neighbour when it must quantize its output).
+      option, fix: the config key and the fix named in the UserError for a layer TFMOT cannot quantize.
+    """
+    _check_flat(model, names, option)
+    wanted = set(names)
+    annotated = keras.models.clone_model(
+        _copy_model(model),
+        clone_function=lambda layer: qk.quantize_annotate_layer(layer) if layer.name in wanted else layer)
+    return _apply(annotated, qk.default_8bit.Default8BitQuantizeScheme(), model, option, fix)
+
+
+def range_quantizers(model: keras.Model) -> list[tuple[qk.quantizers.Quantizer, dict]]:
+    """(quantizer, {'min_var', 'max_var'}) of every int8 range in a model that `quantize_apply` returned.
+
+    TFMOT 0.8.1 keeps them in private attributes: the input QuantizeLayer's `quantizer_vars`, and in each
+    QuantizeWrapper `_weight_vars`, the QuantizeAwareActivation's pre/post-activation vars and
+    `_output_quantizer_vars`.
+    """
+    found = []
+    for layer in model.layers:
+        if isinstance(layer, QuantizeLayer) and layer.quantizer:
+            found.append((layer.quantizer, layer.quantizer_vars))
+        if isinstance(layer, qk.QuantizeWrapper):
+            found += [(quantizer, variables) for _, quantizer, variables in layer._weight_vars]
+            for activation in layer._quantize_activations:
+                for name in ("_pre_activation_vars", "_post_activation_vars"):
+                    if hasattr(activation, name):
+                        found.append((activation.quantizer, getattr(activation, name)))
+            if layer._output_quantizers:
+                found.append((layer._output_quantizers[0], layer._output_quantizer_vars))
+    return found
+
+
+def calibrate_ranges(model: keras.Model, images: np.ndarray, batch_size: int) -> None:
+    """Set the int8 ranges of a `quantize_apply`d model from `images`, as post-training calibration does,
+    without training it.
+
+    TFMOT sets ranges only in training-mode passes, and its activation ranges start at [-6, 6] and follow an
+    exponential moving average (decay 0.999): after a few passes they are still near [-6, 6], which clips
+    large activations and coarsens small ones (the FireNet baseline's last layer then loses 5 pp). So every
+    range starts at 0 and, during the passes, each moving-average quantizer runs as TFMOT's AllValuesQuantizer
+    (same variables and arguments), which keeps the min/max over all batches seen: the ranges TFLite's
+    calibration would pick, and already exact from the first batch on, so a downstream range never sees
+    values clipped by an upstream one still warming up. Weight ranges take the kernels' values. Dropout is off
+    and BatchNormalization runs in inference mode (trainable False), so the ranges see what inference sees;
+    afterwards every other variable (moving statistics, TFMOT's step counters) is put back as it was.
+
+    Args:
+      model: a model returned by `quantize_apply`, changed in place (its ranges only).
+      images: the calibration images, e.g. a few seeded training batches.
+      batch_size: images per training-mode pass.
+    """
+    ranges = range_quantizers(model)
+    range_ids = {id(variable) for _, variables in ranges for variable in variables.values()}
+    kept = [(variable, variable.numpy()) for variable in model.variables if id(variable) not in range_ids]
+    moving = [q for q, _ in ranges if type(q) is qk.quantizers.MovingAverageQuantizer and not q.per_axis]
+    dropouts = [layer for layer in _inner_layers(model) if isinstance(layer, keras.layers.Dropout)]
+    norms = [layer for layer in _inner_layers(model) if isinstance(layer, keras.layers.BatchNormalization)]
+    saved_rates, saved_trainable = [layer.rate for layer in dropouts], [layer.trainable for layer in norms]
+    for _, variables in ranges:
+        for variable in variables.values():
+            variable.assign(np.zeros(variable.shape, variable.dtype.as_numpy_dtype))
+    try:
+        for quantizer in moving:
+            quantizer.__class__ = qk.quantizers.AllValuesQuantizer
+        for layer in dropouts:
+            layer.rate = 0.0
+        for layer in norms:
+            layer.trainable = False
+        for start in range(0, len(images), int(batch_size)):
+            model(images[start:start + int(batch_size)], training=True)
+    finally:
+        for quantizer in moving:
+            quantizer.__class__ = qk.quantizers.MovingAverageQuantizer
+        for layer, rate in zip(dropouts, saved_rates):
+            layer.rate = rate
+        for layer, trainable in zip(norms, saved_trainable):
+            layer.trainable = trainable
+    for variable, value in kept:
+        variable.assign(value)
+
+
+def _inner_layers(model: keras.Model) -> list[keras.layers.Layer]:
+    """The model's layers, each QuantizeWrapper replaced by the layer it wraps."""
+    return [layer.layer if isinstance(layer, qk.QuantizeWrapper) else layer for layer in model.layers]
 
 
 def sparsity_drift(before: dict, after: dict) -> dict:
