@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help setup data run test test-fast params benchmark benchmark-latency clean
+.PHONY: help setup data run sensitivity test test-fast params benchmark benchmark-latency clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -24,6 +24,9 @@ data: setup  ## write the bundled MNIST sample into data/raw (unless data/raw al
 
 run: data  ## set up, write the sample data and run the whole pipeline (dvc repro)
 	. $(BIN)/activate && dvc repro
+
+sensitivity: data  ## each layer pruned alone and quantized alone: reports/sensitivity/ (not in `make run`)
+	. $(BIN)/activate && dvc repro analysis/dvc.yaml:sensitivity
 
 test: setup  ## set up and run the whole test suite
 	. $(BIN)/activate && python -m pytest

@@ -2,26 +2,39 @@
 
     dvc repro prune          # reads params: seed, train.batch_size, prune
     dvc exp run -S prune.final_sparsity=0.8      # re-runs prune, pqat, pcqat and what follows
+    dvc exp run -S experiment=auto_prune         # prune.layers: auto, only the layers that cost little
 
 Outputs: models/pruned.keras; reports/prune/metrics.json (sparsity asked for and measured, per layer and
-overall; test accuracy) and reports/prune/history.csv.
+overall; test accuracy) and reports/prune/history.csv. With `prune.layers: auto`, reports/prune/layers.json
+also holds each layer's measured drop (auto_drop_pp) and whether it was chosen (auto_chosen, 1 or 0).
 """
 
 import compresslab  # noqa: F401  (prepares the environment before TensorFlow is imported)
+from omegaconf import OmegaConf
+
 from compresslab import stage
-from compresslab.techniques import pruning
+from compresslab.techniques import pruning, sensitivity
 from compresslab.config import load_params
 from compresslab.errors import run_main
+from compresslab.seeding import seed_everything
 
 
 def run(params) -> dict:
     cfg = params.prune
     pruning.validate_prune_config(cfg)
     model, train, val, test = stage.begin(params, "baseline")
+    auto = {}
+    if cfg.layers == pruning.AUTO_LAYERS:
+        choice = sensitivity.choose_layers_to_prune(model, train, val, cfg, batch_size=params.train.batch_size,
+                                                    seed=params.seed)
+        cfg = OmegaConf.merge(cfg, {"layers": choice.chosen})
+        auto = {"auto_drop_pp": {row.layer: row.pruned_drop_pp for row in choice.rows},
+                "auto_chosen": {row.layer: int(row.layer in choice.chosen) for row in choice.rows}}
+        seed_everything(params.seed)  # the fine-tune starts from the same random state as with the layers listed
     result = pruning.prune(model, cfg, train, val, batch_size=params.train.batch_size)
     measurements = {"target_sparsity": result.target_sparsity, "sparsity": result.sparsity["overall"],
                     "layer_sparsity": result.sparsity["layers"], "pruned_layers": len(result.pruned_layers),
-                    "skipped_layers": len(result.skipped_layers)}
+                    "skipped_layers": len(result.skipped_layers), **auto}
     return stage.finish("prune", params, ("seed", "train", "prune"), result.model, "pruned", test,
                         measurements, result.history)
 

@@ -6,7 +6,7 @@ import subprocess
 from pathlib import Path
 
 # Results and history of the source workspace stay behind: the copy produces its own.
-LEFT_BEHIND = ("tests/", "dvc.lock", "reports/")
+LEFT_BEHIND = ("tests/", "dvc.lock", "analysis/dvc.lock", "reports/")
 
 
 def copy_project(source: Path, dest: Path) -> Path:

@@ -60,10 +60,24 @@ def reached_files(script: Path) -> set[str]:
     return {path.relative_to(REPO).as_posix() for path in seen}
 
 
+# The pipeline files: the default pipeline, and the analyses a plain `dvc repro` leaves out (run from the root,
+# `wdir: ..`, so their paths read the same).
+PIPELINES = ("dvc.yaml", "analysis/dvc.yaml")
+
+
 def stages() -> dict[str, dict]:
-    """dvc.yaml's stages, a `foreach` stage once per item (`convert@baseline`), `${item}` substituted."""
+    """Every pipeline file's stages, a `foreach` stage once per item (`convert@baseline`), `${item}` substituted;
+    those outside the root dvc.yaml named as DVC names them (`analysis/dvc.yaml:sensitivity`)."""
     found = {}
-    for name, spec in yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"].items():
+    for pipeline in PIPELINES:
+        prefix = "" if pipeline == "dvc.yaml" else f"{pipeline}:"
+        found.update({prefix + name: spec for name, spec in pipeline_stages(REPO / pipeline).items()})
+    return found
+
+
+def pipeline_stages(path: Path) -> dict[str, dict]:
+    found = {}
+    for name, spec in yaml.safe_load(path.read_text())["stages"].items():
         if "foreach" in spec:
             for item in spec["foreach"]:
                 text = yaml.safe_dump(spec["do"]).replace("${item}", str(item))
@@ -86,6 +100,13 @@ def test_every_module_a_stage_imports_is_one_of_its_deps(name):
     assert not missing, f"{name}: add to its deps in dvc.yaml: {sorted(missing)}"
     unused = {d for d in deps if d.startswith("src/")} - reached_files(script_of(spec))
     assert not unused, f"{name}: not imported, remove from its deps: {sorted(unused)}"
+
+
+def test_analysis_stages_run_from_the_root():
+    # Their deps are checked as root-relative paths above: that holds only when DVC runs them from the root.
+    analyses = {name: spec for name, spec in stages().items() if ":" in name}
+    assert "analysis/dvc.yaml:sensitivity" in analyses
+    assert all(spec.get("wdir") == ".." for spec in analyses.values()), analyses
 
 
 def test_per_variant_stages_cover_every_variant():

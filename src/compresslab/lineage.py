@@ -26,6 +26,9 @@ from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
 DEP, OUT = "dvc.dep.", "dvc.out."
 OUT_KINDS = ("outs", "metrics", "plots")  # metrics and plots files are outs too: dvc.lock lists them there
+# Where stages are defined: the default pipeline, then the analyses a plain `dvc repro` leaves out (their stages
+# run from the root, `wdir: ..`, so their paths read as the root's).
+PIPELINE_FILES = ("dvc.yaml", "analysis/dvc.yaml")
 CHUNK = 2**20
 
 
@@ -33,15 +36,16 @@ def stage_hashes(stage: str, root: str | Path = ".") -> dict[str, str]:
     """Tags `dvc.dep.<path>` / `dvc.out.<path>` = md5 for a stage of root/dvc.yaml, taken while it runs.
 
     Args:
-      stage: the stage name in dvc.yaml.
+      stage: the stage name in dvc.yaml (or in analysis/dvc.yaml).
       root: the folder holding dvc.yaml and dvc.lock (DVC runs a stage there).
 
     Returns:
-      The tags; {} outside a DVC project or for a stage dvc.yaml does not define. Paths that do not exist
+      The tags; {} outside a DVC project or for a stage no pipeline file defines. Paths that do not exist
       (yet) and directories whose hash cannot be known are left out.
     """
     root = Path(root)
-    spec = read_yaml(root / "dvc.yaml").get("stages", {}).get(stage)
+    spec = next((found for name in PIPELINE_FILES
+                  if (found := read_yaml(root / name).get("stages", {}).get(stage)) is not None), None)
     if not isinstance(spec, dict):
         return {}
     deps = [p for p in declared_paths(spec.get("deps")) if not p.endswith(".py")]

@@ -24,6 +24,9 @@ from compresslab.errors import UserError
 from compresslab.techniques.layers import select_layers
 
 SCHEDULES = ("polynomial", "constant")
+# prune.layers: auto lets the prune stage measure every layer first and prune only those that cost little
+# accuracy (techniques/sensitivity.py); this module only validates it.
+AUTO_LAYERS = "auto"
 # A derived end_step stops changing the masks this share of the fine-tune before its end, so the surviving
 # weights get some steps to recover at the final sparsity before the model is saved.
 RECOVERY_SHARE = 0.1
@@ -126,9 +129,17 @@ def validate_prune_config(cfg: Mapping, option_prefix: str = "prune") -> None:
     if not isinstance(frequency, int) or isinstance(frequency, bool) or frequency <= 0:
         raise UserError(f"{p}.frequency must be a whole number of steps > 0, got {frequency!r}: "
                         f"set how often the masks are updated, e.g. 100")
-    parse_m_by_n(cfg.get("m_by_n"), f"{p}.m_by_n")
+    m_by_n = parse_m_by_n(cfg.get("m_by_n"), f"{p}.m_by_n")
     if cfg.get("layers") is None:
-        raise UserError(f"{p}.layers is not set: use all, dense, conv or a list of layer names")
+        raise UserError(f"{p}.layers is not set: use all, dense, conv, auto or a list of layer names")
+    if cfg.get("layers") == AUTO_LAYERS:
+        max_drop = cfg.get("auto_max_drop")
+        if not _is_number(max_drop) or max_drop <= 0:
+            raise UserError(f"{p}.auto_max_drop must be a number of percentage points > 0, got {max_drop!r}: "
+                            f"set the validation accuracy one layer may cost, e.g. 1.0")
+        if m_by_n is not None:
+            raise UserError(f"{p}.layers=auto measures unstructured pruning, not {p}.m_by_n="
+                            f"{cfg.get('m_by_n')!r}: list the layers instead, or set m_by_n to null")
     training.check_budget(p, cfg)
 
 
@@ -185,15 +196,26 @@ def build_schedule(cfg: Mapping, steps_per_epoch: int,
         target_sparsity=float(cfg["target_sparsity"]), begin_step=begin, end_step=end, frequency=frequency)
 
 
-def unprunable_reason(layer: keras.layers.Layer, m_by_n: tuple[int, int] | None) -> str | None:
-    """Why TFMOT cannot prune `layer` (with this m_by_n), or None when it can."""
+def prunable_weights(layer: keras.layers.Layer) -> list | None:
+    """The weights TFMOT's prune_low_magnitude would prune in `layer`; None when TFMOT cannot wrap it at all."""
     if isinstance(layer, tfmot.sparsity.keras.PrunableLayer) or hasattr(layer, "get_prunable_weights"):
-        prunable = layer.get_prunable_weights()
-    elif PruneRegistry.supports(layer):
+        return layer.get_prunable_weights()
+    if PruneRegistry.supports(layer):
         # The registry's weight list is private API; it is the only place that says which weights
         # TFMOT 0.8.1 prunes (e.g. none for DepthwiseConv2D, only the pointwise kernel for SeparableConv2D).
-        prunable = [getattr(layer, name) for name in PruneRegistry._weight_names(layer)]
-    else:
+        return [getattr(layer, name) for name in PruneRegistry._weight_names(layer)]
+    return None
+
+
+def final_sparsity(cfg: Mapping) -> float:
+    """The sparsity the schedule ends at: final_sparsity (polynomial) or target_sparsity (constant)."""
+    return float(cfg["final_sparsity"] if cfg["schedule"] == "polynomial" else cfg["target_sparsity"])
+
+
+def unprunable_reason(layer: keras.layers.Layer, m_by_n: tuple[int, int] | None) -> str | None:
+    """Why TFMOT cannot prune `layer` (with this m_by_n), or None when it can."""
+    prunable = prunable_weights(layer)
+    if prunable is None:
         return f"TFMOT has no pruning support for {type(layer).__name__}"
     if not prunable:
         return f"TFMOT prunes no weights of a {type(layer).__name__}"
@@ -255,7 +277,7 @@ def prune(model: keras.Model, cfg: Mapping, train: training.Split, val: training
         print(f"prune: {m_by_n[0]}:{m_by_n[1]} structured pruning of {', '.join(pruned)} "
               f"(masks fixed at the first step; the sparsity schedule is not used)")
     else:
-        target = float(cfg["final_sparsity"] if cfg["schedule"] == "polynomial" else cfg["target_sparsity"])
+        target = final_sparsity(cfg)
         config = schedule.get_config()["config"]
         print(f"prune: {cfg['schedule']} schedule to {target:.0%} sparsity on {', '.join(pruned)}; masks updated "
               f"every {config['frequency']} steps from step {config['begin_step']} to {config['end_step']} "

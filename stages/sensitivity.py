@@ -1,0 +1,36 @@
+"""Stage `sensitivity` (analysis/dvc.yaml, not part of a plain `dvc repro`): each prunable layer of the baseline
+pruned alone, and quantized alone to int8, and the validation accuracy it costs.
+
+    dvc repro analysis/dvc.yaml:sensitivity      # or `make sensitivity`; reads params: seed, train.batch_size,
+                                                 # sensitivity
+    dvc exp run -S experiment=auto_prune          # prune.layers: auto measures the same way inside `prune`
+
+Outputs: reports/sensitivity/layers.json (one row per prunable layer, most sensitive first), layers.csv (the
+`dvc plots show` bar chart) and layers.png; an MLflow run with the worst drops and the files.
+"""
+
+import compresslab  # noqa: F401  (prepares the environment before TensorFlow is imported)
+from dataclasses import asdict
+
+from compresslab import paths, stage, tracking
+from compresslab.config import load_params, section
+from compresslab.errors import run_main
+from compresslab.reporting import sensitivity as report
+from compresslab.techniques import sensitivity
+
+
+def run(params) -> dict:
+    cfg = params.sensitivity
+    sensitivity.validate_config(cfg)
+    model, train, val, _ = stage.begin(params, "baseline")
+    result = asdict(sensitivity.measure(model, train, val, cfg, batch_size=params.train.batch_size,
+                                        seed=params.seed))
+    written = report.write_outputs(result, paths.stage_reports("sensitivity"))
+    print(f"sensitivity: wrote {', '.join(map(str, written))}")
+    tracking.log_run("sensitivity", params=section(params, "seed", "train", "sensitivity"),
+                     metrics=report.headline_metrics(result), artifacts=written)
+    return result
+
+
+if __name__ == "__main__":
+    run_main(lambda: run(load_params()), skip_teardown=True)
