@@ -134,9 +134,16 @@ class KeepPruned(keras.callbacks.Callback):
 
 
 def correct_predictions(model: keras.Model, split: training.Split) -> int:
-    """How many images of `split` the model classifies right (counted, so accuracies are exact fractions)."""
-    predicted = np.argmax(model.predict(split[0], batch_size=PREDICT_BATCH, verbose=0), axis=1)
-    return int(np.sum(predicted == split[1]))
+    """How many images of `split` the model classifies right (counted, so accuracies are exact fractions).
+
+    Calls the model batch by batch rather than `predict`: every quantized copy is a new model, and `predict`
+    would trace a new graph for each (TensorFlow then warns about retracing at every layer)."""
+    images, labels = split
+    correct = 0
+    for start in range(0, len(images), PREDICT_BATCH):
+        probabilities = model(images[start:start + PREDICT_BATCH], training=False).numpy()
+        correct += int(np.sum(np.argmax(probabilities, axis=1) == labels[start:start + PREDICT_BATCH]))
+    return correct
 
 
 def prunable_layers(model: keras.Model, label: str) -> tuple[list[str], dict[str, str]]:
