@@ -3,6 +3,8 @@
     compresslab sample-data        # write the bundled MNIST sample into data/raw (what data.dvc records)
     compresslab params [-S k=v]    # compose conf/ into params.yaml exactly as `dvc exp run` does
     compresslab compare [--max-drop PP]   # every experiment's files in one table, Pareto fronts, a choice
+    compresslab search KNOB --max-drop PP # the most compressed setting of KNOB within PP of the control
+    ... --register NAME                   # (compare, search) the chosen file into the MLflow Model Registry
 """
 
 import argparse
@@ -12,6 +14,7 @@ import sys
 from pathlib import Path
 
 import compresslab  # noqa: F401  (prepares the environment)
+from compresslab import registry, search as searching  # both light: MLflow and DVC load when they work
 from compresslab.errors import UserError, run_main
 
 
@@ -64,9 +67,58 @@ def compare(args: argparse.Namespace) -> None:
 
     if args.objective is not None and args.max_drop is None:
         raise UserError("--objective only steers the choice: pass --max-drop POINTS with it")
-    result = run_compare(args.experiments, out=args.out, max_drop=args.max_drop,
-                         objective=args.objective or "size")
+    if args.register is not None:
+        if args.max_drop is None:
+            raise UserError("--register stores the chosen file: pass --max-drop POINTS to choose one")
+        registry.check_name(args.register, args.alias)
+    objective = args.objective or "size"
+    result = run_compare(args.experiments, out=args.out, max_drop=args.max_drop, objective=objective)
     print("\n".join(summary_lines(result)))
+    if args.register is not None:
+        chosen = result.selection.chosen
+        # A seed group's row names all its runs: the file registered is its first seed's.
+        registered = registry.register(
+            args.register, run_id=chosen["run_id"].split(",")[0], variant=chosen["variant"], mode=chosen["mode"],
+            figures=chosen, objective=objective, alias=args.alias,
+            rule={"command": "compare", "max_drop_pp": args.max_drop, "reference": "baseline-float32",
+                  "rule": f"the {'smallest' if objective == 'size' else 'fastest'} file within "
+                          f"{args.max_drop:g} pp of its run's baseline-float32",
+                  "experiments": ",".join(result.experiments)})
+        print(registered_line(registered))
+
+
+def search(args: argparse.Namespace) -> None:
+    if args.register is not None:
+        registry.check_name(args.register, args.alias)
+    request = searching.plan(args.knob, max_drop=args.max_drop, file=args.file, low=args.low, high=args.high,
+                             resolution=args.resolution, direction=args.direction, max_probes=args.max_probes,
+                             jobs=args.jobs, overrides=args.set or (), out=args.out)
+    found = searching.run(request)
+    print("\n".join(searching.summary_lines(found)))
+    if args.register is not None:
+        chosen = found.chosen
+        registered = registry.register(
+            args.register, run_id=chosen.run_id, variant=request.variant, mode=request.file.rpartition("-")[2],
+            figures={"accuracy": chosen.accuracy, "accuracy_delta_pp": -chosen.drop_pp,
+                     "gzip_bytes": chosen.gzip_bytes}, alias=args.alias,
+            rule={"command": "search", "knob": request.knob.name, "value": chosen.value,
+                  "max_drop_pp": request.max_drop, "reference": chosen.reference,
+                  "rule": f"the most compressed {request.knob.name} keeping {request.file} within "
+                          f"{request.max_drop:g} pp of {chosen.reference}"})
+        print(registered_line(registered))
+
+
+def registered_line(registered) -> str:
+    return (f"registered {registered.file} as {registered.name} version {registered.version}; "
+            f"{registered.why}; load it with mlflow.artifacts.download_artifacts("
+            f"\"models:/{registered.name}@{registered.alias}\")")
+
+
+def add_register_options(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--register", metavar="NAME", help="register the chosen .tflite file as a new version "
+                         "of model NAME in the MLflow Model Registry")
+    command.add_argument("--alias", default=registry.DEFAULT_ALIAS, help="the alias a better choice moves "
+                         f"(default: {registry.DEFAULT_ALIAS})")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -90,7 +142,30 @@ def main(argv: list[str] | None = None) -> None:
                          "below its run's baseline-float32, and say why every other file lost")
     command.add_argument("--objective", choices=["size", "latency"],
                          help="what the choice minimises: gzipped size (default) or median latency")
+    add_register_options(command)
     command.set_defaults(func=compare)
+    command = commands.add_parser("search", help="find the most compressed setting of a knob whose file stays "
+                                  "within a drop, probing through DVC experiments")
+    command.add_argument("knob", help="the parameter to search: " + ", ".join(searching.KNOBS) + ", or any numeric "
+                         "key of params.yaml with --direction, --low, --high, --resolution and --file")
+    command.add_argument("--max-drop", type=float, required=True, metavar="POINTS",
+                         help="the largest accuracy drop allowed, in percentage points below the float control "
+                         "(finetune-float32; baseline-float32 when there is none)")
+    command.add_argument("--file", help="the file whose accuracy counts, <variant>-<mode> (default: the knob's "
+                         "technique's int8 file, e.g. pruned-int8)")
+    command.add_argument("--low", type=float, help="the least value searched (default: per knob)")
+    command.add_argument("--high", type=float, help="the largest value searched (default: per knob)")
+    command.add_argument("--resolution", type=float, help="the grid step: the answer is exact to it")
+    command.add_argument("--direction", choices=["higher", "lower"],
+                         help="for a knob not built in: which values compress more")
+    command.add_argument("--max-probes", type=int, default=8, help="the most experiments run (default: 8)")
+    command.add_argument("-j", "--jobs", type=int, default=1, help="probes run at once by the DVC queue's "
+                         "workers (default: 1)")
+    command.add_argument("-S", "--set", action="append", metavar="KEY=VALUE", help="an override every probe "
+                         "gets too, e.g. -S experiment=firenet_study (repeatable)")
+    command.add_argument("--out", default="reports/search", help="folder for <knob>.json and <knob>.png")
+    add_register_options(command)
+    command.set_defaults(func=search)
     args = parser.parse_args(argv)
     run_main(lambda: args.func(args))
 

@@ -373,7 +373,7 @@ def _param_columns(varying: Sequence[str]) -> list[str]:
     return [f"params.{key}" if key in taken else key for key in varying]
 
 
-def _figures(run: Run) -> dict[tuple[str, str], dict[str, float]]:
+def file_figures(run: Run) -> dict[tuple[str, str], dict[str, float]]:
     """{(variant, mode): {figure: value}} from the run's `<variant>.<mode>.<figure>` metrics."""
     files: dict[tuple[str, str], dict[str, float]] = {}
     for key, value in run.data.metrics.items():
@@ -390,7 +390,7 @@ def _latency_threads(runs: Sequence[Run]) -> dict[str, int | None]:
     share none fall back to their own lowest.
     """
     measured = {run.info.run_id: {int(figure.removeprefix("latency_median_ms_t"))
-                                  for figures in _figures(run).values() for figure in figures
+                                  for figures in file_figures(run).values() for figure in figures
                                   if figure.startswith("latency_median_ms_t")
                                   and figure.removeprefix("latency_median_ms_t").isdigit()}
                 for run in runs}
@@ -401,7 +401,7 @@ def _latency_threads(runs: Sequence[Run]) -> dict[str, int | None]:
 
 
 def _run_rows(run: Run, varying: Sequence[str], threads: int | None) -> list[dict]:
-    files = _figures(run)
+    files = file_figures(run)
     reference = files.get(REFERENCE, {})
     params = {column: run.data.params.get(key) for column, key in zip(_param_columns(varying), varying)}
     rows = []

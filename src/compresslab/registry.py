@@ -1,0 +1,143 @@
+"""The MLflow Model Registry: the chosen `.tflite` file as a new version of a registered model.
+
+    compresslab compare --max-drop 1 --register firenet        # the smallest file within 1 pp
+    compresslab search prune.final_sparsity --max-drop 1 --register firenet
+    mlflow.artifacts.download_artifacts("models:/firenet@champion")   # the file back, anywhere
+
+The version's source is a folder holding only the chosen file, logged into the summary run it came from
+(`registry/<variant>-<mode>/`), so `models:/NAME@ALIAS` downloads exactly that file. The version carries the
+run's lineage (data hash, git commit, DVC experiment, the dvc.lock hashes the report stage read), the file's
+md5 and figures, the experiment's params (`param.<key>`) and the selection rule (`selection.*`) as tags.
+
+The alias (`champion` by default) moves to the new version unless the version it names is better by the same
+objective (smaller gzipped size, or a lower latency ratio); either way the command says which and why.
+"""
+
+import hashlib
+import re
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from compresslab import variants
+from compresslab.errors import UserError
+
+DEFAULT_ALIAS = "champion"
+ARTIFACT_DIR = "registry"
+LINEAGE_TAGS = ("data_hash", "git_commit", "git_dirty", "dvc_exp_name")
+LINEAGE_PREFIXES = ("dvc.dep.", "dvc.out.")
+FIGURES = ("accuracy", "accuracy_delta_pp", "gzip_bytes", "latency_ratio", "latency_median_ms")
+# What the alias compares, per objective: lower is better.
+COSTS = {"size": "gzip_bytes", "latency": "latency_ratio"}
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\- ]{0,254}$")
+
+
+@dataclass
+class Registration:
+    name: str
+    version: str
+    alias: str
+    alias_moved: bool
+    why: str
+    file: str
+
+
+def check_name(name: str, alias: str = DEFAULT_ALIAS) -> None:
+    """Reject a model or alias name MLflow would refuse, before any expensive work."""
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise UserError(f"--register {name!r}: a model name is letters, digits, '_', '-', '.' and spaces, "
+                        f"starting with a letter or digit (e.g. firenet-edge)")
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_-]{0,254}", alias or "") or alias.lower() == "latest" \
+            or re.fullmatch(r"v\d+", alias):
+        raise UserError(f"--alias {alias!r}: an alias is letters, digits, '_' and '-', not 'latest' and not v<N> "
+                        f"(e.g. champion)")
+
+
+def register(name: str, *, run_id: str, variant: str, mode: str, figures: Mapping, rule: Mapping[str, object],
+             objective: str = "size", alias: str = DEFAULT_ALIAS, uri: str | None = None) -> Registration:
+    """Register `<variant>-<mode>.tflite` of summary run `run_id` as a new version of `name`.
+
+    Args:
+      figures: the file's figures (FIGURES keys; missing ones are left out).
+      rule: the selection rule, tagged as `selection.<key>`.
+      objective: 'size' or 'latency': what a better choice minimises (moves the alias).
+    """
+    # Imported here: `compresslab search` checks a name through this module long before it registers.
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    from compresslab import tracking
+
+    check_name(name, alias)
+    client = MlflowClient(uri or tracking.tracking_uri())
+    run = client.get_run(run_id)
+    label = variants.label(variant, mode)
+    source = _log_file(client, run, variant, label)
+    tags = {**_lineage(run.data.tags), **{f"param.{k}": v for k, v in run.data.params.items()},
+            **{f"selection.{k}": str(v) for k, v in rule.items()}, "selection.objective": objective,
+            "file": f"{label}.tflite", "file_md5": source[1],
+            **{key: str(figures[key]) for key in FIGURES if figures.get(key) is not None}}
+    try:
+        client.create_registered_model(name, description="TFLite files chosen by compresslab (compare or search "
+                                                         "--register); each version's tags say why and from what")
+    except MlflowException as err:
+        if err.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+    version = client.create_model_version(name, source=source[0], run_id=run_id, tags=tags,
+                                          description=f"{label}.tflite from experiment {_experiment(run)}")
+    moved, why = _move_alias(client, name, alias, version.version, tags, objective)
+    return Registration(name, str(version.version), alias, moved, why, f"{label}.tflite")
+
+
+def _log_file(client, run, variant: str, label: str) -> tuple[str, str]:
+    """Copy the file into the run's registry/<label>/ folder (once) and return (source URI, file md5)."""
+    from mlflow.exceptions import MlflowException
+
+    folder = f"{ARTIFACT_DIR}/{label}"
+    with tempfile.TemporaryDirectory() as scratch:
+        try:
+            local = client.download_artifacts(run.info.run_id, f"tflite/{variant}/{label}.tflite", scratch)
+        except (MlflowException, OSError):
+            raise UserError(f"run {run.info.run_id} holds no tflite/{variant}/{label}.tflite artifact: was its "
+                            f"report stage run by an older pipeline? Re-run the experiment") from None
+        md5 = hashlib.md5(Path(local).read_bytes()).hexdigest()
+        if not client.list_artifacts(run.info.run_id, folder):
+            client.log_artifact(run.info.run_id, local, artifact_path=folder)
+    return f"{run.info.artifact_uri}/{folder}", md5
+
+
+def _lineage(tags: Mapping[str, str]) -> dict[str, str]:
+    return {key: value for key, value in tags.items() if key in LINEAGE_TAGS or key.startswith(LINEAGE_PREFIXES)}
+
+
+def _experiment(run) -> str:
+    return run.data.tags.get("dvc_exp_name") or "workspace"
+
+
+def _move_alias(client, name: str, alias: str, version: str, tags: Mapping[str, str],
+                objective: str) -> tuple[bool, str]:
+    from mlflow.exceptions import MlflowException
+
+    cost = COSTS[objective]
+    try:
+        current = client.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        current = None
+    if current is not None:
+        mine, theirs = _number(tags.get(cost)), _number(current.tags.get(cost))
+        same_objective = current.tags.get("selection.objective") == objective
+        if same_objective and mine is not None and theirs is not None and theirs < mine:
+            return False, (f"{alias} stays on version {current.version}: its {cost} {theirs:g} beats this "
+                           f"version's {mine:g}")
+    client.set_registered_model_alias(name, alias, version)
+    if current is None:
+        return True, f"{alias} now names version {version} (the first with this alias)"
+    return True, f"{alias} moved from version {current.version} to version {version}"
+
+
+def _number(value) -> float | None:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None

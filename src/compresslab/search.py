@@ -1,0 +1,491 @@
+"""Accuracy-bounded search: the most compressed setting of one knob whose file stays within a drop.
+
+    compresslab search prune.final_sparsity --max-drop 1        # pruned-int8 within 1 pp of the control
+    compresslab search cluster.number_of_clusters --max-drop 1 --file cqat-int8 -j 2
+
+Every probe is an ordinary DVC experiment, queued and run by DVC's own queue (`-j N` probes at once): DVC's
+run cache restores every stage whose code, data and params it has run before, so a repeated search trains
+nothing, and every probe shows in `dvc exp show` and, through the report stage, as an MLflow summary run.
+The accuracy is the one the evaluate stage measured on the TFLite file.
+
+Strategy: the knob's range is a grid (low, low + resolution, ..., high). The least and the most compressed
+ends are probed first; then the bracket between the most compressed passing setting and the least compressed
+failing one is cut into `jobs + 1` parts, one probe per cut (plain bisection with one job), until the
+bracket is one grid step wide or `max_probes` is spent. Accuracy on a small test set is not monotone in
+compression, so the rule is conservative: the choice is the most compressed probed setting that passes *and*
+is less compressed than every failing probe; passing probes beyond a failure are reported as non-monotone,
+never chosen.
+"""
+
+import math
+import re
+import secrets
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import yaml
+
+from compresslab import paths, variants
+from compresslab.errors import UserError
+
+OUT_DIR = paths.REPORTS / "search"
+TOLERANCE_PP = 1e-9          # float differences: a drop of 1.0000000000000009 pp passes --max-drop 1
+POLL_SECONDS = 3.0
+QUEUE_DONE = {"Success", "Failed"}
+
+
+@dataclass(frozen=True)
+class Knob:
+    """A searchable parameter: which way compresses, what it may be, where to search by default.
+
+    higher_compresses: whether a larger value is the more compressed setting (sparsity: yes; clusters: no).
+    valid: the closed interval of allowed values (math.inf for no upper bound); open_high excludes the top.
+    overrides: other `-S` overrides every probe needs (e.g. the constant schedule for target_sparsity).
+    """
+    name: str
+    higher_compresses: bool
+    low: float
+    high: float
+    resolution: float
+    file: str
+    valid: tuple[float, float] = (-math.inf, math.inf)
+    open_high: bool = False
+    integer: bool = False
+    overrides: tuple[str, ...] = ()
+
+
+KNOBS = {knob.name: knob for knob in (
+    Knob("prune.final_sparsity", True, 0.1, 0.95, 0.05, "pruned-int8", (0.0, 1.0), open_high=True),
+    Knob("prune.target_sparsity", True, 0.1, 0.95, 0.05, "pruned-int8", (0.0, 1.0), open_high=True,
+         overrides=("prune=constant",)),
+    Knob("cluster.number_of_clusters", False, 2, 64, 1, "clustered-int8", (2, math.inf), integer=True),
+)}
+
+
+# ------------------------------------------------------------------------------------------- strategy
+
+@dataclass
+class Probe:
+    """One probed setting and what its file measured (drop_pp: reference minus file accuracy, in pp)."""
+    value: float
+    experiment: str
+    passed: bool
+    accuracy: float | None = None
+    reference: str | None = None
+    reference_accuracy: float | None = None
+    drop_pp: float | None = None
+    gzip_bytes: int | None = None
+    run_id: str | None = None
+    seconds: float | None = None
+
+
+@dataclass
+class Outcome:
+    """Where the search ended: `chosen` is a grid index (None when nothing passed), `bracket` the indices
+    between which the answer lies, `non_monotone` passing indices beyond a failure."""
+    chosen: int | None
+    bracket: tuple[int, int | None]
+    non_monotone: list[int]
+    exhausted: bool
+
+
+def bracketing_search(grid_size: int, probe: Callable[[list[int]], dict[int, bool]], *, jobs: int,
+                      max_probes: int) -> Outcome:
+    """Search indices 0..grid_size-1 (least to most compressed) for the most compressed passing one.
+
+    Args:
+      grid_size: how many settings the grid holds (>= 2).
+      probe: runs the given indices (at once) and returns whether each passed.
+      jobs: probes per round after the first.
+      max_probes: the most indices probed in all.
+
+    Returns:
+      The Outcome; `exhausted` when max_probes ran out before the bracket was one step wide.
+    """
+    results: dict[int, bool] = {}
+    results.update(probe([0, grid_size - 1][:max_probes]))
+    while True:
+        outcome = _outcome(results)
+        low, high = outcome.bracket
+        if outcome.chosen is None or high is None or high - low <= 1:
+            return outcome
+        budget = max_probes - len(results)
+        if budget <= 0:
+            outcome.exhausted = True
+            return outcome
+        count = min(jobs, budget, high - low - 1)
+        # Cut the bracket into count + 1 equal parts: bisection with one job, k-section with k.
+        cuts = sorted({low + round((high - low) * i / (count + 1)) for i in range(1, count + 1)} - {low, high})
+        results.update(probe(cuts))
+
+
+def _outcome(results: Mapping[int, bool]) -> Outcome:
+    failures = [index for index, passed in results.items() if not passed]
+    first_failure = min(failures) if failures else None
+    below = [index for index, passed in results.items()
+             if passed and (first_failure is None or index < first_failure)]
+    chosen = max(below) if below else None
+    non_monotone = sorted(index for index, passed in results.items()
+                          if passed and first_failure is not None and index > first_failure)
+    return Outcome(chosen, (chosen if chosen is not None else -1, first_failure), non_monotone, False)
+
+
+# -------------------------------------------------------------------------------------------- request
+
+@dataclass
+class Request:
+    """A validated search: the knob, the grid (least to most compressed), the file and the budget."""
+    knob: Knob
+    grid: list[float]
+    file: str
+    max_drop: float
+    max_probes: int
+    jobs: int
+    out: Path
+    overrides: tuple[str, ...] = ()   # the knob's own, then the user's `-S` (a preset, fixed keys)
+
+    @property
+    def variant(self) -> str:
+        return variants.split_label(self.file)[0]
+
+
+def plan(name: str, *, max_drop: float, file: str | None = None, low: float | None = None,
+         high: float | None = None, resolution: float | None = None, direction: str | None = None,
+         max_probes: int = 8, jobs: int = 1, overrides: Sequence[str] = (),
+         params_path: str | Path = "params.yaml", out: str | Path = OUT_DIR) -> Request:
+    """Check every argument against the knob and the project before any probe runs; UserError otherwise.
+
+    A knob not in KNOBS is searchable when params.yaml holds it as a number and `direction` ('higher' or
+    'lower': which values compress more), low, high, resolution and file are given. `overrides` are Hydra
+    overrides every probe gets too (`experiment=firenet_study`), never the knob itself.
+    """
+    if isinstance(max_drop, bool) or not isinstance(max_drop, (int, float)) or not math.isfinite(max_drop) \
+            or max_drop <= 0:
+        raise UserError(f"--max-drop must be a positive number of percentage points (e.g. 1), got {max_drop}")
+    knob = KNOBS.get(name) or _declared_knob(name, direction, low, high, resolution, file, params_path)
+    if direction is not None and name in KNOBS and (direction == "higher") != knob.higher_compresses:
+        raise UserError(f"{name} compresses more at {'higher' if knob.higher_compresses else 'lower'} values: "
+                        f"drop --direction")
+    low = knob.low if low is None else low
+    high = knob.high if high is None else high
+    resolution = knob.resolution if resolution is None else resolution
+    _check_range(knob, low, high, resolution)
+    if isinstance(max_probes, bool) or not isinstance(max_probes, int) or max_probes < 2:
+        raise UserError(f"--max-probes must be an integer >= 2 (both ends of the range are probed first), got "
+                        f"{max_probes}")
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise UserError(f"-j/--jobs must be an integer >= 1, got {jobs}")
+    for override in overrides:
+        key = override.partition("=")[0].strip()
+        if "=" not in override or not key:
+            raise UserError(f"-S {override!r}: an override is KEY=VALUE (e.g. -S experiment=firenet_study)")
+        if key == name:
+            raise UserError(f"-S {override}: the search sets {name} itself; give its range with --low/--high")
+    file = file or knob.file
+    _check_file(file)
+    steps = round((high - low) / resolution)
+    grid = sorted({_on_grid(min(low + step * resolution, high), knob) for step in range(steps + 1)} | {high})
+    if not knob.higher_compresses:
+        grid.reverse()
+    return Request(knob, grid, file, float(max_drop), max_probes, jobs, Path(out),
+                   (*knob.overrides, *overrides))
+
+
+def _declared_knob(name, direction, low, high, resolution, file, params_path) -> Knob:
+    known = ", ".join(KNOBS)
+    value = _param_value(name, params_path)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise UserError(f"{name} is not a numeric parameter in {params_path} (found {value!r}): search one of "
+                        f"{known}, or a numeric key of params.yaml")
+    missing = [flag for flag, given in (("--direction", direction), ("--low", low), ("--high", high),
+                                        ("--resolution", resolution), ("--file", file)) if given is None]
+    if missing:
+        raise UserError(f"{name} is not a known knob ({known}): declare it with {', '.join(missing)}")
+    if direction not in ("higher", "lower"):
+        raise UserError(f"--direction must be 'higher' or 'lower' (which values compress more), got {direction!r}")
+    integer = isinstance(value, int) and float(resolution).is_integer()
+    return Knob(name, direction == "higher", low, high, resolution, file, integer=integer)
+
+
+def _param_value(name: str, params_path) -> object:
+    path = Path(params_path)
+    if not path.is_file():
+        raise UserError(f"{path} not found: run from the project root")
+    node = yaml.safe_load(path.read_text()) or {}
+    for part in name.split("."):
+        if not isinstance(node, dict) or part not in node:
+            raise UserError(f"unknown knob {name}: not a key of {path} (known knobs: {', '.join(KNOBS)})")
+        node = node[part]
+    return node
+
+
+def _check_range(knob: Knob, low: float, high: float, resolution: float) -> None:
+    for flag, value in (("--low", low), ("--high", high), ("--resolution", resolution)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise UserError(f"{flag} must be a number, got {value!r}")
+    bottom, top = knob.valid
+    upper = f"< {top:g}" if knob.open_high else f"<= {top:g}"
+    for flag, value in (("--low", low), ("--high", high)):
+        if value < bottom or value > top or (knob.open_high and value >= top):
+            raise UserError(f"{flag} {value:g} is outside {knob.name}'s valid values (>= {bottom:g} and {upper})")
+        if knob.integer and not float(value).is_integer():
+            raise UserError(f"{flag} must be a whole number for {knob.name}, got {value:g}")
+    if low >= high:
+        raise UserError(f"--low ({low:g}) must be below --high ({high:g})")
+    if resolution <= 0 or resolution > high - low:
+        raise UserError(f"--resolution must be > 0 and at most the range {high - low:g}, got {resolution:g}")
+    if knob.integer and not float(resolution).is_integer():
+        raise UserError(f"--resolution must be a whole number for {knob.name}, got {resolution:g}")
+
+
+def _check_file(file: str) -> None:
+    variant, mode = variants.split_label(file)
+    modes = ("float32", "dynamic", "float16", "int8")
+    if variant not in variants.VARIANTS or mode not in modes:
+        raise UserError(f"--file {file!r} names no file: use <variant>-<mode> with a variant of "
+                        f"{', '.join(variants.VARIANTS)} and a mode of {', '.join(modes)} (e.g. pqat-int8)")
+    if variants.is_qat(variant) and mode != "int8":
+        raise UserError(f"--file {file}: QAT-trained variants become int8 files only; use {variant}-int8")
+
+
+def _on_grid(value: float, knob: Knob) -> float:
+    return int(round(value)) if knob.integer else round(value, 6)
+
+
+# ----------------------------------------------------------------------------------------------- run
+
+@dataclass
+class Search:
+    """A finished search: every probe in the order it ran, the outcome, and where it was written."""
+    request: Request
+    probes: dict[int, Probe] = field(default_factory=dict)
+    outcome: Outcome | None = None
+    seconds: float = 0.0
+    json_path: Path | None = None
+    png_path: Path | None = None
+
+    @property
+    def chosen(self) -> Probe | None:
+        return None if self.outcome is None or self.outcome.chosen is None else self.probes[self.outcome.chosen]
+
+
+def run(request: Request, *, uri: str | None = None, echo: Callable[[str], None] = print) -> Search:
+    """Probe through the DVC queue until the outcome is known; write <out>/<knob>.json and .png.
+
+    Raises:
+      UserError: a probe failed (its `dvc queue logs` named), or no probed setting passed (after writing the
+        results, which show how far the least compressed setting dropped).
+    """
+    search = Search(request)
+    tag = secrets.token_hex(2)   # DVC experiment names are unique per commit: a nonce keeps searches apart
+    started = time.monotonic()
+    queued: list[str] = []
+    echo(f"search: {request.knob.name} over {_values_text(request)}, {request.file} within "
+         f"{request.max_drop:g} pp, at most {request.max_probes} probes, {request.jobs} at a time")
+
+    def probe(indices: list[int]) -> dict[int, bool]:
+        names = {index: _experiment_name(request, request.grid[index], tag) for index in indices}
+        for index in indices:
+            _queue(request, request.grid[index], names[index])
+            queued.append(names[index])
+        for index, seconds in _wait(list(names.values()), request.jobs, names):
+            found = measure(request, request.grid[index], names[index], uri=uri)
+            found.seconds = seconds
+            search.probes[index] = found
+            echo(_probe_line(search, found))
+        return {index: search.probes[index].passed for index in indices}
+
+    try:
+        search.outcome = bracketing_search(len(request.grid), probe, jobs=request.jobs,
+                                           max_probes=request.max_probes)
+    except (KeyboardInterrupt, UserError):
+        stop_probes(queued)   # a stopped search must not leave its probes running in the queue's workers
+        raise
+    search.seconds = time.monotonic() - started
+    search.json_path, search.png_path = write(search)
+    if search.chosen is None:
+        first = search.probes[0]
+        raise UserError(f"no setting keeps {request.file} within {request.max_drop:g} pp: even "
+                        f"{request.knob.name}={_text(first.value)} drops {first.drop_pp:.2f} pp; search a less "
+                        f"compressed range or pass a larger --max-drop (probes in {search.json_path})")
+    return search
+
+
+def _experiment_name(request: Request, value: float, tag: str) -> str:
+    knob = re.sub(r"[^a-z0-9]+", "-", request.knob.name.split(".")[-1].lower())
+    return f"search-{knob}-{_text(value)}-{tag}"
+
+
+def _text(value: float) -> str:
+    return f"{value:g}"
+
+
+def _values_text(request: Request) -> str:
+    grid = request.grid
+    order = "higher" if request.knob.higher_compresses else "lower"
+    return f"{len(grid)} settings {_text(min(grid))}..{_text(max(grid))} ({order} compresses more)"
+
+
+def _dvc(*args: str) -> subprocess.CompletedProcess:
+    result = subprocess.run([sys.executable, "-m", "dvc", *args], capture_output=True, text=True)
+    if result.returncode != 0:
+        last = (result.stderr.strip() or result.stdout.strip()).splitlines()[-1:] or ["no output"]
+        raise UserError(f"`dvc {' '.join(args)}` failed: {last[0]}")
+    return result
+
+
+def _queue(request: Request, value: float, name: str) -> None:
+    overrides = [*request.overrides, f"{request.knob.name}={_text(value)}"]
+    _dvc("exp", "run", "--queue", "--name", name, *[arg for o in overrides for arg in ("-S", o)])
+
+
+def _wait(names: list[str], jobs: int, indices: Mapping[int, str]):
+    """Start the queue's workers and yield (grid index, seconds) as each named experiment succeeds."""
+    _dvc("queue", "start", "-j", str(min(jobs, len(names))))
+    index_of = {name: index for index, name in indices.items()}
+    started, pending = time.monotonic(), set(names)
+    while pending:
+        time.sleep(POLL_SECONDS)
+        status = queue_status()
+        for name in sorted(pending):
+            state = status.get(name)
+            if state == "Failed":
+                raise UserError(f"probe {name} failed: `dvc queue logs {name}` shows why")
+            if state == "Success":
+                pending.discard(name)
+                yield index_of[name], time.monotonic() - started
+
+
+def stop_probes(names: Sequence[str]) -> None:
+    """Take the named experiments out of the queue: remove the waiting ones, kill the running ones (best effort:
+    this runs on the way out of a failed or interrupted search)."""
+    try:
+        status = queue_status()
+    except UserError:
+        return
+    for command, state in (("remove", "Queued"), ("kill", "Running")):
+        doomed = [name for name in names if status.get(name) == state]
+        if doomed:
+            subprocess.run([sys.executable, "-m", "dvc", "queue", command, *doomed], capture_output=True)
+
+
+def queue_status() -> dict[str, str]:
+    """{experiment name: status} from `dvc queue status` (Queued, Running, Success, Failed)."""
+    status = {}
+    for line in _dvc("queue", "status").stdout.splitlines():
+        words = line.split()
+        if len(words) >= 3 and words[-1] in {"Queued", "Running", *QUEUE_DONE}:
+            status[words[1]] = words[-1]
+    return status
+
+
+def measure(request: Request, value: float, name: str, *, uri: str | None = None) -> Probe:
+    """The probe's figures from its MLflow summary run: its file against the float control (else baseline)."""
+    from compresslab.reporting.compare import file_figures, summary_runs
+
+    (run,) = summary_runs([name], uri=uri)
+    files = file_figures(run)
+    reference = next(((v, "float32") for v in (variants.CONTROL, variants.BASELINE) if (v, "float32") in files),
+                     None)
+    figures = files.get(variants.split_label(request.file))
+    if figures is None or figures.get("accuracy") is None or reference is None:
+        raise UserError(f"probe {name} has no accuracy for {request.file} and a float32 reference: check its "
+                        f"convert.modes (`dvc exp show`)")
+    accuracy, reference_accuracy = figures["accuracy"], files[reference]["accuracy"]
+    drop = (reference_accuracy - accuracy) * 100
+    return Probe(value, name, drop <= request.max_drop + TOLERANCE_PP, accuracy, variants.label(*reference),
+                 reference_accuracy, drop, figures.get("gzip_bytes"), run.info.run_id)
+
+
+def _probe_line(search: Search, probe: Probe) -> str:
+    verdict = "within" if probe.passed else "beyond"
+    size = "" if probe.gzip_bytes is None else f", {probe.gzip_bytes / 1024:.1f} KB gzipped"
+    return (f"probe {len(search.probes)}/{search.request.max_probes}: {search.request.knob.name}="
+            f"{_text(probe.value)}  {search.request.file} {probe.accuracy * 100:.2f} % ({-probe.drop_pp:+.2f} pp "
+            f"vs {probe.reference}){size}: {verdict} {search.request.max_drop:g} pp  [{probe.experiment}, "
+            f"done {probe.seconds:.0f} s into its round]")
+
+
+def summary_lines(search: Search) -> list[str]:
+    """The closing lines: the choice with its file, size, accuracy and drop, and what to be wary of."""
+    request, outcome, chosen = search.request, search.outcome, search.chosen
+    lines = [f"chosen: {request.knob.name}={_text(chosen.value)} -> {request.file}: {chosen.accuracy * 100:.2f} % "
+             f"({-chosen.drop_pp:+.2f} pp vs {chosen.reference} {chosen.reference_accuracy * 100:.2f} %), "
+             f"{chosen.gzip_bytes / 1024:.1f} KB gzipped; experiment {chosen.experiment} "
+             f"(`dvc exp apply {chosen.experiment}` restores it)",
+             f"  {len(search.probes)} probe(s) in {search.seconds:.0f} s"]
+    low, high = outcome.bracket
+    if high is None:
+        lines.append("  the most compressed setting of the range passed: widen the range to compress further")
+    elif outcome.exhausted:
+        lines.append(f"  probe budget spent: the limit lies between {_text(request.grid[low])} and "
+                     f"{_text(request.grid[high])}; pass a larger --max-probes to narrow it")
+    for index in outcome.non_monotone:
+        lines.append(f"  non-monotone: {request.knob.name}={_text(request.grid[index])} passed although a less "
+                     f"compressed setting failed; not chosen (test-set noise, or a real non-monotone effect)")
+    return lines + [f"wrote {search.json_path}", f"wrote {search.png_path}"]
+
+
+# ---------------------------------------------------------------------------------------------- output
+
+def write(search: Search) -> tuple[Path, Path]:
+    """<out>/<knob>.json (the rule, every probe, the outcome) and <out>/<knob>.png (accuracy vs the knob)."""
+    from compresslab.outputs import write_json
+
+    request, outcome = search.request, search.outcome
+    stem = request.out / request.knob.name   # with_suffix would cut a dotted name: add suffixes by hand
+    chosen = search.chosen
+    json_path = stem.parent / f"{stem.name}.json"
+    write_json(json_path, {
+        "knob": request.knob.name, "file": request.file, "max_drop_pp": request.max_drop,
+        "higher_compresses": request.knob.higher_compresses, "overrides": list(request.overrides),
+        "grid": request.grid, "max_probes": request.max_probes, "jobs": request.jobs,
+        "strategy": "bracketing search: both ends, then the bracket cut into jobs + 1 parts per round; the "
+                    "choice passes and is less compressed than every failing probe",
+        "probes": [asdict(probe) for _, probe in sorted(search.probes.items())],
+        "chosen": None if chosen is None else asdict(chosen),
+        "bracket": [request.grid[i] if i is not None and i >= 0 else None for i in outcome.bracket],
+        "non_monotone": [request.grid[i] for i in outcome.non_monotone],
+        "budget_spent": outcome.exhausted, "seconds": round(search.seconds, 1),
+    })
+    return json_path, plot(search, stem.parent / f"{stem.name}.png")
+
+
+def plot(search: Search, path: Path) -> Path:
+    """Accuracy of the file at every probed setting, the bound, and the choice."""
+    from matplotlib.figure import Figure
+
+    from compresslab.reporting.report import save_figure
+
+    request = search.request
+    probes = sorted(search.probes.values(), key=lambda probe: probe.value)
+    fig = Figure(figsize=(8.0, 4.8), dpi=150, layout="constrained")
+    ax = fig.subplots()
+    xs = [probe.value for probe in probes]
+    ax.plot(xs, [probe.accuracy * 100 for probe in probes], color="grey", linewidth=1, zorder=1)
+    for passed, colour, marker, name in ((True, "tab:green", "o", "within the bound"),
+                                         (False, "tab:red", "x", "beyond the bound")):
+        chosen = [probe for probe in probes if probe.passed == passed]
+        ax.scatter([p.value for p in chosen], [p.accuracy * 100 for p in chosen], color=colour, marker=marker,
+                   s=50, zorder=3, label=name)
+    bounds = [(probe.reference_accuracy * 100 - request.max_drop) for probe in probes]
+    ax.plot(xs, bounds, color="black", linestyle="--", linewidth=1,
+            label=f"{probes[0].reference} − {request.max_drop:g} pp")
+    if search.chosen is not None:
+        ax.scatter([search.chosen.value], [search.chosen.accuracy * 100], s=260, marker="*", color="gold",
+                   edgecolors="black", zorder=4, label=f"chosen: {_text(search.chosen.value)}")
+    for index in search.outcome.non_monotone:
+        probe = search.probes[index]
+        ax.annotate("non-monotone", (probe.value, probe.accuracy * 100), xytext=(6, -12),
+                    textcoords="offset points", fontsize=7)
+    direction = "→ more compressed" if request.knob.higher_compresses else "← more compressed"
+    ax.set_xlabel(f"{request.knob.name} ({direction})")
+    ax.set_ylabel(f"{request.file} accuracy (%)")
+    ax.set_title(f"Search: {request.file} within {request.max_drop:g} pp ({len(probes)} probes)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    return save_figure(fig, path)

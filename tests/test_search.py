@@ -1,0 +1,159 @@
+"""`compresslab search`: the bracketing strategy on known answers, the up-front checks, and a real search through
+DVC's queue and MLflow on the tiny project, repeated to show that a second search trains nothing."""
+
+import json
+import math
+
+import pytest
+
+from compresslab import search
+from compresslab.errors import UserError
+from conftest import REPO, mlflow_runs, read_json, restore_committed, run
+
+TRAINING_STAGES = {"train", "finetune", "prune", "quantize", "pqat", "cluster", "cqat", "pcqat"}
+
+
+def training_runs(root) -> int:
+    return sum(len(mlflow_runs(root, stage=stage)) for stage in TRAINING_STAGES)
+
+
+def step(limit: int, probed: list[int]):
+    """A probe that passes every index up to `limit` and records what it was asked."""
+    def probe(indices):
+        probed.extend(indices)
+        return {index: index <= limit for index in indices}
+    return probe
+
+
+@pytest.mark.parametrize("jobs", [1, 2, 3])
+@pytest.mark.parametrize("limit", [0, 1, 6, 11, 12])
+def test_the_search_finds_the_last_passing_setting_of_a_monotone_grid(limit, jobs):
+    probed = []
+    outcome = search.bracketing_search(13, step(limit, probed), jobs=jobs, max_probes=20)
+    assert outcome.chosen == limit
+    assert not outcome.exhausted and outcome.non_monotone == []
+    assert outcome.bracket == (limit, None if limit == 12 else limit + 1)
+    assert len(probed) == len(set(probed))   # no setting probed twice
+    # Both ends, then each round shrinks the bracket by a factor of (jobs + 1): far fewer than a grid.
+    rounds = math.ceil(math.log(12, jobs + 1))
+    assert len(probed) <= 2 + jobs * rounds
+
+
+def test_the_choice_stays_below_every_failure_and_non_monotone_passes_are_reported():
+    passing = {0, 1, 2, 5}   # 5 passes beyond the failure at 3: test-set noise
+    outcome = search.bracketing_search(9, lambda ix: {i: i in passing for i in ix}, jobs=2, max_probes=10)
+    assert outcome.chosen == 2
+    assert outcome.bracket == (2, 3)
+    assert outcome.non_monotone == [5]
+
+
+def test_a_spent_budget_is_reported_with_the_bracket_left():
+    probed = []
+    outcome = search.bracketing_search(21, step(10, probed), jobs=1, max_probes=3)
+    assert len(probed) == 3 and outcome.exhausted
+    low, high = outcome.bracket
+    assert outcome.chosen == low <= 10 < high and high - low > 1
+
+
+def test_nothing_passes_when_the_least_compressed_setting_fails():
+    outcome = search.bracketing_search(5, step(-1, []), jobs=1, max_probes=8)
+    assert outcome.chosen is None
+
+
+def test_the_grid_runs_from_least_to_most_compressed():
+    params = REPO / "params.yaml"
+    sparsity = search.plan("prune.final_sparsity", max_drop=1, low=0.2, high=0.8, resolution=0.2,
+                           params_path=params)
+    assert sparsity.grid == [0.2, 0.4, 0.6, 0.8] and sparsity.file == "pruned-int8"
+    clusters = search.plan("cluster.number_of_clusters", max_drop=1, low=4, high=16, resolution=4,
+                           params_path=params)
+    assert clusters.grid == [16, 12, 8, 4] and all(isinstance(value, int) for value in clusters.grid)
+    constant = search.plan("prune.target_sparsity", max_drop=1, params_path=params)
+    assert constant.knob.overrides == ("prune=constant",) and constant.grid[0] < constant.grid[-1]
+    preset = search.plan("prune.target_sparsity", max_drop=1, overrides=["experiment=firenet_study"],
+                         params_path=params)
+    assert preset.overrides == ("prune=constant", "experiment=firenet_study")
+    declared = search.plan("quantize.epochs", max_drop=1, direction="lower", low=1, high=3, resolution=1,
+                           file="qat-int8", params_path=params)
+    assert declared.grid == [3, 2, 1]
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"name": "prune.nothing"}, "unknown knob prune.nothing"),
+    ({"name": "model.name"}, "not a numeric parameter"),
+    ({"name": "quantize.epochs"}, "declare it with --direction"),
+    ({"max_drop": 0}, "--max-drop must be a positive number"),
+    ({"max_drop": -1}, "--max-drop must be a positive number"),
+    ({"low": 0.5, "high": 1.0}, "--high 1 is outside prune.final_sparsity's valid values"),
+    ({"low": -0.1}, "--low -0.1 is outside"),
+    ({"low": 0.8, "high": 0.4}, "--low (0.8) must be below --high (0.4)"),
+    ({"resolution": 0}, "--resolution must be > 0"),
+    ({"file": "pruned-int4"}, "--file 'pruned-int4' names no file"),
+    ({"file": "qat-float16"}, "QAT-trained variants become int8 files only"),
+    ({"max_probes": 1}, "--max-probes must be an integer >= 2"),
+    ({"jobs": 0}, "-j/--jobs must be an integer >= 1"),
+    ({"overrides": ["experiment"]}, "an override is KEY=VALUE"),
+    ({"overrides": ["prune.final_sparsity=0.5"]}, "the search sets prune.final_sparsity itself"),
+    ({"name": "cluster.number_of_clusters", "low": 1}, "--low 1 is outside"),
+    ({"name": "cluster.number_of_clusters", "resolution": 1.5}, "must be a whole number"),
+])
+def test_bad_input_is_one_clear_error_before_any_probe(kwargs, message):
+    args = {"name": "prune.final_sparsity", "max_drop": 1.0, "params_path": REPO / "params.yaml", **kwargs}
+    with pytest.raises(UserError, match=None) as error:
+        search.plan(args.pop("name"), **args)
+    assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_the_command_rejects_bad_input_with_exit_code_2_and_one_line(tmp_path):
+    result = run(["compresslab", "search", "prune.final_sparsity", "--max-drop", "0"], REPO, check=False)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: --max-drop must be a positive number of percentage points (e.g. 1), got 0.0"]
+    result = run(["compresslab", "search", "prune.final_sparsity", "--max-drop", "1", "--register", "a/b"], REPO,
+                 check=False)
+    assert result.returncode == 2 and "--register 'a/b'" in result.stderr
+
+
+@pytest.mark.slow
+def test_a_search_through_the_dvc_queue_respects_its_bound_and_a_repeat_trains_nothing(project):
+    """The tiny project's probes are real DVC experiments with MLflow summaries; the second search is cached."""
+    restore_committed(project)
+    command = ["compresslab", "search", "prune.final_sparsity", "--max-drop", "45", "--low", "0.1", "--high", "0.9",
+               "--resolution", "0.2", "--max-probes", "4", "-j", "2", "--register", "tiny-search"]
+    first = run(command, project, timeout=1500)
+    result = read_json(project / "reports" / "search" / "prune.final_sparsity.json")
+    probes = result["probes"]
+    assert 2 <= len(probes) <= 4
+    assert first.stdout.count("\nprobe ") + first.stdout.startswith("probe ") == len(probes)
+    chosen = result["chosen"]
+    assert chosen["passed"] and chosen["drop_pp"] <= 45 + 1e-9
+    # The rule: every probed setting below the choice passed, the failure that bounds it lies above it.
+    assert all(probe["passed"] for probe in probes if probe["value"] < chosen["value"])
+    failures = [probe["value"] for probe in probes if not probe["passed"]]
+    assert all(value > chosen["value"] for value in failures)
+    if failures and not result["budget_spent"]:
+        assert min(failures) == pytest.approx(chosen["value"] + 0.2)   # narrowed to one grid step
+    for probe in probes:
+        assert probe["drop_pp"] == pytest.approx((probe["reference_accuracy"] - probe["accuracy"]) * 100)
+        assert probe["passed"] == (probe["drop_pp"] <= 45 + 1e-9)
+        assert probe["reference"] == "finetune-float32"
+    # Every probe is a DVC experiment and an MLflow summary run with its setting.
+    shown = json.loads(run(["dvc", "exp", "show", "--json"], project).stdout)
+    names = {exp["name"] for rev in shown for exp in rev.get("experiments") or []}
+    assert {probe["experiment"] for probe in probes} <= names
+    for probe in probes:
+        (summary,) = mlflow_runs(project, summary="true", dvc_exp_name=probe["experiment"])
+        assert float(summary.data.params["prune.final_sparsity"]) == pytest.approx(probe["value"])
+        assert summary.data.metrics["pruned.int8.accuracy"] == pytest.approx(probe["accuracy"])
+    assert f"chosen: prune.final_sparsity={chosen['value']:g} -> pruned-int8" in first.stdout
+    assert (project / "reports" / "search" / "prune.final_sparsity.png").stat().st_size > 10_000
+    assert "registered pruned-int8.tflite as tiny-search version 1" in first.stdout
+
+    trained = training_runs(project)
+    second = run(command, project, timeout=900)
+    again = read_json(project / "reports" / "search" / "prune.final_sparsity.json")
+    assert [(p["value"], p["accuracy"]) for p in again["probes"]] == [(p["value"], p["accuracy"]) for p in probes]
+    assert again["chosen"]["value"] == chosen["value"]
+    assert training_runs(project) == trained
+    assert "registered pruned-int8.tflite as tiny-search version 2" in second.stdout
+    assert "champion moved from version 1 to version 2" in second.stdout   # same size: the newer one
