@@ -8,8 +8,11 @@ real `dvc` commands there. MLflow writes to that copy's own mlflow.db.
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -139,3 +142,32 @@ def restore_committed(root: Path) -> None:
     """Put the workspace back to the committed pipeline results (an exp run applies its own to it)."""
     run(["git", "reset", "-q", "--hard"], root)
     run(["dvc", "checkout", "--force", "--quiet"], root)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    port = free_port()
+    server = subprocess.Popen([str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+                               "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+                               "--artifacts-destination", str(tmp_path / "artifacts"), "--workers", "1"],
+                              cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(120):
+            try:
+                urllib.request.urlopen(f"{base}/health", timeout=2)
+                break
+            except OSError:
+                time.sleep(1)
+        else:
+            raise AssertionError("mlflow server did not start within 120 s")
+        yield base
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

@@ -2,8 +2,6 @@
 `mlflow server` on 127.0.0.1, and the summary runs compared through its REST API."""
 
 import json
-import socket
-import subprocess
 import time
 import urllib.request
 
@@ -11,7 +9,7 @@ import pytest
 
 from mlflow.tracking import MlflowClient
 
-from conftest import BIN, restore_committed, run
+from conftest import restore_committed, run
 
 pytestmark = pytest.mark.slow
 
@@ -90,12 +88,6 @@ def test_queued_sweep_and_preset_land_in_dvc_and_in_a_real_mlflow_server(project
     assert preset_children == {"train", "finetune", "prune", "quantize", "pqat", "cluster", "cqat", "pcqat"}
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def rest(base, path, payload=None):
     """POST `payload` as JSON to MLflow's REST API (GET when there is none); returns the decoded answer."""
     body = json.dumps(payload).encode() if payload is not None else None
@@ -103,29 +95,6 @@ def rest(base, path, payload=None):
                                      headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=30) as response:
         return json.loads(response.read())
-
-
-@pytest.fixture
-def mlflow_server(tmp_path):
-    port = free_port()
-    server = subprocess.Popen([str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
-                               "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
-                               "--artifacts-destination", str(tmp_path / "artifacts"), "--workers", "1"],
-                              cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(120):
-            try:
-                urllib.request.urlopen(f"{base}/health", timeout=2)
-                break
-            except OSError:
-                time.sleep(1)
-        else:
-            raise AssertionError("mlflow server did not start within 120 s")
-        yield base
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
 
 
 def test_summary_runs_compare_through_a_real_mlflow_server(project, mlflow_server):
