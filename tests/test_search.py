@@ -61,20 +61,22 @@ def test_nothing_passes_when_the_least_compressed_setting_fails():
 
 
 def test_the_grid_runs_from_least_to_most_compressed():
-    params = REPO / "params.yaml"
     sparsity = search.plan("prune.final_sparsity", max_drop=1, low=0.2, high=0.8, resolution=0.2,
-                           params_path=params)
+                           root=REPO)
     assert sparsity.grid == [0.2, 0.4, 0.6, 0.8] and sparsity.file == "pruned-int8"
     clusters = search.plan("cluster.number_of_clusters", max_drop=1, low=4, high=16, resolution=4,
-                           params_path=params)
+                           root=REPO)
     assert clusters.grid == [16, 12, 8, 4] and all(isinstance(value, int) for value in clusters.grid)
-    constant = search.plan("prune.target_sparsity", max_drop=1, params_path=params)
+    constant = search.plan("prune.target_sparsity", max_drop=1, root=REPO)
     assert constant.knob.overrides == ("prune=constant",) and constant.grid[0] < constant.grid[-1]
     preset = search.plan("prune.target_sparsity", max_drop=1, overrides=["experiment=firenet_study"],
-                         params_path=params)
+                         root=REPO)
     assert preset.overrides == ("prune=constant", "experiment=firenet_study")
+    width = search.plan("model.alpha", max_drop=1, direction="lower", low=0.35, high=1.0, resolution=0.05,
+                        file="baseline-int8", overrides=["model=mobilenetv2"], root=REPO)
+    assert width.grid[0] == 1.0 and width.grid[-1] == 0.35 and len(width.grid) == 14
     declared = search.plan("quantize.epochs", max_drop=1, direction="lower", low=1, high=3, resolution=1,
-                           file="qat-int8", params_path=params)
+                           file="qat-int8", root=REPO)
     assert declared.grid == [3, 2, 1]
 
 
@@ -94,11 +96,13 @@ def test_the_grid_runs_from_least_to_most_compressed():
     ({"jobs": 0}, "-j/--jobs must be an integer >= 1"),
     ({"overrides": ["experiment"]}, "an override is KEY=VALUE"),
     ({"overrides": ["prune.final_sparsity=0.5"]}, "the search sets prune.final_sparsity itself"),
+    ({"overrides": ["model=resnet99"]}, "the overrides model=resnet99 do not compose"),
+    ({"name": "model.alpha"}, "unknown knob model.alpha"),
     ({"name": "cluster.number_of_clusters", "low": 1}, "--low 1 is outside"),
     ({"name": "cluster.number_of_clusters", "resolution": 1.5}, "must be a whole number"),
 ])
 def test_bad_input_is_one_clear_error_before_any_probe(kwargs, message):
-    args = {"name": "prune.final_sparsity", "max_drop": 1.0, "params_path": REPO / "params.yaml", **kwargs}
+    args = {"name": "prune.final_sparsity", "max_drop": 1.0, "root": REPO, **kwargs}
     with pytest.raises(UserError, match=None) as error:
         search.plan(args.pop("name"), **args)
     assert message in str(error.value) and "\n" not in str(error.value)

@@ -22,6 +22,7 @@ import re
 import secrets
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -156,17 +157,26 @@ class Request:
 def plan(name: str, *, max_drop: float, file: str | None = None, low: float | None = None,
          high: float | None = None, resolution: float | None = None, direction: str | None = None,
          max_probes: int = 8, jobs: int = 1, overrides: Sequence[str] = (),
-         params_path: str | Path = "params.yaml", out: str | Path = OUT_DIR) -> Request:
+         root: str | Path = ".", out: str | Path = OUT_DIR) -> Request:
     """Check every argument against the knob and the project before any probe runs; UserError otherwise.
 
-    A knob not in KNOBS is searchable when params.yaml holds it as a number and `direction` ('higher' or
-    'lower': which values compress more), low, high, resolution and file are given. `overrides` are Hydra
-    overrides every probe gets too (`experiment=firenet_study`), never the knob itself.
+    A knob not in KNOBS is searchable when the configuration holds it as a number and `direction` ('higher'
+    or 'lower': which values compress more), low, high, resolution and file are given. `overrides` are Hydra
+    overrides every probe gets too (`experiment=firenet_study`), never the knob itself; the knob is looked up
+    in conf/ of `root` composed with them, as `dvc exp run` will compose it.
     """
     if isinstance(max_drop, bool) or not isinstance(max_drop, (int, float)) or not math.isfinite(max_drop) \
             or max_drop <= 0:
         raise UserError(f"--max-drop must be a positive number of percentage points (e.g. 1), got {max_drop}")
-    knob = KNOBS.get(name) or _declared_knob(name, direction, low, high, resolution, file, params_path)
+    for override in overrides:
+        key = override.partition("=")[0].strip()
+        if "=" not in override or not key:
+            raise UserError(f"-S {override!r}: an override is KEY=VALUE (e.g. -S experiment=firenet_study)")
+        if key == name:
+            raise UserError(f"-S {override}: the search sets {name} itself; give its range with --low/--high")
+    config = composed_params(Path(root), (*(KNOBS[name].overrides if name in KNOBS else ()), *overrides))
+    value = _param_value(name, config)
+    knob = KNOBS.get(name) or _declared_knob(name, value, direction, low, high, resolution, file)
     if direction is not None and name in KNOBS and (direction == "higher") != knob.higher_compresses:
         raise UserError(f"{name} compresses more at {'higher' if knob.higher_compresses else 'lower'} values: "
                         f"drop --direction")
@@ -179,12 +189,6 @@ def plan(name: str, *, max_drop: float, file: str | None = None, low: float | No
                         f"{max_probes}")
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise UserError(f"-j/--jobs must be an integer >= 1, got {jobs}")
-    for override in overrides:
-        key = override.partition("=")[0].strip()
-        if "=" not in override or not key:
-            raise UserError(f"-S {override!r}: an override is KEY=VALUE (e.g. -S experiment=firenet_study)")
-        if key == name:
-            raise UserError(f"-S {override}: the search sets {name} itself; give its range with --low/--high")
     file = file or knob.file
     _check_file(file)
     steps = round((high - low) / resolution)
@@ -195,12 +199,11 @@ def plan(name: str, *, max_drop: float, file: str | None = None, low: float | No
                    (*knob.overrides, *overrides))
 
 
-def _declared_knob(name, direction, low, high, resolution, file, params_path) -> Knob:
+def _declared_knob(name, value, direction, low, high, resolution, file) -> Knob:
     known = ", ".join(KNOBS)
-    value = _param_value(name, params_path)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise UserError(f"{name} is not a numeric parameter in {params_path} (found {value!r}): search one of "
-                        f"{known}, or a numeric key of params.yaml")
+        raise UserError(f"{name} is not a numeric parameter (its value is {value!r}): search one of {known}, or "
+                        f"a numeric key of params.yaml")
     missing = [flag for flag, given in (("--direction", direction), ("--low", low), ("--high", high),
                                         ("--resolution", resolution), ("--file", file)) if given is None]
     if missing:
@@ -211,14 +214,29 @@ def _declared_knob(name, direction, low, high, resolution, file, params_path) ->
     return Knob(name, direction == "higher", low, high, resolution, file, integer=integer)
 
 
-def _param_value(name: str, params_path) -> object:
-    path = Path(params_path)
-    if not path.is_file():
-        raise UserError(f"{path} not found: run from the project root")
-    node = yaml.safe_load(path.read_text()) or {}
+def composed_params(root: Path, overrides: Sequence[str]) -> dict:
+    """conf/ composed with the overrides by DVC's own function, as `dvc exp run -S ...` will compose it."""
+    from dvc.utils.hydra import compose_and_dump
+
+    conf = root / "conf"
+    if not (conf / "config.yaml").is_file():
+        raise UserError(f"{conf / 'config.yaml'} not found: run compresslab search from the project root")
+    with tempfile.TemporaryDirectory() as scratch:
+        composed = Path(scratch) / "params.yaml"
+        try:
+            compose_and_dump(composed, str(conf.resolve()), None, "config", str(root.resolve()), list(overrides))
+        except Exception as err:  # noqa: BLE001 - Hydra raises many kinds; each means a bad override
+            first = str(err).strip().splitlines()[0] if str(err).strip() else err.__class__.__name__
+            raise UserError(f"the overrides {' '.join(overrides)} do not compose: {first}") from None
+        return yaml.safe_load(composed.read_text()) or {}
+
+
+def _param_value(name: str, config: Mapping) -> object:
+    node = config
     for part in name.split("."):
         if not isinstance(node, dict) or part not in node:
-            raise UserError(f"unknown knob {name}: not a key of {path} (known knobs: {', '.join(KNOBS)})")
+            raise UserError(f"unknown knob {name}: not a key of the configuration (known knobs: "
+                            f"{', '.join(KNOBS)}; any numeric key of params.yaml with --direction)")
         node = node[part]
     return node
 
