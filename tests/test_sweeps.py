@@ -40,13 +40,14 @@ def test_queued_sweep_and_preset_land_in_dvc_and_in_a_real_mlflow_server(project
     """Two queue workers write to one MLflow server: every run arrives, nested under its own execution's parent."""
     restore_committed(project)
     env = {"MLFLOW_TRACKING_URI": mlflow_server}
+    earlier = set(experiments(project))   # other modules' experiments on the shared project (e.g. search probes)
     run(["dvc", "exp", "run", "--queue", "-S", f"prune.final_sparsity={','.join(map(str, SWEEP))}"], project)
     run(["dvc", "exp", "run", "--queue", "-n", "firenet-quick", *[a for o in FIRENET_QUICK for a in ("-S", o)]],
         project)
     run(["dvc", "queue", "start", "-j", "2"], project, env=env)  # the workers inherit the tracking URI
     status = wait_for_queue(project)
     assert "Failed" not in status, status + run(["dvc", "queue", "logs", "firenet-quick"], project, False).stdout
-    found = experiments(project)
+    found = {name: exp for name, exp in experiments(project).items() if name not in earlier}
     swept = {}
     for name, exp in found.items():
         params = exp["params"]["params.yaml"]["data"]

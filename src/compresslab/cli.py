@@ -97,6 +97,10 @@ def search(args: argparse.Namespace) -> None:
     print("\n".join(searching.summary_lines(found)))
     if args.register is not None:
         chosen = found.chosen
+        if chosen.run_id is None:
+            raise UserError(f"{request.knob.name}={chosen.value:g} is the committed configuration and this MLflow "
+                            f"store holds no summary run of it: run `dvc repro -f -s report` to log one, then "
+                            f"repeat this search (its probes are cached)")
         registered = registry.register(
             args.register, run_id=chosen.run_id, variant=request.variant, mode=request.file.rpartition("-")[2],
             figures={"accuracy": chosen.accuracy, "accuracy_delta_pp": -chosen.drop_pp,

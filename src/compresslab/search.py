@@ -17,7 +17,9 @@ is less compressed than every failing probe; passing probes beyond a failure are
 never chosen.
 """
 
+import json
 import math
+import os
 import re
 import secrets
 import subprocess
@@ -402,21 +404,70 @@ def queue_status() -> dict[str, str]:
 
 
 def measure(request: Request, value: float, name: str, *, uri: str | None = None) -> Probe:
-    """The probe's figures from its MLflow summary run: its file against the float control (else baseline)."""
-    from compresslab.reporting.compare import file_figures, summary_runs
+    """The probe's figures as DVC recorded them (the experiment's reports/metrics.json, which the evaluate and
+    report stages wrote): its file against the float control (else the baseline), and its MLflow summary run.
 
-    (run,) = summary_runs([name], uri=uri)
-    files = file_figures(run)
-    reference = next(((v, "float32") for v in (variants.CONTROL, variants.BASELINE) if (v, "float32") in files),
-                     None)
-    figures = files.get(variants.split_label(request.file))
-    if figures is None or figures.get("accuracy") is None or reference is None:
-        raise UserError(f"probe {name} has no accuracy for {request.file} and a float32 reference: check its "
-                        f"convert.modes (`dvc exp show`)")
-    accuracy, reference_accuracy = figures["accuracy"], files[reference]["accuracy"]
+    A probe whose setting is the committed one re-runs no stage, so it has no summary run of its own: its
+    figures are the commit's, and its run_id that of the newest summary of the commit, if this store has one.
+    """
+    metrics = experiment_metrics(name)
+    reference = next((v for v in (variants.CONTROL, variants.BASELINE) if "float32" in metrics.get(v, {})), None)
+    variant, mode = variants.split_label(request.file)
+    figures = metrics.get(variant, {}).get(mode, {})
+    if figures.get("accuracy") is None or reference is None:
+        raise UserError(f"probe {name} has no accuracy for {request.file} next to a float32 reference: check "
+                        f"its convert.modes (`dvc exp show`)")
+    accuracy, reference_accuracy = figures["accuracy"], metrics[reference]["float32"]["accuracy"]
     drop = (reference_accuracy - accuracy) * 100
-    return Probe(value, name, drop <= request.max_drop + TOLERANCE_PP, accuracy, variants.label(*reference),
-                 reference_accuracy, drop, figures.get("gzip_bytes"), run.info.run_id)
+    return Probe(value, name, drop <= request.max_drop + TOLERANCE_PP, accuracy, variants.label(reference, "float32"),
+                 reference_accuracy, drop, figures.get("gzip_bytes"), summary_run_id(name, uri=uri))
+
+
+def experiment_metrics(name: str) -> dict:
+    """{variant: {mode: {figure: value}}}: reports/metrics.json of DVC experiment `name`."""
+    shown = json.loads(_dvc("exp", "show", "--json").stdout)
+    for revision in shown:
+        for experiment in revision.get("experiments") or []:
+            if experiment.get("name") == name:
+                data = experiment["revs"][0].get("data") or {}
+                return ((data.get("metrics") or {}).get("reports/metrics.json") or {}).get("data") or {}
+    raise UserError(f"`dvc exp show` lists no experiment {name}: was it removed while the search ran?")
+
+
+def summary_run_id(name: str, *, uri: str | None = None) -> str | None:
+    """The MLflow summary run of experiment `name`; for a probe that re-ran nothing, the run that logged the
+    committed results (its reports/metrics.json hash, as HEAD's dvc.lock records it); None if none is here."""
+    from mlflow.tracking import MlflowClient
+
+    from compresslab import tracking
+
+    uri = uri or tracking.tracking_uri()
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        return None
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name(os.environ.get("MLFLOW_EXPERIMENT_NAME", tracking.EXPERIMENT))
+    if experiment is None:
+        return None
+    queries = [f"tags.dvc_exp_name = '{name}'"]
+    committed = _committed_metrics_md5()
+    if committed:
+        queries.append(f"tags.`dvc.out.{paths.REPORTS}/metrics.json` = '{committed}'")
+    for query in queries:
+        runs = client.search_runs([experiment.experiment_id], f"tags.summary = 'true' and "
+                                  f"attributes.status = 'FINISHED' and {query}", max_results=1,
+                                  order_by=["attributes.start_time DESC"])
+        if runs:
+            return runs[0].info.run_id
+    return None
+
+
+def _committed_metrics_md5() -> str | None:
+    shown = subprocess.run(["git", "show", "HEAD:dvc.lock"], capture_output=True, text=True)
+    if shown.returncode != 0:
+        return None
+    report = ((yaml.safe_load(shown.stdout) or {}).get("stages") or {}).get("report") or {}
+    return next((out.get("md5") for out in report.get("outs") or []
+                 if out.get("path") == f"{paths.REPORTS}/metrics.json"), None)
 
 
 def _probe_line(search: Search, probe: Probe) -> str:
