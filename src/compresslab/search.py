@@ -365,7 +365,15 @@ def _queue(request: Request, value: float, name: str) -> None:
 
 def _wait(names: list[str], jobs: int, indices: Mapping[int, str]):
     """Start the queue's workers and yield (grid index, seconds) as each named experiment succeeds."""
-    _dvc("queue", "start", "-j", str(min(jobs, len(names))))
+    # The workers DVC spawns inherit the caller's stdout and stderr: through a pipe, `dvc queue start` would
+    # only seem to return once they exit, i.e. after the whole round. A file keeps its output for the error.
+    with tempfile.TemporaryFile("w+") as output:
+        code = subprocess.run([sys.executable, "-m", "dvc", "queue", "start", "-j", str(min(jobs, len(names)))],
+                              stdout=output, stderr=subprocess.STDOUT).returncode
+        if code != 0:
+            output.seek(0)
+            last = output.read().strip().splitlines()[-1:] or ["no output"]
+            raise UserError(f"`dvc queue start` failed: {last[0]}")
     index_of = {name: index for index, name in indices.items()}
     started, pending = time.monotonic(), set(names)
     while pending:
