@@ -5,8 +5,9 @@
 
 One stage per variant (DVC `foreach`), so a knob re-times only the files downstream of it. It imports LiteRT
 and NumPy only, never TensorFlow, and starts in a fraction of a second.
-Output: reports/evaluate/<variant>.json, one row per file: its predictions on the test split, agreement with
-its Keras model, file and gzipped size, sparsity and MACs read back from the file, latency (median and
+Output: reports/evaluate/<variant>.json, one row per file: its predictions on the test split, its validation
+accuracy (what `compresslab search` chooses on, so the test split stays held out), agreement with its Keras
+model, file and gzipped size, sparsity and MACs read back from the file, latency (median and
 interquartile range) and FPS per thread count, its latency ratio to baseline-float32 timed in alternating
 rounds in this process, peak memory; and the machine's fingerprint (CPU, vector extensions, versions).
 A file that cannot be run, or a mode that failed to convert, becomes a row with its `error`; the `report`
@@ -36,6 +37,7 @@ def run(params, variant: str) -> dict:
         raise UserError(f"{record_path} not found: run `dvc repro convert@{variant}` first")
     record = json.loads(record_path.read_text())
     x_test, _ = dataset.load_split("test")
+    validation = dataset.load_split("val")   # for choices (compresslab search): the test split stays held out
     rows = [measure.error_row(variant, mode, f"conversion failed: {reason}")
             for mode, reason in record["failures"].items()]
     converted = [mode for mode in record["modes"] if mode not in record["failures"]]
@@ -45,7 +47,7 @@ def run(params, variant: str) -> dict:
         path = paths.tflite_file(variant, mode)
         try:
             row = measure.measure_file(path, x_test, cfg, record["keras_predictions"],
-                                       reference if reference.is_file() else None)
+                                       reference if reference.is_file() else None, validation)
         except UserError as err:
             rows.append(measure.error_row(variant, mode, str(err)))
             print(f"evaluate [{number}/{len(converted)}] {path.name}: FAILED: {err}")

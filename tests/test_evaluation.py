@@ -95,6 +95,13 @@ def test_evaluate_measures_every_file_of_a_variant_without_tensorflow(workspace)
     for row in rows.values():  # timed against baseline-float32 in the same process
         assert row["latency_ratio_p25_t1"] <= row["latency_ratio_t1"] <= row["latency_ratio_p75_t1"]
     assert rows["float32"]["latency_ratio_t1"] == 1.0
+    # Each file's validation accuracy (what compresslab search decides on) is its own, on the val split.
+    from compresslab.tflite import runtime
+
+    x_val, y_val = dataset.load_split("val")
+    for row in rows.values():
+        predicted = np.argmax(runtime.predict(runtime.load_interpreter(Path(row["file"])), x_val), axis=1)
+        assert row["val_accuracy"] == pytest.approx(float(np.mean(predicted == y_val)))
 
 
 def test_a_broken_file_and_a_failed_conversion_become_error_rows(workspace):

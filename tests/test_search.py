@@ -132,14 +132,18 @@ def test_a_search_through_the_dvc_queue_respects_its_bound_and_a_repeat_trains_n
     assert first.stdout.count("\nprobe ") == len(probes)
     chosen = result["chosen"]
     assert chosen["passed"] and chosen["drop_pp"] <= 45 + 1e-9
+    assert "chosen on the validation split" in first.stdout
     # The rule: every probed setting below the choice passed, the failure that bounds it lies above it.
     assert all(probe["passed"] for probe in probes if probe["value"] < chosen["value"])
     failures = [probe["value"] for probe in probes if not probe["passed"]]
     assert all(value > chosen["value"] for value in failures)
     if failures and not result["budget_spent"]:
         assert min(failures) == pytest.approx(chosen["value"] + 0.1)   # narrowed to one grid step
-    for probe in probes:
-        assert probe["drop_pp"] == pytest.approx((probe["reference_accuracy"] - probe["accuracy"]) * 100)
+    for probe in probes:   # decided on the validation split; the test figures are reported beside it
+        assert probe["split"] == "val"
+        assert probe["drop_pp"] == pytest.approx(
+            (probe["reference_decision_accuracy"] - probe["decision_accuracy"]) * 100)
+        assert probe["test_drop_pp"] == pytest.approx((probe["reference_accuracy"] - probe["accuracy"]) * 100)
         assert probe["passed"] == (probe["drop_pp"] <= 45 + 1e-9)
         assert probe["reference"] == "finetune-float32"
     # Every probe is a DVC experiment with an MLflow summary run of its figures: its own, or for the committed
@@ -155,6 +159,8 @@ def test_a_search_through_the_dvc_queue_respects_its_bound_and_a_repeat_trains_n
         assert float(summary.data.params["prune.final_sparsity"]) == pytest.approx(probe["value"])
         # The probe reads DVC's record (reports/metrics.json, 4 decimals); MLflow holds the same figure.
         assert summary.data.metrics["pruned.int8.accuracy"] == pytest.approx(probe["accuracy"], abs=5e-5)
+        assert summary.data.metrics["pruned.int8.val_accuracy"] == pytest.approx(probe["decision_accuracy"],
+                                                                                 abs=5e-5)
     assert f"chosen: prune.final_sparsity={chosen['value']:g} -> pruned-int8" in first.stdout
     assert (project / "reports" / "search" / "prune.final_sparsity.png").stat().st_size > 10_000
     assert "registered pruned-int8.tflite as tiny-search version 1" in first.stdout
@@ -162,7 +168,8 @@ def test_a_search_through_the_dvc_queue_respects_its_bound_and_a_repeat_trains_n
     trained = training_runs(project)
     second = run(command, project, timeout=900)
     again = read_json(project / "reports" / "search" / "prune.final_sparsity.json")
-    assert [(p["value"], p["accuracy"]) for p in again["probes"]] == [(p["value"], p["accuracy"]) for p in probes]
+    assert [(p["value"], p["accuracy"], p["decision_accuracy"]) for p in again["probes"]] == \
+        [(p["value"], p["accuracy"], p["decision_accuracy"]) for p in probes]
     assert again["chosen"]["value"] == chosen["value"]
     assert training_runs(project) == trained
     assert "registered pruned-int8.tflite as tiny-search version 2" in second.stdout

@@ -73,14 +73,24 @@ KNOBS = {knob.name: knob for knob in (
 
 @dataclass
 class Probe:
-    """One probed setting and what its file measured (drop_pp: reference minus file accuracy, in pp)."""
+    """One probed setting and what its file measured.
+
+    The decision is made on `split` ('val' when the evaluate stage measured the validation split, else
+    'test'): choosing a setting by its test accuracy and then reporting that accuracy would overstate it.
+    decision_accuracy / reference_decision_accuracy / drop_pp are on that split; accuracy /
+    reference_accuracy / test_drop_pp are the held-out test figures the choice is reported with.
+    """
     value: float
     experiment: str
     passed: bool
+    split: str = "val"
+    decision_accuracy: float | None = None
+    reference_decision_accuracy: float | None = None
+    drop_pp: float | None = None
     accuracy: float | None = None
     reference: str | None = None
     reference_accuracy: float | None = None
-    drop_pp: float | None = None
+    test_drop_pp: float | None = None
     gzip_bytes: int | None = None
     run_id: str | None = None
     seconds: float | None = None
@@ -330,7 +340,7 @@ def run(request: Request, *, uri: str | None = None, echo: Callable[[str], None]
     if search.chosen is None:
         first = search.probes[0]
         raise UserError(f"no setting keeps {request.file} within {request.max_drop:g} pp: even "
-                        f"{request.knob.name}={_text(first.value)} drops {first.drop_pp:.2f} pp; search a less "
+                        f"{request.knob.name}={_text(first.value)} drops {first.drop_pp:.2f} pp ({first.split} split); search a less "
                         f"compressed range or pass a larger --max-drop (probes in {search.json_path})")
     return search
 
@@ -425,10 +435,16 @@ def measure(request: Request, value: float, name: str, *, uri: str | None = None
     if figures.get("accuracy") is None or reference is None:
         raise UserError(f"probe {name} has no accuracy for {request.file} next to a float32 reference: check "
                         f"its convert.modes (`dvc exp show`)")
-    accuracy, reference_accuracy = figures["accuracy"], metrics[reference]["float32"]["accuracy"]
-    drop = (reference_accuracy - accuracy) * 100
-    return Probe(value, name, drop <= request.max_drop + TOLERANCE_PP, accuracy, variants.label(reference, "float32"),
-                 reference_accuracy, drop, figures.get("gzip_bytes"), summary_run_id(name, uri=uri))
+    baseline = metrics[reference]["float32"]
+    # Experiments from before the evaluate stage measured the validation split decide on the test split.
+    split = "val" if figures.get("val_accuracy") is not None and baseline.get("val_accuracy") is not None \
+        else "test"
+    key = "val_accuracy" if split == "val" else "accuracy"
+    drop = (baseline[key] - figures[key]) * 100
+    return Probe(value, name, drop <= request.max_drop + TOLERANCE_PP, split, figures[key], baseline[key], drop,
+                 figures["accuracy"], variants.label(reference, "float32"), baseline["accuracy"],
+                 (baseline["accuracy"] - figures["accuracy"]) * 100, figures.get("gzip_bytes"),
+                 summary_run_id(name, uri=uri))
 
 
 def experiment_metrics(name: str) -> dict:
@@ -482,18 +498,24 @@ def _probe_line(search: Search, probe: Probe) -> str:
     verdict = "within" if probe.passed else "beyond"
     size = "" if probe.gzip_bytes is None else f", {probe.gzip_bytes / 1024:.1f} KB gzipped"
     return (f"probe {len(search.probes)}/{search.request.max_probes}: {search.request.knob.name}="
-            f"{_text(probe.value)}  {search.request.file} {probe.accuracy * 100:.2f} % ({-probe.drop_pp:+.2f} pp "
-            f"vs {probe.reference}){size}: {verdict} {search.request.max_drop:g} pp  [{probe.experiment}, "
+            f"{_text(probe.value)}  {search.request.file} {probe.split} {probe.decision_accuracy * 100:.2f} % "
+            f"({-probe.drop_pp:+.2f} pp vs {probe.reference}): {verdict} {search.request.max_drop:g} pp; test "
+            f"{probe.accuracy * 100:.2f} % ({-probe.test_drop_pp:+.2f} pp){size}  [{probe.experiment}, "
             f"done {probe.seconds:.0f} s into its round]")
 
 
 def summary_lines(search: Search) -> list[str]:
     """The closing lines: the choice with its file, size, accuracy and drop, and what to be wary of."""
     request, outcome, chosen = search.request, search.outcome, search.chosen
-    lines = [f"chosen: {request.knob.name}={_text(chosen.value)} -> {request.file}: {chosen.accuracy * 100:.2f} % "
-             f"({-chosen.drop_pp:+.2f} pp vs {chosen.reference} {chosen.reference_accuracy * 100:.2f} %), "
-             f"{chosen.gzip_bytes / 1024:.1f} KB gzipped; experiment {chosen.experiment} "
-             f"(`dvc exp apply {chosen.experiment}` restores it)",
+    lines = [f"chosen: {request.knob.name}={_text(chosen.value)} -> {request.file}: test accuracy "
+             f"{chosen.accuracy * 100:.2f} % ({-chosen.test_drop_pp:+.2f} pp vs {chosen.reference} "
+             f"{chosen.reference_accuracy * 100:.2f} %), {chosen.gzip_bytes / 1024:.1f} KB gzipped; experiment "
+             f"{chosen.experiment} (`dvc exp apply {chosen.experiment}` restores it)",
+             f"  chosen on the {'validation' if chosen.split == 'val' else 'test'} split: "
+             f"{chosen.decision_accuracy * 100:.2f} % ({-chosen.drop_pp:+.2f} pp)"
+             + ("; the test split stays held out, so the test figures above are not inflated by the choice"
+                if chosen.split == "val" else "; no validation figures in these experiments, so the test "
+                "accuracy above took part in the choice and overstates what a new test set would show"),
              f"  {len(search.probes)} probe(s) in {search.seconds:.0f} s"]
     low, high = outcome.bracket
     if high is None:
@@ -543,21 +565,25 @@ def plot(search: Search, path: Path) -> Path:
     fig = Figure(figsize=(8.0, 4.8), dpi=150, layout="constrained")
     ax = fig.subplots()
     xs = [probe.value for probe in probes]
-    ax.plot(xs, [probe.accuracy * 100 for probe in probes], color="grey", linewidth=1, zorder=1)
+    split = "validation" if probes[0].split == "val" else "test"
+    ax.plot(xs, [probe.decision_accuracy * 100 for probe in probes], color="grey", linewidth=1, zorder=1)
     for passed, colour, marker, name in ((True, "tab:green", "o", "within the bound"),
                                          (False, "tab:red", "x", "beyond the bound")):
-        chosen = [probe for probe in probes if probe.passed == passed]
-        ax.scatter([p.value for p in chosen], [p.accuracy * 100 for p in chosen], color=colour, marker=marker,
-                   s=50, zorder=3, label=name)
-    bounds = [(probe.reference_accuracy * 100 - request.max_drop) for probe in probes]
+        group = [probe for probe in probes if probe.passed == passed]
+        ax.scatter([p.value for p in group], [p.decision_accuracy * 100 for p in group], color=colour,
+                   marker=marker, s=50, zorder=3, label=f"{split}: {name}")
+    if probes[0].split == "val":   # the held-out figures the choice is reported with
+        ax.plot(xs, [probe.accuracy * 100 for probe in probes], color="tab:blue", linestyle=":", marker="s",
+                markersize=4, markerfacecolor="none", linewidth=1, zorder=2, label="test (held out)")
+    bounds = [(probe.reference_decision_accuracy * 100 - request.max_drop) for probe in probes]
     ax.plot(xs, bounds, color="black", linestyle="--", linewidth=1,
-            label=f"{probes[0].reference} − {request.max_drop:g} pp")
+            label=f"bound: {probes[0].reference} ({split}) − {request.max_drop:g} pp")
     if search.chosen is not None:
-        ax.scatter([search.chosen.value], [search.chosen.accuracy * 100], s=260, marker="*", color="gold",
-                   edgecolors="black", zorder=4, label=f"chosen: {_text(search.chosen.value)}")
+        ax.scatter([search.chosen.value], [search.chosen.decision_accuracy * 100], s=260, marker="*",
+                   color="gold", edgecolors="black", zorder=4, label=f"chosen: {_text(search.chosen.value)}")
     for index in search.outcome.non_monotone:
         probe = search.probes[index]
-        ax.annotate("non-monotone", (probe.value, probe.accuracy * 100), xytext=(6, -12),
+        ax.annotate("non-monotone", (probe.value, probe.decision_accuracy * 100), xytext=(6, -12),
                     textcoords="offset points", fontsize=7)
     direction = "→ more compressed" if request.knob.higher_compresses else "← more compressed"
     ax.set_xlabel(f"{request.knob.name} ({direction})")

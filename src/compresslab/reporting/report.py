@@ -135,14 +135,16 @@ def headline_metrics(rows: Sequence[Mapping]) -> dict:
 
     Returns:
       {variant: {mode: {accuracy, accuracy_ci_low, accuracy_ci_high, gzip_bytes, gzip_ratio, sparsity,
-      latency_median_ms_t<n> for every thread count, accuracy_delta_pp, p_value, accuracy_delta_control_pp}}},
+      latency_median_ms_t<n> for every thread count, accuracy_delta_pp, p_value, accuracy_delta_control_pp,
+      val_accuracy (validation split, for choices)}}},
       plus 'failed': ['variant-mode', ...] when any row has an error.
     """
     latency_keys = [f"latency_median_ms_t{n}" for n in thread_counts(rows)]
     rounders = {"accuracy": _significant, "accuracy_ci_low": _significant, "accuracy_ci_high": _significant,
                 "gzip_bytes": _whole, "gzip_ratio": _significant, "sparsity": _significant,
                 **{key: _significant for key in latency_keys}, "accuracy_delta_pp": _hundredths,
-                "p_value": lambda value: _significant(value, 3), "accuracy_delta_control_pp": _hundredths}
+                "p_value": lambda value: _significant(value, 3), "accuracy_delta_control_pp": _hundredths,
+                "val_accuracy": _significant}
     metrics: dict = {}
     failed = []
     for row in rows:

@@ -35,7 +35,8 @@ def check_positive_class(cfg: Mapping, class_names: Sequence[str]) -> None:
 
 
 def measure_file(path: Path, x_test: np.ndarray, cfg: Mapping,
-                 keras_predictions: Sequence[int] | None = None, reference: Path | None = None) -> dict:
+                 keras_predictions: Sequence[int] | None = None, reference: Path | None = None,
+                 validation: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
     """Every interpreter-measured figure of one .tflite file; raises UserError when the file is unusable.
 
     Args:
@@ -44,6 +45,8 @@ def measure_file(path: Path, x_test: np.ndarray, cfg: Mapping,
       cfg: the `evaluate` group (threads, warmup_runs, min_runs, min_seconds, ratio_rounds, measure_memory).
       keras_predictions: the predicted classes of the Keras model the file was converted from.
       reference: baseline-float32's file, timed against this one in alternating rounds (None: no ratio).
+      validation: the validation images and labels: the file's val_accuracy, which choices made from these
+        figures (`compresslab search`) use so that the test split stays held out for reporting.
 
     Returns:
       A row: variant, mode, file, y_pred (predicted class per test image), keras_agreement (share of test
@@ -51,7 +54,7 @@ def measure_file(path: Path, x_test: np.ndarray, cfg: Mapping,
       nonzero_parameters, sparsity, macs, xnnpack_partitions, xnnpack_operator_share and
       operators_outside_xnnpack (e.g. 'AVERAGE_POOL_2D x3, SOFTMAX'); per thread count n:
       latency_{median,p25,p75,p90,mean,std}_ms_t{n}, fps_t{n} and latency_ratio{,_p25,_p75}_t{n} (against
-      `reference`, interleaved); peak_rss_mb and model_rss_mb.
+      `reference`, interleaved); peak_rss_mb and model_rss_mb; val_accuracy when `validation` is given.
     """
     variant, mode = variants.split_label(path.stem)
     interpreter = runtime.load_interpreter(path)
@@ -68,6 +71,9 @@ def measure_file(path: Path, x_test: np.ndarray, cfg: Mapping,
            "xnnpack_partitions": delegated["partitions"],
            "xnnpack_operator_share": delegated["delegated"] / max(delegated["operators"], 1),
            "operators_outside_xnnpack": counted(delegated["outside"])}
+    if validation is not None and len(validation[1]):
+        x_val, y_val = validation
+        row["val_accuracy"] = float(np.mean(np.argmax(runtime.predict(interpreter, x_val), axis=1) == y_val))
     sample = x_test[:1]
     timings = benchmark.latency_by_threads(path, list(cfg["threads"]), warmup=cfg["warmup_runs"],
                                            min_runs=cfg["min_runs"], min_seconds=cfg["min_seconds"],
