@@ -354,6 +354,11 @@ def _text(value: float) -> str:
     return f"{value:g}"
 
 
+def _pp(change: float) -> str:
+    """A signed change in pp; a float difference of -1e-15 prints as +0.00, not -0.00."""
+    return f"{round(change, 2) + 0.0:+.2f}"
+
+
 def _values_text(request: Request) -> str:
     grid = request.grid
     order = "higher" if request.knob.higher_compresses else "lower"
@@ -499,8 +504,8 @@ def _probe_line(search: Search, probe: Probe) -> str:
     size = "" if probe.gzip_bytes is None else f", {probe.gzip_bytes / 1024:.1f} KB gzipped"
     return (f"probe {len(search.probes)}/{search.request.max_probes}: {search.request.knob.name}="
             f"{_text(probe.value)}  {search.request.file} {probe.split} {probe.decision_accuracy * 100:.2f} % "
-            f"({-probe.drop_pp:+.2f} pp vs {probe.reference}): {verdict} {search.request.max_drop:g} pp; test "
-            f"{probe.accuracy * 100:.2f} % ({-probe.test_drop_pp:+.2f} pp){size}  [{probe.experiment}, "
+            f"({_pp(-probe.drop_pp)} pp vs {probe.reference}): {verdict} {search.request.max_drop:g} pp; test "
+            f"{probe.accuracy * 100:.2f} % ({_pp(-probe.test_drop_pp)} pp){size}  [{probe.experiment}, "
             f"done {probe.seconds:.0f} s into its round]")
 
 
@@ -508,11 +513,11 @@ def summary_lines(search: Search) -> list[str]:
     """The closing lines: the choice with its file, size, accuracy and drop, and what to be wary of."""
     request, outcome, chosen = search.request, search.outcome, search.chosen
     lines = [f"chosen: {request.knob.name}={_text(chosen.value)} -> {request.file}: test accuracy "
-             f"{chosen.accuracy * 100:.2f} % ({-chosen.test_drop_pp:+.2f} pp vs {chosen.reference} "
+             f"{chosen.accuracy * 100:.2f} % ({_pp(-chosen.test_drop_pp)} pp vs {chosen.reference} "
              f"{chosen.reference_accuracy * 100:.2f} %), {chosen.gzip_bytes / 1024:.1f} KB gzipped; experiment "
              f"{chosen.experiment} (`dvc exp apply {chosen.experiment}` restores it)",
              f"  chosen on the {'validation' if chosen.split == 'val' else 'test'} split: "
-             f"{chosen.decision_accuracy * 100:.2f} % ({-chosen.drop_pp:+.2f} pp)"
+             f"{chosen.decision_accuracy * 100:.2f} % ({_pp(-chosen.drop_pp)} pp)"
              + ("; the test split stays held out, so the test figures above are not inflated by the choice"
                 if chosen.split == "val" else "; no validation figures in these experiments, so the test "
                 "accuracy above took part in the choice and overstates what a new test set would show"),
