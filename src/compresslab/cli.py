@@ -103,12 +103,12 @@ def search(args: argparse.Namespace) -> None:
                             f"repeat this search (its probes are cached)")
         registered = registry.register(
             args.register, run_id=chosen.run_id, variant=request.variant, mode=request.file.rpartition("-")[2],
-            figures={"accuracy": chosen.accuracy, "accuracy_delta_pp": -chosen.drop_pp,
-                     "gzip_bytes": chosen.gzip_bytes}, alias=args.alias,
+            figures={"accuracy": chosen.accuracy, "accuracy_delta_pp": -chosen.test_drop_pp,
+                     "val_accuracy": chosen.decision_accuracy, "gzip_bytes": chosen.gzip_bytes}, alias=args.alias,
             rule={"command": "search", "knob": request.knob.name, "value": chosen.value,
-                  "max_drop_pp": request.max_drop, "reference": chosen.reference,
+                  "max_drop_pp": request.max_drop, "reference": chosen.reference, "split": chosen.split,
                   "rule": f"the most compressed {request.knob.name} keeping {request.file} within "
-                          f"{request.max_drop:g} pp of {chosen.reference}"})
+                          f"{request.max_drop:g} pp of {chosen.reference} on the {chosen.split} split"})
         print(registered_line(registered))
 
 

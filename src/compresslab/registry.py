@@ -27,7 +27,7 @@ DEFAULT_ALIAS = "champion"
 ARTIFACT_DIR = "registry"
 LINEAGE_TAGS = ("data_hash", "git_commit", "git_dirty", "dvc_exp_name")
 LINEAGE_PREFIXES = ("dvc.dep.", "dvc.out.")
-FIGURES = ("accuracy", "accuracy_delta_pp", "gzip_bytes", "latency_ratio", "latency_median_ms")
+FIGURES = ("accuracy", "accuracy_delta_pp", "val_accuracy", "gzip_bytes", "latency_ratio", "latency_median_ms")
 # What the alias compares, per objective: lower is better.
 COSTS = {"size": "gzip_bytes", "latency": "latency_ratio"}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\- ]{0,254}$")
