@@ -444,6 +444,19 @@ def test_without_a_group_of_two_the_comparison_is_single_seed(seeded, tmp_path):
     assert row(result.table, "exp-s1", *PI8).accuracy_delta_control_pp == pytest.approx((0.950 - 0.957) * 100)
 
 
+def test_a_repeat_of_a_configuration_and_seed_is_not_counted_as_another_seed(tmp_path, monkeypatch):
+    use_store(monkeypatch, tmp_path, tmp_path)
+    files = SEEDED["exp-s1"][2]
+    for name, seed in (("rep-a", 1), ("rep-b", 1), ("rep-c", 2)):   # rep-b repeats rep-a
+        monkeypatch.setenv("DVC_EXP_NAME", name)
+        tracking.log_run("report", params={**params(0.8), "seed": seed}, metrics=scored_metrics(files),
+                         tags={"summary": "true"})
+    result = compare(out="out")
+    assert result.groups == [["rep-b", "rep-c"]]   # the newer of the two seed-1 runs, and seed 2
+    assert set(result.table.experiment) == {"rep-b+rep-c"} and set(result.table.seeds) == {2}
+    assert "rep-a repeats rep-b's configuration and seed: left out" in " ".join(result.notes)
+
+
 def test_runs_timed_on_different_machines_compare_by_latency_ratio(tmp_path, monkeypatch):
     use_store(monkeypatch, tmp_path, tmp_path)
     # (accuracy, ms, ratio to the run's own baseline-float32 timed interleaved) per file.

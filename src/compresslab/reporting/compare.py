@@ -3,7 +3,8 @@ and an accuracy-aware choice of the file to ship.
 
 Input is the MLflow "summary" runs the `report` stage logs (tag summary=true, the whole configuration as
 dotted params, every figure as `<variant>.<mode>.<figure>` metrics). The newest run of each DVC experiment
-name counts; runs that are deleted, unfinished or not summaries are ignored.
+name counts; runs that are deleted, unfinished or not summaries are ignored. Runs that repeat another's
+params *and* seed on the same data are left out (with a note): a repeat is not another sample.
 
 Seeds: runs whose params are identical except `seed` (`dvc exp run --queue -S 'seed=1,2,3'`) form a seed
 group. When some group holds two or more runs, compare.csv has one row per (group, file) with the mean over
@@ -139,7 +140,7 @@ def compare(experiments: Sequence[str] | None = None, *, out: str | Path = OUT_D
     """
     if max_drop is not None:
         _check_selection_args(max_drop, objective)
-    runs = summary_runs(experiments, uri=uri)
+    runs, repeats = drop_repeats(summary_runs(experiments, uri=uri))
     varying = varying_params(runs)
     runs_table = build_table(runs, varying)
     groups = seed_groups(runs)
@@ -154,7 +155,8 @@ def compare(experiments: Sequence[str] | None = None, *, out: str | Path = OUT_D
         write_table(runs_table, runs_csv_path)
     png_path = plot_comparison(table, out / "compare.png")
     result = Comparison(table, varying, [experiment_name(run) for run in runs], csv_path, png_path,
-                        notes=_notes(runs, runs_table) + seed_notes(groups), runs_table=runs_table,
+                        notes=_notes(runs, runs_table) + seed_notes(groups) + repeat_notes(repeats),
+                        runs_table=runs_table,
                         runs_csv_path=runs_csv_path if grouped else None,
                         groups=[[experiment_name(run) for run in group] for group in groups])
     selection_path = out / "selection.json"
@@ -231,6 +233,30 @@ def varying_params(runs: Sequence[Run]) -> list[str]:
     """The dotted params whose value differs between the runs (missing counts as a value), sorted."""
     keys = sorted({key for run in runs for key in run.data.params})
     return [key for key in keys if len({run.data.params.get(key) for run in runs}) > 1]
+
+
+def drop_repeats(runs: Sequence[Run]) -> tuple[list[Run], dict[str, list[str]]]:
+    """Keep the newest run of each configuration *and* seed on the same data; the others are repeats.
+
+    A repeat (the same params and seed again, e.g. two searches probing one setting) is not another sample:
+    counted as a seed it would add a spread of zero. Returns the runs kept (order kept) and, per kept
+    experiment, the names of the repeats it stands for.
+    """
+    kept: dict[tuple, Run] = {}
+    repeats: dict[str, list[str]] = {}
+    for run in runs:   # newest first: the first of each key is kept
+        key = (tuple(sorted(run.data.params.items())), run.data.tags.get("data_hash"))
+        if key in kept:
+            repeats.setdefault(experiment_name(kept[key]), []).append(experiment_name(run))
+        else:
+            kept[key] = run
+    return list(kept.values()), repeats
+
+
+def repeat_notes(repeats: Mapping[str, Sequence[str]]) -> list[str]:
+    return [f"{', '.join(names)} repeat{'s' * (len(names) == 1)} {name}'s configuration and seed: left out, the "
+            f"newest run stands for them (a repeat on the same seed is not another sample)"
+            for name, names in repeats.items()]
 
 
 def seed_groups(runs: Sequence[Run]) -> list[list[Run]]:
