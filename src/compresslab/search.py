@@ -340,8 +340,9 @@ def run(request: Request, *, uri: str | None = None, echo: Callable[[str], None]
     if search.chosen is None:
         first = search.probes[0]
         raise UserError(f"no setting keeps {request.file} within {request.max_drop:g} pp: even "
-                        f"{request.knob.name}={_text(first.value)} drops {first.drop_pp:.2f} pp ({first.split} split); search a less "
-                        f"compressed range or pass a larger --max-drop (probes in {search.json_path})")
+                        f"{request.knob.name}={_text(first.value)} drops {first.drop_pp:.2f} pp ({first.split} "
+                        f"split); search a less compressed range or pass a larger --max-drop (probes in "
+                        f"{search.json_path})")
     return search
 
 
