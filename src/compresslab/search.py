@@ -274,10 +274,9 @@ def _check_range(knob: Knob, low: float, high: float, resolution: float) -> None
 
 def _check_file(file: str) -> None:
     variant, mode = variants.split_label(file)
-    modes = ("float32", "dynamic", "float16", "int8")
-    if variant not in variants.VARIANTS or mode not in modes:
+    if variant not in variants.VARIANTS or mode not in variants.MODES:
         raise UserError(f"--file {file!r} names no file: use <variant>-<mode> with a variant of "
-                        f"{', '.join(variants.VARIANTS)} and a mode of {', '.join(modes)} (e.g. pqat-int8)")
+                        f"{', '.join(variants.VARIANTS)} and a mode of {', '.join(variants.MODES)} (e.g. pqat-int8)")
     if variants.is_qat(variant) and mode != "int8":
         raise UserError(f"--file {file}: QAT-trained variants become int8 files only; use {variant}-int8")
 

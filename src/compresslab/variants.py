@@ -6,6 +6,8 @@ compression stages' budget and no compression, so an effect can be told apart fr
 A file is named by its label `<variant>-<mode>` (see `paths.tflite_file`).
 """
 
+# The TFLite modes a float variant can convert to, in the order reports list them.
+MODES = ("float32", "dynamic", "float16", "int8")
 FLOAT_VARIANTS = ("baseline", "finetune", "pruned", "clustered")
 QAT_VARIANTS = ("qat", "pqat", "cqat", "pcqat")
 VARIANTS = FLOAT_VARIANTS + QAT_VARIANTS

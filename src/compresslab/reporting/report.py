@@ -52,7 +52,6 @@ _THREAD_KEY = re.compile(r"^latency_median_ms_t(\d+)$")
 
 # Reading order of the study (each variant builds on the ones before); names not listed sort after, by name.
 VARIANT_ORDER = ("baseline", "finetune", "pruned", "qat", "pqat", "clustered", "cqat", "pcqat")
-MODE_ORDER = ("float32", "dynamic", "float16", "int8")
 MODE_MARKERS = {"float32": "o", "dynamic": "s", "float16": "^", "int8": "D"}
 _SPARE_MARKERS = ("v", "P", "X", "*", "h", "<", ">")
 
@@ -246,7 +245,7 @@ def _tradeoff_legends(ax, colours: dict[str, tuple], markers: dict[str, str]) ->
 def plot_latency(rows: Sequence[Mapping], path: str | Path) -> Path:
     """Median latency per file and thread count as grouped horizontal bars, the interquartile range as whiskers.
 
-    Files run top to bottom by variant then mode (VARIANT_ORDER, MODE_ORDER); one bar per thread count,
+    Files run top to bottom by variant then mode (VARIANT_ORDER, variants.MODES); one bar per thread count,
     labelled with its median. A missing median draws no bar, a missing quartile no whisker.
 
     Args:
@@ -597,10 +596,10 @@ def label(row: Mapping) -> str:
 
 
 def sort_rows(rows: Iterable[Mapping]) -> list[Mapping]:
-    """Rows by variant (VARIANT_ORDER, then others by name), then mode (MODE_ORDER, then others by name)."""
+    """Rows by variant (VARIANT_ORDER, then others by name), then mode (variants.MODES, then others by name)."""
     def rank(name, order):
         return (order.index(name), "") if name in order else (len(order), str(name))
-    return sorted(rows, key=lambda row: (rank(row["variant"], VARIANT_ORDER), rank(row["mode"], MODE_ORDER)))
+    return sorted(rows, key=lambda row: (rank(row["variant"], VARIANT_ORDER), rank(row["mode"], variants.MODES)))
 
 
 def _failed(row: Mapping) -> bool:

@@ -29,8 +29,7 @@ from tensorflow_model_optimization.python.core.clustering.keras.cluster_wrapper 
 from tensorflow_model_optimization.python.core.sparsity.keras.pruning_wrapper import PruneLowMagnitude
 
 from compresslab.errors import UserError
-
-MODES = ("float32", "dynamic", "float16", "int8")
+from compresslab.variants import MODES
 
 # Wrappers that only make sense while training. Converted with them, the file computes every kernel at
 # run time (kernel x mask, centroid lookup): no kernel is stored as a constant, the file grows (x5 for
