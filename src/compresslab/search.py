@@ -19,7 +19,6 @@ never chosen.
 
 import json
 import math
-import os
 import re
 import secrets
 import subprocess
@@ -466,24 +465,18 @@ def experiment_metrics(name: str) -> dict:
 def summary_run_id(name: str, *, uri: str | None = None) -> str | None:
     """The MLflow summary run of experiment `name`; for a probe that re-ran nothing, the run that logged the
     committed results (its reports/metrics.json hash, as HEAD's dvc.lock records it); None if none is here."""
-    from mlflow.tracking import MlflowClient
+    from compresslab.reporting.compare import SUMMARY_FILTER, summary_store
 
-    from compresslab import tracking
-
-    uri = uri or tracking.tracking_uri()
-    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+    store = summary_store(uri)
+    if store is None:
         return None
-    client = MlflowClient(uri)
-    experiment = client.get_experiment_by_name(os.environ.get("MLFLOW_EXPERIMENT_NAME", tracking.EXPERIMENT))
-    if experiment is None:
-        return None
+    client, experiment_id = store
     queries = [f"tags.dvc_exp_name = '{name}'"]
     committed = _committed_metrics_md5()
     if committed:
         queries.append(f"tags.`dvc.out.{paths.REPORTS}/metrics.json` = '{committed}'")
     for query in queries:
-        runs = client.search_runs([experiment.experiment_id], f"tags.summary = 'true' and "
-                                  f"attributes.status = 'FINISHED' and {query}", max_results=1,
+        runs = client.search_runs([experiment_id], f"{SUMMARY_FILTER} and {query}", max_results=1,
                                   order_by=["attributes.start_time DESC"])
         if runs:
             return runs[0].info.run_id

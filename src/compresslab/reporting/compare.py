@@ -71,6 +71,7 @@ LATENCY_RATIO = "latency_ratio"
 TOLERANCE_PP = 1e-9
 COMPARE_SIZE = (15.0, 6.0)   # inches: two panels side by side, legends outside on the right
 _SEARCH_PAGE = 1000
+SUMMARY_FILTER = "tags.summary = 'true' and attributes.status = 'FINISHED'"
 
 
 @dataclass
@@ -186,15 +187,11 @@ def summary_runs(experiments: Sequence[str] | None = None, *, uri: str | None = 
     name = os.environ.get("MLFLOW_EXPERIMENT_NAME", tracking.EXPERIMENT)
     no_runs = UserError(f"no summary runs in MLflow experiment '{name}' at {uri}: run `dvc repro` or "
                         f"`dvc exp run` first (the report stage logs one per pipeline run)")
-    # Opening a SQLite URI creates the database: a missing file simply means nothing ran here yet.
-    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
-        raise no_runs
-    client = MlflowClient(uri)
-    found = client.get_experiment_by_name(name)
-    if found is None:
+    store = summary_store(uri)
+    if store is None:
         raise no_runs
     newest: dict[str, Run] = {}
-    for run in sorted(_search_all(client, found.experiment_id), key=_started, reverse=True):
+    for run in sorted(_search_all(*store), key=_started, reverse=True):
         newest.setdefault(experiment_name(run), run)
     if not newest:
         raise no_runs
@@ -208,10 +205,21 @@ def summary_runs(experiments: Sequence[str] | None = None, *, uri: str | None = 
     return list(newest.values())
 
 
+def summary_store(uri: str | None = None) -> tuple[MlflowClient, str] | None:
+    """(client, experiment id) where the summary runs live; None when nothing has been logged there yet."""
+    uri = uri or tracking.tracking_uri()
+    # Opening a SQLite URI creates the database: a missing file simply means nothing ran here yet.
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        return None
+    client = MlflowClient(uri)
+    found = client.get_experiment_by_name(os.environ.get("MLFLOW_EXPERIMENT_NAME", tracking.EXPERIMENT))
+    return None if found is None else (client, found.experiment_id)
+
+
 def _search_all(client: MlflowClient, experiment_id: str) -> list[Run]:
     runs, token = [], None
     while True:
-        page = client.search_runs([experiment_id], "tags.summary = 'true' and attributes.status = 'FINISHED'",
+        page = client.search_runs([experiment_id], SUMMARY_FILTER,
                                   run_view_type=ViewType.ACTIVE_ONLY, max_results=_SEARCH_PAGE,
                                   page_token=token)
         runs += list(page)
