@@ -17,14 +17,15 @@ from compresslab.errors import run_main
 def run(params) -> dict:
     cfg = params.cluster
     clustering.validate_cluster_config(cfg)
-    model, train, val, test = stage.begin(params, "baseline")
-    result = clustering.cluster(model, cfg, train, val, batch_size=params.train.batch_size)
-    measurements = {"requested_clusters": result.requested_clusters,
-                    "max_unique_values": max(result.channel_unique_values.values(), default=0),
-                    "unique_values": result.unique_values, "clustered_layers": len(result.clustered_layers)}
-    print(f"cluster: distinct values per layer {result.unique_values} (asked {result.requested_clusters})")
-    return stage.finish("cluster", params, ("seed", "train", "cluster"), result.model, "clustered", test,
-                        measurements, result.history)
+    with stage.distributed(params):  # before any TensorFlow work: see train.strategy
+        model, train, val, test = stage.begin(params, "baseline")
+        result = clustering.cluster(model, cfg, train, val, batch_size=params.train.batch_size)
+        measurements = {"requested_clusters": result.requested_clusters,
+                        "max_unique_values": max(result.channel_unique_values.values(), default=0),
+                        "unique_values": result.unique_values, "clustered_layers": len(result.clustered_layers)}
+        print(f"cluster: distinct values per layer {result.unique_values} (asked {result.requested_clusters})")
+        return stage.finish("cluster", params, ("seed", "train", "cluster"), result.model, "clustered", test,
+                            measurements, result.history)
 
 
 if __name__ == "__main__":

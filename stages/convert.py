@@ -17,7 +17,7 @@ import sys
 import numpy as np
 
 import compresslab  # noqa: F401  (prepares the environment before TensorFlow is imported)
-from compresslab import dataset, paths, variants
+from compresslab import dataset, paths, tfdata, variants
 from compresslab.config import load_params
 from compresslab.errors import UserError, run_main
 from compresslab.model_io import load_model
@@ -42,8 +42,8 @@ def run(params, variant: str) -> dict:
     cfg = params.convert
     validate_variant(variant)
     validate_convert_config(cfg)
-    x_train, _ = dataset.load_split("train")
-    representative = converter.calibration_samples(x_train, cfg.calibration_samples, params.seed)
+    splits = dataset.open_splits()
+    representative = converter.calibration_samples(splits["train"], cfg.calibration_samples, params.seed)
     model = load_model(paths.keras_model(variant))
     # Start from an empty folder: a file left from an earlier mode list must not be evaluated as current.
     folder = paths.tflite_dir(variant)
@@ -62,8 +62,7 @@ def run(params, variant: str) -> dict:
         write_bytes(paths.tflite_file(variant, mode), flatbuffer)
         sizes[mode] = len(flatbuffer)
         print(f"convert [{number}/{len(modes)}] {label}: {len(flatbuffer):,} bytes")
-    x_test, _ = dataset.load_split("test")
-    keras_predictions = np.argmax(model.predict(x_test, batch_size=256, verbose=0), axis=1)
+    keras_predictions = np.argmax(model.predict(tfdata.pipeline(splits["test"], 256), verbose=0), axis=1)
     record = {"variant": variant, "modes": modes, "bytes": sizes, "failures": failures,
               "keras_predictions": keras_predictions.tolist()}
     write_json(paths.conversion_record(variant), record)

@@ -16,11 +16,12 @@ from compresslab.errors import run_main
 def run(params) -> dict:
     cfg = params.cqat
     clustering.validate_cqat_config(cfg)
-    model, train, val, test = stage.begin(params, "clustered")
-    result = clustering.cqat(model, cfg, train, val, batch_size=params.train.batch_size)
-    print(f"cqat: distinct values per layer {result.unique_values_before} -> {result.unique_values_after}")
-    return stage.finish("cqat", params, ("seed", "train", "cqat"), result.model, "cqat", test,
-                        clustering_measurements(result), result.history)
+    with stage.distributed(params):  # before any TensorFlow work: see train.strategy
+        model, train, val, test = stage.begin(params, "clustered")
+        result = clustering.cqat(model, cfg, train, val, batch_size=params.train.batch_size)
+        print(f"cqat: distinct values per layer {result.unique_values_before} -> {result.unique_values_after}")
+        return stage.finish("cqat", params, ("seed", "train", "cqat"), result.model, "cqat", test,
+                            clustering_measurements(result), result.history)
 
 
 def clustering_measurements(result: clustering.CqatResult) -> dict:

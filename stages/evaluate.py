@@ -31,13 +31,13 @@ def run(params, variant: str) -> dict:
     if variant not in variants.VARIANTS:
         raise UserError(f"unknown variant {variant!r}: use one of {', '.join(variants.VARIANTS)}")
     threads = measure.validate_evaluate_config(cfg)
-    measure.check_positive_class(cfg, dataset.load_meta()["class_names"])
+    splits = dataset.open_splits()
+    measure.check_positive_class(cfg, splits["test"].meta["class_names"])
     record_path = paths.conversion_record(variant)
     if not record_path.is_file():
         raise UserError(f"{record_path} not found: run `dvc repro convert@{variant}` first")
     record = json.loads(record_path.read_text())
-    x_test, _ = dataset.load_split("test")
-    validation = dataset.load_split("val")   # for choices (compresslab search): the test split stays held out
+    validation = splits["val"]   # for choices (compresslab search): the test split stays held out
     rows = [measure.error_row(variant, mode, f"conversion failed: {reason}")
             for mode, reason in record["failures"].items()]
     converted = [mode for mode in record["modes"] if mode not in record["failures"]]
@@ -46,7 +46,7 @@ def run(params, variant: str) -> dict:
     for number, mode in enumerate(converted, 1):
         path = paths.tflite_file(variant, mode)
         try:
-            row = measure.measure_file(path, x_test, cfg, record["keras_predictions"],
+            row = measure.measure_file(path, splits["test"], cfg, record["keras_predictions"],
                                        reference if reference.is_file() else None, validation)
         except UserError as err:
             rows.append(measure.error_row(variant, mode, str(err)))

@@ -18,10 +18,11 @@ from compresslab.errors import run_main
 def run(params) -> dict:
     cfg = params.finetune
     training.check_budget("finetune", cfg)
-    model, train, val, test = stage.begin(params, "baseline")
-    history = training.fit(model, train, val, epochs=cfg.epochs, batch_size=params.train.batch_size,
-                           learning_rate=cfg.learning_rate)
-    return stage.finish("finetune", params, ("seed", "train", "finetune"), model, "finetune", test, {}, history)
+    with stage.distributed(params):  # before any TensorFlow work: see train.strategy
+        model, train, val, test = stage.begin(params, "baseline")
+        history = training.fit(model, train, val, epochs=cfg.epochs, batch_size=params.train.batch_size,
+                               learning_rate=cfg.learning_rate)
+        return stage.finish("finetune", params, ("seed", "train", "finetune"), model, "finetune", test, {}, history)
 
 
 if __name__ == "__main__":

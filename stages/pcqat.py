@@ -15,20 +15,21 @@ from compresslab.errors import run_main
 
 def run(params) -> dict:
     clustering.validate_pcqat_config(params.cluster, params.pcqat)
-    model, train, val, test = stage.begin(params, "pruned")
-    result = clustering.pcqat(model, params.cluster, params.pcqat, train, val, batch_size=params.train.batch_size)
-    measurements = {"parent_sparsity": result.parent_sparsity["overall"],
-                    "clustered_sparsity": result.cluster.sparsity["overall"],
-                    "sparsity": result.cqat.sparsity_after["overall"],
-                    "sparsity_drift": result.cqat.sparsity_after["overall"] - result.parent_sparsity["overall"],
-                    "requested_clusters": result.cluster.requested_clusters,
-                    "max_unique_values": max(result.cqat.channel_unique_values_after.values(), default=0),
-                    "unique_values": result.cqat.unique_values_after}
-    history = {key: result.cluster.history.get(key, []) + values for key, values in result.cqat.history.items()}
-    print(f"pcqat: sparsity {result.parent_sparsity['overall']:.4f} (pruned) -> "
-          f"{result.cqat.sparsity_after['overall']:.4f}")
-    return stage.finish("pcqat", params, ("seed", "train", "cluster", "pcqat"), result.model,
-                        "pcqat", test, measurements, history)
+    with stage.distributed(params):  # before any TensorFlow work: see train.strategy
+        model, train, val, test = stage.begin(params, "pruned")
+        result = clustering.pcqat(model, params.cluster, params.pcqat, train, val, batch_size=params.train.batch_size)
+        measurements = {"parent_sparsity": result.parent_sparsity["overall"],
+                        "clustered_sparsity": result.cluster.sparsity["overall"],
+                        "sparsity": result.cqat.sparsity_after["overall"],
+                        "sparsity_drift": result.cqat.sparsity_after["overall"] - result.parent_sparsity["overall"],
+                        "requested_clusters": result.cluster.requested_clusters,
+                        "max_unique_values": max(result.cqat.channel_unique_values_after.values(), default=0),
+                        "unique_values": result.cqat.unique_values_after}
+        history = {key: result.cluster.history.get(key, []) + values for key, values in result.cqat.history.items()}
+        print(f"pcqat: sparsity {result.parent_sparsity['overall']:.4f} (pruned) -> "
+              f"{result.cqat.sparsity_after['overall']:.4f}")
+        return stage.finish("pcqat", params, ("seed", "train", "cluster", "pcqat"), result.model,
+                            "pcqat", test, measurements, history)
 
 
 if __name__ == "__main__":

@@ -15,13 +15,14 @@ from compresslab.errors import run_main
 def run(params) -> dict:
     cfg = params.pqat
     quantization.validate_qat_config(cfg, "pqat")
-    model, train, val, test = stage.begin(params, "pruned")
-    result = quantization.pqat(model, cfg, train, val, batch_size=params.train.batch_size)
-    measurements = {"sparsity_before": result.sparsity_before["overall"],
-                    "sparsity": result.sparsity_after["overall"], "sparsity_drift": result.drift["overall"],
-                    "layer_sparsity": result.sparsity_after["layers"], "layer_drift": result.drift["layers"]}
-    return stage.finish("pqat", params, ("seed", "train", "pqat"), result.model, "pqat", test,
-                        measurements, result.history)
+    with stage.distributed(params):  # before any TensorFlow work: see train.strategy
+        model, train, val, test = stage.begin(params, "pruned")
+        result = quantization.pqat(model, cfg, train, val, batch_size=params.train.batch_size)
+        measurements = {"sparsity_before": result.sparsity_before["overall"],
+                        "sparsity": result.sparsity_after["overall"], "sparsity_drift": result.drift["overall"],
+                        "layer_sparsity": result.sparsity_after["layers"], "layer_drift": result.drift["layers"]}
+        return stage.finish("pqat", params, ("seed", "train", "pqat"), result.model, "pqat", test,
+                            measurements, result.history)
 
 
 if __name__ == "__main__":

@@ -22,21 +22,22 @@ from compresslab.seeding import seed_everything
 def run(params) -> dict:
     cfg = params.prune
     pruning.validate_prune_config(cfg)
-    model, train, val, test = stage.begin(params, "baseline")
-    auto = {}
-    if cfg.layers == pruning.AUTO_LAYERS:
-        choice = sensitivity.choose_layers_to_prune(model, train, val, cfg, batch_size=params.train.batch_size,
-                                                    seed=params.seed)
-        cfg = OmegaConf.merge(cfg, {"layers": choice.chosen})
-        auto = {"auto_drop_pp": {row.layer: row.pruned_drop_pp for row in choice.rows},
-                "auto_chosen": {row.layer: int(row.layer in choice.chosen) for row in choice.rows}}
-        seed_everything(params.seed)  # the fine-tune starts from the same random state as with the layers listed
-    result = pruning.prune(model, cfg, train, val, batch_size=params.train.batch_size)
-    measurements = {"target_sparsity": result.target_sparsity, "sparsity": result.sparsity["overall"],
-                    "layer_sparsity": result.sparsity["layers"], "pruned_layers": len(result.pruned_layers),
-                    "skipped_layers": len(result.skipped_layers), **auto}
-    return stage.finish("prune", params, ("seed", "train", "prune"), result.model, "pruned", test,
-                        measurements, result.history)
+    with stage.distributed(params):  # before any TensorFlow work: see train.strategy
+        model, train, val, test = stage.begin(params, "baseline")
+        auto = {}
+        if cfg.layers == pruning.AUTO_LAYERS:
+            choice = sensitivity.choose_layers_to_prune(model, train, val, cfg, batch_size=params.train.batch_size,
+                                                        seed=params.seed)
+            cfg = OmegaConf.merge(cfg, {"layers": choice.chosen})
+            auto = {"auto_drop_pp": {row.layer: row.pruned_drop_pp for row in choice.rows},
+                    "auto_chosen": {row.layer: int(row.layer in choice.chosen) for row in choice.rows}}
+            seed_everything(params.seed)  # the fine-tune starts from the same random state as with the layers listed
+        result = pruning.prune(model, cfg, train, val, batch_size=params.train.batch_size)
+        measurements = {"target_sparsity": result.target_sparsity, "sparsity": result.sparsity["overall"],
+                        "layer_sparsity": result.sparsity["layers"], "pruned_layers": len(result.pruned_layers),
+                        "skipped_layers": len(result.skipped_layers), **auto}
+        return stage.finish("prune", params, ("seed", "train", "prune"), result.model, "pruned", test,
+                            measurements, result.history)
 
 
 if __name__ == "__main__":

@@ -17,10 +17,11 @@ from compresslab.errors import run_main
 def run(params) -> dict:
     cfg = params.quantize
     quantization.validate_qat_config(cfg, "quantize")
-    model, train, val, test = stage.begin(params, "baseline")
-    result = quantization.quantize_aware(model, cfg, train, val, batch_size=params.train.batch_size)
-    return stage.finish("quantize", params, ("seed", "train", "quantize"), result.model, "qat", test,
-                        {"quantized_layers": len(result.quantized_layers)}, result.history)
+    with stage.distributed(params):  # before any TensorFlow work: see train.strategy
+        model, train, val, test = stage.begin(params, "baseline")
+        result = quantization.quantize_aware(model, cfg, train, val, batch_size=params.train.batch_size)
+        return stage.finish("quantize", params, ("seed", "train", "quantize"), result.model, "qat", test,
+                            {"quantized_layers": len(result.quantized_layers)}, result.history)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Reading, validating and splitting image folders (data.py) and the prepare stage's error exits."""
+"""Reading, validating and splitting image folders (data.py), the prepared shards (dataset.py, tfdata.py) and their
+errors."""
 
 import numpy as np
 import pytest
@@ -11,47 +12,124 @@ CFG = {"image_size": 16, "channels": 3, "val_fraction": 0.2, "test_fraction": 0.
        "max_bad_share": 0.1, "max_images_per_class": None}
 
 
-def test_reads_every_format_resized_to_the_asked_channels(image_folder):
-    folder = data.read_image_folder(image_folder, 16, 3, 0.1)
-    assert folder.x.shape == (72, 16, 16, 3) and folder.x.dtype == np.uint8
-    assert folder.class_names == ["fire", "no_fire", "smoke"]
-    assert np.bincount(folder.y).tolist() == [24, 24, 24]
-    gray = data.read_image_folder(image_folder, 12, 1, 0.1, max_per_class=5)
-    assert gray.x.shape == (15, 12, 12, 1)
+def prepared(image_folder, out, **cfg):
+    return data.prepare(image_folder, out, {**CFG, **cfg})
+
+
+def read_all(split) -> tuple[np.ndarray, np.ndarray]:
+    xs, ys = zip(*split.batches(7))  # an odd batch size: batches cross shard boundaries
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+def test_reads_every_format_resized_to_the_asked_channels(image_folder, tmp_path):
+    metrics = prepared(image_folder, tmp_path / "rgb", image_size=16, channels=3)
+    assert sum(metrics["images"].values()) == 72 and metrics["skipped_files"] == 0
+    splits = dataset.open_splits(tmp_path / "rgb")
+    x, y = read_all(splits["train"])
+    assert x.shape == (len(splits["train"]), 16, 16, 3) and x.dtype == np.float32
+    assert 0.0 <= x.min() and x.max() <= 1.0 and np.allclose(x * 255, np.round(x * 255))
+    assert splits["train"].meta["class_names"] == ["fire", "no_fire", "smoke"]
+    assert sum(np.bincount(read_all(s)[1]).tolist() == [len(s) // 3] * 3 for s in splits.values()) == 3
+    prepared(image_folder, tmp_path / "gray", image_size=12, channels=1, max_images_per_class=5)
+    gray = dataset.open_splits(tmp_path / "gray")
+    assert sum(len(s) for s in gray.values()) == 15 and gray["test"].image_shape == (12, 12, 1)
 
 
 def test_split_is_stratified_seeded_and_disjoint(image_folder):
-    folder = data.read_image_folder(image_folder, 8, 1, 0.1)
-    first = data.split(folder, 0.25, 0.25, seed=3)
-    again = data.split(folder, 0.25, 0.25, seed=3)
-    other = data.split(folder, 0.25, 0.25, seed=4)
+    _, labels, names = data.list_labelled(image_folder)
+    first = data.split_indices(labels, len(names), 0.25, 0.25, seed=3)
+    again = data.split_indices(labels, len(names), 0.25, 0.25, seed=3)
+    other = data.split_indices(labels, len(names), 0.25, 0.25, seed=4)
     for name in data.SPLITS:
-        assert np.array_equal(first[name][1], again[name][1])
-        assert np.array_equal(first[name][0], again[name][0])
-        assert set(np.bincount(first[name][1]).tolist()) == {len(first[name][1]) // 3}
-    assert not np.array_equal(first["test"][0], other["test"][0])
-    assert sum(len(first[name][1]) for name in data.SPLITS) == 72
+        assert np.array_equal(first[name], again[name])
+        assert set(np.bincount(labels[first[name]]).tolist()) == {len(first[name]) // 3}
+    assert not np.array_equal(first["test"], other["test"])
+    assert sorted(np.concatenate(list(first.values())).tolist()) == list(range(72))
 
 
-def test_prepared_arrays_load_as_normalised_floats(tmp_path, image_folder):
-    folder = data.read_image_folder(image_folder, 8, 3, 0.1)
-    splits = data.split(folder, 0.25, 0.25, seed=0)
-    data.save_prepared(tmp_path, splits, folder.class_names, {**CFG, "image_size": 8})
-    x, y = dataset.load_split("train", tmp_path)
-    assert x.dtype == np.float32 and 0.0 <= x.min() and x.max() <= 1.0
-    assert np.allclose(x * 255, splits["train"][0])
-    assert dataset.load_meta(tmp_path)["class_names"] == ["fire", "no_fire", "smoke"]
+def test_shards_are_bounded_repeat_byte_for_byte_and_read_alike_by_numpy_and_tf_data(image_folder, tmp_path):
+    prepared(image_folder, tmp_path / "a", image_size=8, images_per_shard=10)
+    prepared(image_folder, tmp_path / "b", image_size=8, images_per_shard=10)
+    meta = dataset.load_meta(tmp_path / "a")
+    train = meta["splits"]["train"]
+    assert [shard["images"] for shard in train["shards"]] == [10] * (train["images"] // 10) + (
+        [train["images"] % 10] if train["images"] % 10 else [])
+    assert train["shards"][0]["file"] == f"train-00000-of-{len(train['shards']):05d}.tfrecord.gz"
+    for path in sorted((tmp_path / "a").iterdir()):
+        assert path.read_bytes() == (tmp_path / "b" / path.name).read_bytes(), path.name
+    assert not (tmp_path / "a.partial").exists()
+    splits = dataset.open_splits(tmp_path / "a")
+    x, y = read_all(splits["train"])
+    assert np.array_equal(y, splits["train"].labels()) and np.array_equal(y, dataset.load_labels("train", tmp_path / "a"))
+    from compresslab import tfdata
+
+    streamed = [(images.numpy(), labels.numpy()) for images, labels in tfdata.pipeline(splits["train"], 16)]
+    assert np.array_equal(np.concatenate([b[0] for b in streamed]), x)   # bit for bit the same model input
+    assert np.array_equal(np.concatenate([b[1] for b in streamed]), y)
+    assert np.array_equal(splits["train"].take([5, 0, 11]), x[[5, 0, 11]])
 
 
-def test_corrupt_files_are_skipped_and_counted_until_too_many(image_folder, capsys):
+def test_a_training_pipeline_shuffles_and_augments_the_same_way_from_the_same_seed(image_folder, tmp_path):
+    import dataclasses
+
+    import tf_keras as keras
+
+    from compresslab import tfdata
+
+    prepared(image_folder, tmp_path, image_size=8)
+    train = dataset.open_splits(tmp_path)["train"]
+    x, _ = read_all(train)
+
+    def epoch(split, seed):
+        keras.utils.set_random_seed(seed)
+        return np.concatenate([images.numpy() for images, _ in tfdata.pipeline(split, 8, training=True)])
+
+    plain = epoch(train, 1)
+    assert not np.array_equal(plain, x) and np.allclose(np.sort(plain.ravel()), np.sort(x.ravel()))
+    assert np.array_equal(plain, epoch(train, 1)) and not np.array_equal(plain, epoch(train, 2))
+    augmenting = dataclasses.replace(train, augment={"flip": True, "crop": 2, "brightness": 0.2})
+    changed = epoch(augmenting, 1)
+    assert np.array_equal(changed, epoch(augmenting, 1)) and not np.array_equal(changed, plain)
+    assert changed.min() >= 0.0 and changed.max() <= 1.0
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda shard, other: shard.write_bytes(shard.read_bytes()[:-40]), "truncated"),
+    (lambda shard, other: shard.write_bytes(shard.read_bytes()[:30] + b"\0" * 8 + shard.read_bytes()[38:]),
+     "corrupt"),
+    (lambda shard, other: shard.write_bytes(other.read_bytes()), "another prepare configuration"),
+    (lambda shard, other: shard.unlink(), "missing"),
+])
+def test_a_bad_shard_is_one_line_naming_the_fix_before_any_work(image_folder, tmp_path, damage, message):
+    prepared(image_folder, tmp_path / "mine", image_size=8)
+    prepared(image_folder, tmp_path / "other", image_size=8, seed=9)
+    shard = tmp_path / "mine" / dataset.shard_name("test", 0, 1)
+    damage(shard, tmp_path / "other" / shard.name)
+    with pytest.raises(UserError, match=message) as err:
+        dataset.open_splits(tmp_path / "mine")
+    assert "dvc checkout data/prepared" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_an_unreadable_shard_is_a_user_error_for_the_numpy_reader_too(image_folder, tmp_path):
+    prepared(image_folder, tmp_path, image_size=8)
+    test = dataset.open_splits(tmp_path)["test"]
+    test.shards[0].write_bytes(test.shards[0].read_bytes()[:-40])  # after the check: read fails cleanly
+    with pytest.raises(UserError, match="cannot be read"):
+        read_all(test)
+
+
+def test_corrupt_files_are_skipped_and_counted_until_too_many(image_folder, tmp_path, capsys):
     (image_folder / "fire" / "broken.png").write_bytes(b"not an image at all")
-    folder = data.read_image_folder(image_folder, 8, 1, max_bad_share=0.1)
-    assert len(folder.skipped) == 1 and len(folder.y) == 72
+    metrics = prepared(image_folder, tmp_path / "out", image_size=8, channels=1, max_bad_share=0.1)
+    assert metrics["skipped_files"] == 1 and sum(metrics["images"].values()) == 72
     assert "skipped 1 of 73" in capsys.readouterr().out
+    before = {path.name: path.read_bytes() for path in (tmp_path / "out").iterdir()}
     for i in range(10):
         (image_folder / "smoke" / f"bad{i}.jpg").write_bytes(b"\xff\xd8 truncated")
     with pytest.raises(UserError, match="could not be decoded.*max_bad_share"):
-        data.read_image_folder(image_folder, 8, 1, max_bad_share=0.1)
+        prepared(image_folder, tmp_path / "out", image_size=8, channels=1, max_bad_share=0.1)
+    # What an earlier run prepared is left as it was.
+    assert {path.name: path.read_bytes() for path in (tmp_path / "out").iterdir()} == before
 
 
 @pytest.mark.parametrize("setup, message", [
@@ -73,14 +151,15 @@ def test_a_split_too_small_for_every_class_is_refused(tmp_path):
         (tmp_path / name).mkdir()
         for i in range(4):
             Image.new("L", (8, 8), color=i * 40).save(tmp_path / name / f"{i}.png")
-    folder = data.read_image_folder(tmp_path, 8, 1, 0.0)
+    _, labels, names = data.list_labelled(tmp_path)
     with pytest.raises(UserError, match="fewer than the 3 classes"):
-        data.split(folder, 0.1, 0.2, seed=0)
+        data.split_indices(labels, len(names), 0.1, 0.2, seed=0)
 
 
 @pytest.mark.parametrize("key, value, message", [
     ("image_size", 4, "at least 8"), ("channels", 2, "1 .grayscale. or 3"), ("val_fraction", 0, "between 0 and 1"),
     ("test_fraction", 0.7, "below 1"), ("max_bad_share", 1.0, r"\[0, 1\)"), ("max_images_per_class", 0, "positive"),
+    ("images_per_shard", 0, "images_per_shard must be a positive integer"),
 ])
 def test_data_config_errors(key, value, message):
     cfg = {**CFG, key: value}

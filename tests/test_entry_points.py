@@ -40,11 +40,36 @@ def load_stage(name):
     return module
 
 
+@pytest.mark.parametrize("tf_config, fragment", [
+    (None, "needs the TF_CONFIG environment variable"),
+    ('{"cluster": {"worker": ["127.0.0.1:1"]}, "task": ', "TF_CONFIG is not valid JSON"),
+    ('{"cluster": {"worker": ["127.0.0.1:1"]}, "task": {"type": "worker", "index": 3}}', "not a member"),
+])
+def test_a_multi_worker_run_without_a_usable_tf_config_stops_before_training(tmp_path, monkeypatch, tf_config,
+                                                                            fragment):
+    monkeypatch.chdir(tmp_path)
+    if tf_config is None:
+        monkeypatch.delenv("TF_CONFIG", raising=False)
+    else:
+        monkeypatch.setenv("TF_CONFIG", tf_config)
+    params = OmegaConf.load(REPO / "params.yaml")
+    params.train.strategy = "multi_worker"
+    with pytest.raises(UserError, match=fragment) as raised:
+        load_stage("train").run(params)
+    assert "\n" not in str(raised.value) and 'set TF_CONFIG on every worker' in str(raised.value)
+
+
 @pytest.mark.parametrize("stage, group, key, value, fragments", [
     ("prepare", "data", "image_size", 4, ["data.image_size", "at least 8"]),
     ("train", "train", "epochs", 0, ["train.epochs", "positive"]),
     ("train", "train", "learning_rate", -1.0, ["train.learning_rate"]),
     ("train", "train", "optimizer", "adamw", ["unknown optimizer 'adamw'"]),
+    ("train", "train", "strategy", "horovod", ["train.strategy='horovod' does not exist", "mirrored"]),
+    ("pcqat", "train", "strategy", "tpu", ["train.strategy='tpu'"]),
+    ("train", "data", "shuffle_buffer", 0, ["data.shuffle_buffer", "positive"]),
+    ("prune", "data", "augment", {"flip": "yes"}, ["data.augment.flip", "true or false"]),
+    ("quantize", "data", "augment", {"crop": 40}, ["data.augment.crop=40", "below half"]),
+    ("cluster", "data", "augment", {"rotate": 10}, ["data.augment has unknown key", "brightness"]),
     ("finetune", "finetune", "epochs", 3.0, ["finetune.epochs", "whole number"]),
     ("prune", "prune", "final_sparsity", 1.2, ["prune.final_sparsity"]),
     ("prune", "prune", "m_by_n", "3:2", ["prune.m_by_n"]),

@@ -48,7 +48,8 @@ def workspace(tmp_path, monkeypatch):
     rng = np.random.default_rng(0)
     splits = {name: ((rng.random((TEST_IMAGES, 8, 8, 1)) * 255).astype(np.uint8), np.arange(TEST_IMAGES) % 2)
               for name in dataset.SPLITS}
-    data.save_prepared(paths.PREPARED, splits, ["fire", "no_fire"], {"image_size": 8, "channels": 1})
+    data.write_prepared(paths.PREPARED, {name: [split] for name, split in splits.items()}, ["fire", "no_fire"],
+                        {"image_size": 8, "channels": 1})
     save_model(tiny_model(8), paths.keras_model("baseline"))
     OmegaConf.save(OmegaConf.create({
         "seed": 1, "data": {"name": "t", "image_size": 8, "channels": 1}, "model": {"name": "firenet"},
@@ -98,7 +99,8 @@ def test_evaluate_measures_every_file_of_a_variant_without_tensorflow(workspace)
     # Each file's validation accuracy (what compresslab search decides on) is its own, on the val split.
     from compresslab.tflite import runtime
 
-    x_val, y_val = dataset.load_split("val")
+    val = dataset.open_split("val")
+    x_val, y_val = next(val.batches(len(val)))
     for row in rows.values():
         predicted = np.argmax(runtime.predict(runtime.load_interpreter(Path(row["file"])), x_val), axis=1)
         assert row["val_accuracy"] == pytest.approx(float(np.mean(predicted == y_val)))

@@ -189,7 +189,8 @@ def workspace(tmp_path, monkeypatch, splits, trained):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("DVC_ROOT", str(tmp_path))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    data.save_prepared(paths.PREPARED, splits, ["a", "b", "c"], {"image_size": 4, "channels": 1})
+    data.write_prepared(paths.PREPARED, {name: [split] for name, split in splits.items()}, ["a", "b", "c"],
+                        {"image_size": 4, "channels": 1})
     save_model(trained, paths.keras_model("baseline"))
     params = OmegaConf.load(REPO / "params.yaml")
     params.seed = 0

@@ -1,32 +1,29 @@
-"""The image-folder data set: reading `data/raw`, validating it, and the stratified, seeded splits that
-`prepare` writes (compact uint8 arrays, a quarter of the size of float32, plus `meta.json`). Reading them
-back as model input is `dataset`'s job.
+"""The image-folder data set: reading `data/raw`, validating it, the stratified, seeded split of its files, and
+writing each split as bounded TFRecord shards (`dataset` describes the format and reads it back).
+
+Memory stays bounded whatever the data set's size: the split is decided on file names and labels, then images
+are decoded, written and forgotten `BATCH` at a time.
 """
 
 import json
-from collections.abc import Mapping
-from dataclasses import dataclass
+import os
+import shutil
+import struct
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 from sklearn.model_selection import train_test_split
 
-from compresslab.dataset import PIXEL_SCALE, SPLITS
+from compresslab.dataset import LABEL_BYTES, PIXEL_SCALE, SPLITS, file_md5, shard_name
 from compresslab.errors import UserError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp"}
 CHANNEL_MODES = {1: "L", 3: "RGB"}
-
-
-@dataclass
-class ImageFolder:
-    """Decoded images of a folder data set, resized and channel-converted, with integer labels."""
-
-    x: np.ndarray  # uint8, (N, size, size, channels)
-    y: np.ndarray  # int64, (N,)
-    class_names: list[str]
-    skipped: list[str]  # files that could not be decoded
+BATCH = 256                      # images decoded and written at a time
+DEFAULT_IMAGES_PER_SHARD = 2048  # 25 MB of 64x64x3 pixels before compression
 
 
 def validate_data_config(cfg: Mapping) -> None:
@@ -43,6 +40,9 @@ def validate_data_config(cfg: Mapping) -> None:
         raise UserError("data.val_fraction + data.test_fraction must be below 1 to leave images for training")
     if not 0 <= cfg["max_bad_share"] < 1:
         raise UserError(f"data.max_bad_share must lie in [0, 1), got {cfg['max_bad_share']!r}")
+    per_shard = cfg.get("images_per_shard", DEFAULT_IMAGES_PER_SHARD)
+    if not isinstance(per_shard, int) or isinstance(per_shard, bool) or per_shard < 1:
+        raise UserError(f"data.images_per_shard must be a positive integer, got {per_shard!r}")
     limit = cfg.get("max_images_per_class")
     if limit is not None and (not isinstance(limit, int) or limit < 1):
         raise UserError(f"data.max_images_per_class must be a positive integer or null, got {limit!r}")
@@ -72,6 +72,33 @@ def list_images(raw_dir: Path, max_per_class: int | None = None) -> dict[str, li
     return files
 
 
+def list_labelled(raw_dir: Path, max_per_class: int | None = None) -> tuple[list[Path], np.ndarray, list[str]]:
+    """Every image file, its integer label (the class folder's position in sorted order) and the class names."""
+    files = list_images(raw_dir, max_per_class)
+    paths = [path for class_paths in files.values() for path in class_paths]
+    labels = np.concatenate([np.full(len(class_paths), k, np.int64) for k, class_paths in enumerate(files.values())])
+    return paths, labels, list(files)
+
+
+def split_indices(labels: np.ndarray, n_classes: int, val_fraction: float, test_fraction: float,
+                  seed: int) -> dict[str, np.ndarray]:
+    """Stratified, seeded train/val/test positions. Raises UserError when a split cannot hold every class."""
+    n = len(labels)
+    for name, fraction in (("val", val_fraction), ("test", test_fraction)):
+        if round(n * fraction) < n_classes:
+            raise UserError(f"the {name} split would hold {round(n * fraction)} of {n} images, fewer than the "
+                            f"{n_classes} classes: raise data.{name}_fraction or add images")
+    min_count = int(np.bincount(labels, minlength=n_classes).min())
+    if min_count < 3:
+        raise UserError(f"a class has only {min_count} image(s); every split needs one of each class: "
+                        f"give each class at least 3 images")
+    index = np.arange(n)
+    rest, test = train_test_split(index, test_size=test_fraction, stratify=labels, random_state=seed)
+    train, val = train_test_split(rest, test_size=val_fraction / (1 - test_fraction),
+                                  stratify=labels[rest], random_state=seed)
+    return dict(zip(SPLITS, (train, val, test)))
+
+
 def decode_image(path: Path, size: int, channels: int) -> np.ndarray:
     """Decode one image file to uint8 (size, size, channels); raises OSError/UnidentifiedImageError if corrupt."""
     with Image.open(path) as image:
@@ -80,63 +107,127 @@ def decode_image(path: Path, size: int, channels: int) -> np.ndarray:
     return array.reshape(size, size, channels)
 
 
-def read_image_folder(raw_dir: Path, size: int, channels: int, max_bad_share: float,
-                      max_per_class: int | None = None) -> ImageFolder:
-    """Read every image of a class-per-folder data set; skip corrupt files, fail if too many are corrupt."""
-    files = list_images(raw_dir, max_per_class)
-    images, labels, skipped = [], [], []
-    total = sum(len(paths) for paths in files.values())
-    for label, (class_name, paths) in enumerate(files.items()):
-        for path in paths:
+@dataclass
+class Decoded:
+    """What decoding found: the files that could not be decoded, and how many files were tried."""
+
+    skipped: list[str] = field(default_factory=list)
+    tried: int = 0
+
+
+def decode_batches(paths: list[Path], labels: np.ndarray, size: int, channels: int,
+                   found: Decoded) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(uint8 images, labels) `BATCH` files at a time, in the given order; undecodable files are skipped and
+    recorded in `found`."""
+    for start in range(0, len(paths), BATCH):
+        images, kept = [], []
+        for path, label in zip(paths[start:start + BATCH], labels[start:start + BATCH]):
+            found.tried += 1
             try:
                 images.append(decode_image(path, size, channels))
-                labels.append(label)
+                kept.append(label)
             except (OSError, UnidentifiedImageError, ValueError):
-                skipped.append(str(path))
-    if skipped:
-        share = len(skipped) / total
-        print(f"warning: skipped {len(skipped)} of {total} image files that could not be decoded "
-              f"(first: {skipped[0]})")
+                found.skipped.append(str(path))
+        if images:
+            yield np.stack(images), np.asarray(kept, np.int64)
+
+
+def write_prepared(out_dir: Path, splits: Mapping[str, Iterable[tuple[np.ndarray, np.ndarray]]],
+                   class_names: list[str], cfg: Mapping, accept: Callable[[dict], None] | None = None) -> dict:
+    """Write each split's (uint8 images, labels) batches as GZIP TFRecord shards of at most
+    `data.images_per_shard` images, with labels.npz and meta.json (see `dataset`).
+
+    Everything is written into `<out_dir>.partial` and renamed over `out_dir` only when complete, so a failure
+    or Ctrl-C never leaves a mix of old and new shards, and `accept(meta)` (raising a UserError to refuse) is
+    asked before anything already in `out_dir` is replaced. Returns meta.json's content.
+    """
+    import tensorflow as tf  # only here: TFRecordWriter; every other reader of the shards stays TensorFlow-free
+
+    per_shard = int(cfg.get("images_per_shard", DEFAULT_IMAGES_PER_SHARD))
+    partial = out_dir.with_name(out_dir.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    meta = {"class_names": class_names, "image_size": cfg["image_size"], "channels": cfg["channels"],
+            "pixel_scale": PIXEL_SCALE, "record": f"label int64 little-endian ({LABEL_BYTES} bytes), then uint8 "
+                                                  f"pixels (image_size, image_size, channels)", "splits": {}}
+    options = tf.io.TFRecordOptions(compression_type="GZIP")
+    all_labels = {}
+    try:
+        for name, batches in splits.items():
+            # Shards are named <split>-<i>-of-<n>; n is known at the end, so they are renamed then.
+            written, labels, writer, count = [], [], None, 0
+            for x, y in batches:
+                for image, label in zip(x, y):
+                    if writer is None or count == per_shard:
+                        if writer is not None:
+                            writer.close()
+                        written.append({"file": f"{name}-{len(written):05d}.tmp", "images": 0})
+                        writer, count = tf.io.TFRecordWriter(str(partial / written[-1]["file"]), options), 0
+                    writer.write(struct.pack("<q", int(label)) + np.ascontiguousarray(image, np.uint8).tobytes())
+                    written[-1]["images"] += 1
+                    count += 1
+                    labels.append(int(label))
+            if writer is not None:
+                writer.close()
+            for index, shard in enumerate(written):
+                final = shard_name(name, index, len(written))
+                (partial / shard["file"]).rename(partial / final)
+                shard.update(file=final, bytes=(partial / final).stat().st_size, md5=file_md5(partial / final))
+            all_labels[name] = np.asarray(labels, np.int64)
+            meta["splits"][name] = {"images": len(labels), "shards": written,
+                                    "class_counts": np.bincount(all_labels[name], minlength=len(class_names)).tolist()}
+        np.savez_compressed(partial / "labels.npz", **all_labels)
+        (partial / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+        if accept is not None:
+            accept(meta)
+        for path in partial.iterdir():
+            with open(path, "rb") as handle:
+                os.fsync(handle.fileno())
+        shutil.rmtree(out_dir, ignore_errors=True)
+        partial.rename(out_dir)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+    return meta
+
+
+def prepare(raw_dir: Path, out_dir: Path, cfg: Mapping) -> dict:
+    """Read, split and write the data set `cfg` (the `data` group) describes; returns the prepare metrics.
+
+    Labels come from folder names, so the split is decided before any image is decoded; images are then
+    decoded in split order, `BATCH` at a time. Undecodable files are skipped from their split (with a
+    warning) up to `data.max_bad_share`.
+    """
+    validate_data_config(cfg)
+    paths, labels, class_names = list_labelled(raw_dir, cfg.get("max_images_per_class"))
+    positions = split_indices(labels, len(class_names), cfg["val_fraction"], cfg["test_fraction"], cfg["seed"])
+    found = Decoded()
+    batches = {name: decode_batches([paths[i] for i in index], labels[index], cfg["image_size"], cfg["channels"],
+                                    found)
+               for name, index in positions.items()}
+    meta = write_prepared(out_dir, batches, class_names, cfg,
+                          accept=lambda meta: check_decoded(found, raw_dir, cfg["max_bad_share"], class_names, meta))
+    counts = {name: dict(zip(class_names, split["class_counts"])) for name, split in meta["splits"].items()}
+    return {"images": {name: split["images"] for name, split in meta["splits"].items()}, "classes": counts,
+            "skipped_files": len(found.skipped)}
+
+
+def check_decoded(found: Decoded, raw_dir: Path, max_bad_share: float, class_names: list[str], meta: dict) -> None:
+    """Warn about skipped files; raise a UserError when too many were, or when a class or split lost all of one
+    class."""
+    if found.skipped:
+        share = len(found.skipped) / found.tried
+        print(f"warning: skipped {len(found.skipped)} of {found.tried} image files that could not be decoded "
+              f"(first: {found.skipped[0]})")
         if share > max_bad_share:
-            raise UserError(f"{len(skipped)} of {total} images ({share:.1%}) in {raw_dir} could not be decoded, "
-                            f"more than data.max_bad_share={max_bad_share}: remove or replace the corrupt files")
-    counts = np.bincount(labels, minlength=len(files))
-    empty = [name for name, count in zip(files, counts) if count == 0]
+            raise UserError(f"{len(found.skipped)} of {found.tried} images ({share:.1%}) in {raw_dir} could not be "
+                            f"decoded, more than data.max_bad_share={max_bad_share}: remove or replace the corrupt "
+                            f"files")
+    totals = np.sum([split["class_counts"] for split in meta["splits"].values()], axis=0)
+    empty = [name for name, count in zip(class_names, totals) if count == 0]
     if empty:
         raise UserError(f"class folders {empty} hold no readable image: add images or remove the folders")
-    return ImageFolder(np.stack(images), np.asarray(labels, dtype=np.int64), list(files), skipped)
-
-
-def split(folder: ImageFolder, val_fraction: float, test_fraction: float, seed: int) -> dict:
-    """Stratified, seeded train/val/test split. Raises UserError when a split cannot hold every class."""
-    n_classes = len(folder.class_names)
-    n = len(folder.y)
-    for name, fraction in (("val", val_fraction), ("test", test_fraction)):
-        if round(n * fraction) < n_classes:
-            raise UserError(f"the {name} split would hold {round(n * fraction)} of {n} images, fewer than the "
-                            f"{n_classes} classes: raise data.{name}_fraction or add images")
-    min_count = int(np.bincount(folder.y).min())
-    if min_count < 3:
-        raise UserError(f"a class has only {min_count} image(s); every split needs one of each class: "
-                        f"give each class at least 3 images")
-    index = np.arange(n)
-    rest, test = train_test_split(index, test_size=test_fraction, stratify=folder.y, random_state=seed)
-    train, val = train_test_split(rest, test_size=val_fraction / (1 - test_fraction),
-                                  stratify=folder.y[rest], random_state=seed)
-    return {name: (folder.x[idx], folder.y[idx]) for name, idx in zip(SPLITS, (train, val, test))}
-
-
-def save_prepared(out_dir: Path, splits: dict, class_names: list[str], cfg: Mapping) -> None:
-    """Write each split as a compressed .npz and meta.json (class names, input shape, pixel scale)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for name, (x, y) in splits.items():
-        np.savez_compressed(out_dir / f"{name}.npz", x=x, y=y)
-    meta = {"class_names": class_names, "image_size": cfg["image_size"], "channels": cfg["channels"],
-            "pixel_scale": PIXEL_SCALE}
-    (out_dir / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
-
-
-def class_counts(splits: dict, class_names: list[str]) -> dict:
-    """{split: {class name: count}}: the prepare stage's DVC metrics."""
-    return {name: {cls: int(c) for cls, c in zip(class_names, np.bincount(y, minlength=len(class_names)))}
-            for name, (_, y) in splits.items()}
+    for name, split in meta["splits"].items():
+        missing = [cls for cls, count in zip(class_names, split["class_counts"]) if count == 0]
+        if missing:
+            raise UserError(f"the {name} split holds no readable image of {missing}: replace the corrupt files "
+                            f"or add images")

@@ -1,25 +1,59 @@
-"""What every model-producing stage does around its technique: load the splits, then measure, save and log.
+"""What every model-producing stage does around its technique: open the splits and the tf.distribute
+strategy, then measure, save and log.
 
-Each stage script validates its config, loads its parent model, calls its technique, and hands the result to
-`finish`, so every variant is measured, saved and tracked the same way.
+Each stage script validates its config, enters `distributed`, loads its parent model (`begin`), calls its
+technique, and hands the result to `finish`, so every variant is measured, saved and tracked the same way.
 """
 
-from collections.abc import Mapping
+import contextlib
+import dataclasses
+import tempfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path
 
 import numpy as np
+from omegaconf import OmegaConf
 
-from compresslab import dataset, paths, training, tracking
+from compresslab import dataset, distribute, paths, tfdata, training, tracking
 from compresslab.config import section
+from compresslab.errors import UserError
 from compresslab.model_io import load_model, save_model
 from compresslab.outputs import write_history, write_json
 from compresslab.seeding import seed_everything
 
-Splits = tuple[training.Split, training.Split, training.Split]
+Splits = tuple[dataset.StoredSplit, dataset.StoredSplit, dataset.StoredSplit]
 
 
-def load_splits() -> Splits:
-    """(train, val, test) as model input: float32 pixels in [0, 1], integer labels."""
-    return tuple(dataset.load_split(name) for name in dataset.SPLITS)
+def validate_input_config(params) -> None:
+    """Check how training reads its data (`data.shuffle_buffer`, `data.augment`) and `train.strategy`."""
+    buffer = params.data.get("shuffle_buffer", 4096)
+    if isinstance(buffer, bool) or not isinstance(buffer, int) or buffer < 1:
+        raise UserError(f"data.shuffle_buffer must be a positive number of images, got {buffer!r}")
+    augment = params.data.get("augment")
+    tfdata.validate_augment(OmegaConf.to_container(augment) if augment is not None else None,
+                            params.data.image_size)
+    distribute.validate(params.train.get("strategy", "default"))
+
+
+def load_splits(params) -> Splits:
+    """(train, val, test), streamed from the checked shards; the train split is shuffled in a buffer of
+    `data.shuffle_buffer` images and augmented as `data.augment` says. Raises a UserError for bad input."""
+    validate_input_config(params)
+    splits = dataset.open_splits()
+    augment = params.data.get("augment")
+    train = dataclasses.replace(splits["train"], shuffle_buffer=int(params.data.get("shuffle_buffer", 4096)),
+                                augment=OmegaConf.to_container(augment) if augment is not None else None)
+    return train, splits["val"], splits["test"]
+
+
+@contextlib.contextmanager
+def distributed(params) -> Iterator[object]:
+    """Run the block under the `train.strategy` strategy's scope: models built, loaded, wrapped (pruning, QAT,
+    clustering) and compiled in it are replicated. Enter it before any other TensorFlow work."""
+    validate_input_config(params)
+    strategy = distribute.make_strategy(params.train.get("strategy", "default"))
+    with strategy.scope():
+        yield strategy
 
 
 def begin(params, parent: str):
@@ -33,7 +67,7 @@ def begin(params, parent: str):
       (parent model, train, val, test), with every random source seeded from `params.seed` last, so the
       fine-tuning that follows repeats.
     """
-    train, val, test = load_splits()
+    train, val, test = load_splits(params)
     model = load_model(paths.keras_model(parent))
     seed_everything(params.seed)
     return model, train, val, test
@@ -77,8 +111,18 @@ def finish(stage: str, params, groups: tuple[str, ...], model, variant: str, tes
     Returns:
       The metrics written.
     """
+    import tensorflow as tf  # noqa: PLC0415  (already loaded by the stage; the strategy whose scope we are in)
+
+    strategy = tf.distribute.get_strategy()
     training.compile_model(model)
     scores = training.evaluate(model, test)
+    if not distribute.is_chief(strategy):
+        # Every worker saves (Keras' multi-worker contract); only the chief's model and reports are kept.
+        with tempfile.TemporaryDirectory(prefix="compresslab-worker-") as folder:
+            save_model(model, Path(folder) / paths.keras_model(variant).name)
+        print(f"{stage}: worker {distribute.describe(params.train.strategy, strategy).get('task')} finished "
+              f"(test accuracy {scores['accuracy']:.4f}); the chief writes the model and reports")
+        return {"test_accuracy": scores["accuracy"], "test_loss": scores["loss"]}
     model_path = paths.keras_model(variant)
     save_model(model, model_path)
     measured = numeric(measurements)
@@ -95,6 +139,9 @@ def finish(stage: str, params, groups: tuple[str, ...], model, variant: str, tes
     if per_layer:
         write_json(outputs["layers"], per_layer)
     print(f"{stage}: test accuracy {scores['accuracy']:.4f}; saved {model_path}")
+    training_setup = distribute.describe(params.train.get("strategy", "default"), strategy)
     tracking.log_run(stage, params=section(params, *groups), metrics=flat_metrics({**metrics, **per_layer}),
-                     history=history, artifacts=[path for path in outputs.values() if path.exists()])
+                     history=history, artifacts=[path for path in outputs.values() if path.exists()],
+                     tags={f"distribute.{key}": ", ".join(value) if isinstance(value, list) else str(value)
+                           for key, value in training_setup.items()})
     return {**metrics, **per_layer}

@@ -6,16 +6,25 @@ from collections.abc import Sequence
 import numpy as np
 import tf_keras as keras
 
+from compresslab import tfdata
+from compresslab.dataset import StoredSplit
 from compresslab.errors import UserError
 
 OPTIMIZERS = {"adam": keras.optimizers.Adam, "sgd": keras.optimizers.SGD, "rmsprop": keras.optimizers.RMSprop}
 
-Split = tuple[np.ndarray, np.ndarray]
+# A prepared split streamed from its shards, or (images, labels) arrays held in memory (tests, small tools).
+Split = StoredSplit | tuple[np.ndarray, np.ndarray]
+
+
+def check_optimizer(name: str) -> None:
+    """Raise a UserError for an optimizer name we do not know (without building one: an optimizer creates a
+    TensorFlow variable, and a multi-worker strategy must be set up before the first)."""
+    if name not in OPTIMIZERS:
+        raise UserError(f"unknown optimizer {name!r}: use one of {', '.join(OPTIMIZERS)}")
 
 
 def make_optimizer(name: str, learning_rate: float) -> keras.optimizers.Optimizer:
-    if name not in OPTIMIZERS:
-        raise UserError(f"unknown optimizer {name!r}: use one of {', '.join(OPTIMIZERS)}")
+    check_optimizer(name)
     return OPTIMIZERS[name](learning_rate=learning_rate)
 
 
@@ -55,7 +64,8 @@ def fit(model: keras.Model, train: Split, val: Split, *, epochs: int, batch_size
 
     Args:
       model: the model to fit, in place.
-      train, val: (images, integer labels) pairs.
+      train, val: the splits (see `Split`), read through `tfdata.pipeline`; train shuffled (and augmented
+        when its `augment` says so) each epoch.
       epochs, batch_size, learning_rate, optimizer: the usual knobs.
       patience: stop after this many epochs without val_loss improving and restore the best weights;
         None or 0 disables early stopping.
@@ -83,8 +93,9 @@ def fit(model: keras.Model, train: Split, val: Split, *, epochs: int, batch_size
         callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=int(patience),
                                                        restore_best_weights=True))
     timer = EpochTimer()
-    history = model.fit(train[0], train[1], validation_data=val, epochs=int(epochs),
-                        batch_size=int(batch_size), callbacks=[*callbacks, timer], verbose=2, shuffle=True)
+    history = model.fit(tfdata.pipeline(train, batch_size, training=True),
+                        validation_data=tfdata.pipeline(val, batch_size), epochs=int(epochs),
+                        callbacks=[*callbacks, timer], verbose=2)
     return {**{key: [float(v) for v in values] for key, values in history.history.items()},
             "epoch_seconds": timer.seconds}
 
@@ -115,5 +126,6 @@ def convergence(history: dict[str, list[float]], max_epochs: int) -> dict:
 
 def evaluate(model: keras.Model, split: Split, batch_size: int = 256) -> dict[str, float]:
     """Loss and accuracy of a compiled model on a split."""
-    loss, accuracy = model.evaluate(split[0], split[1], batch_size=batch_size, verbose=0)
+    loss, accuracy = model.evaluate(tfdata.pipeline(split, batch_size), verbose=0)
     return {"loss": float(loss), "accuracy": float(accuracy)}
+

@@ -18,7 +18,7 @@ import tensorflow_model_optimization as tfmot
 import tf_keras as keras
 from tensorflow_model_optimization.python.core.sparsity.keras.prune_registry import PruneRegistry
 
-from compresslab import training
+from compresslab import dataset, training
 from compresslab.techniques import weights
 from compresslab.errors import UserError
 from compresslab.techniques.layers import select_layers
@@ -262,7 +262,7 @@ def prune(model: keras.Model, cfg: Mapping, train: training.Split, val: training
     validate_prune_config(cfg)
     names = select_layers(model, cfg["layers"], "prune.layers")
     m_by_n = parse_m_by_n(cfg.get("m_by_n"))
-    steps_per_epoch = math.ceil(len(train[0]) / int(batch_size))
+    steps_per_epoch = math.ceil(dataset.count(train) / int(batch_size))
     schedule = build_schedule(cfg, steps_per_epoch)
     skipped = {name: reason for name in names
                if (reason := unprunable_reason(model.get_layer(name), m_by_n)) is not None}

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import tf_keras as keras
 
-from compresslab import training
+from compresslab import dataset, tfdata, training
 from compresslab.errors import UserError
 from compresslab.seeding import seed_everything
 from compresslab.techniques import pruning, quantization
@@ -138,11 +138,10 @@ def correct_predictions(model: keras.Model, split: training.Split) -> int:
 
     Calls the model batch by batch rather than `predict`: every quantized copy is a new model, and `predict`
     would trace a new graph for each (TensorFlow then warns about retracing at every layer)."""
-    images, labels = split
     correct = 0
-    for start in range(0, len(images), PREDICT_BATCH):
-        probabilities = model(images[start:start + PREDICT_BATCH], training=False).numpy()
-        correct += int(np.sum(np.argmax(probabilities, axis=1) == labels[start:start + PREDICT_BATCH]))
+    for images, labels in tfdata.pipeline(split, PREDICT_BATCH):
+        probabilities = model(images, training=False).numpy()
+        correct += int(np.sum(np.argmax(probabilities, axis=1) == labels.numpy()))
     return correct
 
 
@@ -189,7 +188,7 @@ def measure(model: keras.Model, train: training.Split, val: training.Split, cfg:
 
     fine_tune(work)
     reference = correct_predictions(work, val)
-    total = len(val[1])
+    total = dataset.count(val)
     calibration = calibration_images(train, int(cfg["calibration_batches"]), batch_size, seed)
     rows = []
     for name in names:
@@ -216,8 +215,8 @@ def measure(model: keras.Model, train: training.Split, val: training.Split, cfg:
 
 def calibration_images(train: training.Split, batches: int, batch_size: int, seed: int) -> np.ndarray:
     """A fixed, seeded sample of `batches` training batches (fewer when the split is smaller)."""
-    order = np.random.default_rng(seed).permutation(len(train[0]))
-    return train[0][order[:batches * int(batch_size)]]
+    order = np.random.default_rng(seed).permutation(dataset.count(train))
+    return dataset.take(train, order[:batches * int(batch_size)])
 
 
 def _measure_int8(row: LayerSensitivity, model: keras.Model, name: str, calibration: np.ndarray, fine_tune,
@@ -234,8 +233,8 @@ def _measure_int8(row: LayerSensitivity, model: keras.Model, name: str, calibrat
     quantization.calibrate_ranges(quantized, calibration, batch_size)
     fine_tune(quantized)
     correct = correct_predictions(quantized, val)
-    row.int8_accuracy = round(correct / len(val[1]), 6)
-    row.int8_drop_pp = round(100 * (reference - correct) / len(val[1]), 4)
+    row.int8_accuracy = round(correct / dataset.count(val), 6)
+    row.int8_drop_pp = round(100 * (reference - correct) / dataset.count(val), 4)
 
 
 def _describe(row: LayerSensitivity, sparsity: float) -> str:

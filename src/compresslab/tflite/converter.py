@@ -28,6 +28,7 @@ from tensorflow.lite.python.convert_phase import ConverterError
 from tensorflow_model_optimization.python.core.clustering.keras.cluster_wrapper import ClusterWeights
 from tensorflow_model_optimization.python.core.sparsity.keras.pruning_wrapper import PruneLowMagnitude
 
+from compresslab.dataset import StoredSplit
 from compresslab.errors import UserError
 from compresslab.variants import MODES
 
@@ -166,14 +167,14 @@ def representative_dataset(samples: np.ndarray):
     return generate
 
 
-def calibration_samples(x_train: np.ndarray, n: int, seed: int) -> np.ndarray:
+def calibration_samples(x_train, n: int, seed: int) -> np.ndarray:
     """A fixed, seeded choice of `n` training samples for int8 calibration.
 
     The chosen indices are sorted, so the samples keep their order in `x_train`; with the same data, n and
-    seed the choice (and so the int8 file) repeats exactly.
+    seed the choice (and so the int8 file) repeats exactly. Only the chosen samples are held in memory.
 
     Args:
-      x_train: the training images (N, H, W, C).
+      x_train: the training images: a `dataset.StoredSplit`, or an (N, H, W, C) array.
       n: how many samples; at least N means all of them, in order.
       seed: seed of the choice.
 
@@ -182,11 +183,13 @@ def calibration_samples(x_train: np.ndarray, n: int, seed: int) -> np.ndarray:
     """
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n <= 0:
         raise UserError(f"calibration sample count must be a positive integer, got {n!r}: set it above 0")
-    x_train = np.asarray(x_train)
+    if not isinstance(x_train, StoredSplit):
+        x_train = np.asarray(x_train, np.float32)
     if n >= len(x_train):
-        return x_train.astype(np.float32, copy=False)
-    chosen = np.sort(np.random.default_rng(seed).choice(len(x_train), size=int(n), replace=False))
-    return x_train[chosen].astype(np.float32, copy=False)
+        chosen = np.arange(len(x_train))
+    else:
+        chosen = np.sort(np.random.default_rng(seed).choice(len(x_train), size=int(n), replace=False))
+    return x_train.take(chosen) if isinstance(x_train, StoredSplit) else x_train[chosen]
 
 
 # Noise in converter messages that differs between runs and variants: source locations

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from compresslab import variants
+from compresslab import dataset, variants
 from compresslab.errors import UserError
 from compresslab.tflite import benchmark, flatbuffer, runtime
 
@@ -34,18 +34,19 @@ def check_positive_class(cfg: Mapping, class_names: Sequence[str]) -> None:
                         f"name a folder of data/raw, or null")
 
 
-def measure_file(path: Path, x_test: np.ndarray, cfg: Mapping,
+def measure_file(path: Path, x_test, cfg: Mapping,
                  keras_predictions: Sequence[int] | None = None, reference: Path | None = None,
-                 validation: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
+                 validation=None) -> dict:
     """Every interpreter-measured figure of one .tflite file; raises UserError when the file is unusable.
 
     Args:
       path: models/tflite/<variant>/<variant>-<mode>.tflite.
-      x_test: the test images as model input.
+      x_test: the test images: a `dataset.StoredSplit` (read in batches), or model-input floats in memory.
       cfg: the `evaluate` group (threads, warmup_runs, min_runs, min_seconds, ratio_rounds, measure_memory).
       keras_predictions: the predicted classes of the Keras model the file was converted from.
       reference: baseline-float32's file, timed against this one in alternating rounds (None: no ratio).
-      validation: the validation images and labels: the file's val_accuracy, which choices made from these
+      validation: the validation split (a StoredSplit, or images and labels): the file's val_accuracy, which
+        choices made from these
         figures (`compresslab search`) use so that the test split stays held out for reporting.
 
     Returns:
@@ -58,8 +59,8 @@ def measure_file(path: Path, x_test: np.ndarray, cfg: Mapping,
     """
     variant, mode = variants.split_label(path.stem)
     interpreter = runtime.load_interpreter(path)
-    runtime.check_input_shape(interpreter, x_test.shape[1:])
-    y_pred = np.argmax(runtime.predict(interpreter, x_test), axis=1)
+    runtime.check_input_shape(interpreter, dataset.image_shape(x_test))
+    y_pred = predicted_classes(interpreter, x_test)
     delegated = runtime.delegation(interpreter)
     stats = flatbuffer.weight_stats(path)
     row = {"variant": variant, "mode": mode, "file": str(path), "y_pred": y_pred.tolist(),
@@ -71,10 +72,10 @@ def measure_file(path: Path, x_test: np.ndarray, cfg: Mapping,
            "xnnpack_partitions": delegated["partitions"],
            "xnnpack_operator_share": delegated["delegated"] / max(delegated["operators"], 1),
            "operators_outside_xnnpack": counted(delegated["outside"])}
-    if validation is not None and len(validation[1]):
-        x_val, y_val = validation
-        row["val_accuracy"] = float(np.mean(np.argmax(runtime.predict(interpreter, x_val), axis=1) == y_val))
-    sample = x_test[:1]
+    if validation is not None and dataset.count(validation):
+        x_val, y_val = (validation, validation.labels()) if isinstance(validation, dataset.StoredSplit) else validation
+        row["val_accuracy"] = float(np.mean(predicted_classes(interpreter, x_val) == y_val))
+    sample = next(dataset.image_batches(x_test, 1))
     timings = benchmark.latency_by_threads(path, list(cfg["threads"]), warmup=cfg["warmup_runs"],
                                            min_runs=cfg["min_runs"], min_seconds=cfg["min_seconds"],
                                            input_sample=sample)
@@ -91,6 +92,12 @@ def measure_file(path: Path, x_test: np.ndarray, cfg: Mapping,
     memory = benchmark.peak_memory(path, sample) if cfg.get("measure_memory", True) else {}
     row["peak_rss_mb"], row["model_rss_mb"] = memory.get("peak_rss_mb"), memory.get("model_rss_mb")
     return row
+
+
+def predicted_classes(interpreter, images) -> np.ndarray:
+    """The class the file predicts for each image, read a batch at a time (a split is never held whole)."""
+    return np.concatenate([np.argmax(runtime.predict(interpreter, batch), axis=1)
+                           for batch in dataset.image_batches(images)])
 
 
 def counted(names: Sequence[str]) -> str:
