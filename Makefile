@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help setup data run sensitivity test test-fast params benchmark benchmark-latency clean
+.PHONY: help setup data run sensitivity test test-fast params benchmark benchmark-latency benchmark-data clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -42,6 +42,9 @@ benchmark: data  ## time the default pipeline (full run, a re-run, the smoke pre
 
 benchmark-latency: setup  ## time one file against baseline-float32 in five separate runs: does the ratio hold?
 	. $(BIN)/activate && python benchmarks/latency_ratio.py
+
+benchmark-data: data  ## peak memory and time of prepare and one train epoch at 5,000 images and at ten times that many
+	. $(BIN)/activate && python benchmarks/data_scale.py
 
 clean:  ## remove the virtual environment
 	rm -rf $(VENV)
