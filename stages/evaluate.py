@@ -9,7 +9,9 @@ Output: reports/evaluate/<variant>.json, one row per file: its predictions on th
 accuracy (what `compresslab search` chooses on, so the test split stays held out), agreement with its Keras
 model, file and gzipped size, sparsity and MACs read back from the file, latency (median and
 interquartile range) and FPS per thread count, its latency ratio to baseline-float32 timed in alternating
-rounds in this process, peak memory; and the machine's fingerprint (CPU, vector extensions, versions).
+rounds in this process, peak memory; each file's per-operator profile (`profiles`: time per operator and per
+operator type, and the share of it inside XNNPACK, see tflite/profile.py); and the machine's fingerprint (CPU,
+vector extensions, versions).
 A file that cannot be run, or a mode that failed to convert, becomes a row with its `error`; the `report`
 stage scores, compares and reports all of them.
 """
@@ -23,7 +25,7 @@ from compresslab.config import load_params
 from compresslab.errors import UserError, run_main
 from compresslab.fingerprint import machine_fingerprint
 from compresslab.outputs import write_json
-from compresslab.tflite import measure
+from compresslab.tflite import measure, profile
 
 
 def run(params, variant: str) -> dict:
@@ -40,6 +42,7 @@ def run(params, variant: str) -> dict:
     validation = splits["val"]   # for choices (compresslab search): the test split stays held out
     rows = [measure.error_row(variant, mode, f"conversion failed: {reason}")
             for mode, reason in record["failures"].items()]
+    profiles = {}
     converted = [mode for mode in record["modes"] if mode not in record["failures"]]
     # Every file is timed against baseline-float32 in the same process, so its latency ratio holds across runs.
     reference = paths.tflite_file(*variants.split_label(variants.BASELINE_FILE))
@@ -52,13 +55,17 @@ def run(params, variant: str) -> dict:
             rows.append(measure.error_row(variant, mode, str(err)))
             print(f"evaluate [{number}/{len(converted)}] {path.name}: FAILED: {err}")
             continue
+        if cfg.get("profile_seconds", 0) > 0:
+            sample = next(dataset.image_batches(splits["test"], 1))
+            profiles[path.stem] = profile.operator_profile(path, threads[0], sample, cfg.profile_seconds)
+            row["time_in_xnnpack_share"] = profiles[path.stem]["delegated_share"]
         rows.append(row)
         ratio = row.get(f"latency_ratio_t{threads[0]}")
         print(f"evaluate [{number}/{len(converted)}] {path.name}: agrees with Keras on "
               f"{row['keras_agreement']:.2%}, gzip {row['gzip_bytes']:,} B, sparsity {row['sparsity']:.3f}, "
               f"{row[f'latency_median_ms_t{threads[0]}']:.3f} ms at {threads[0]} thread(s)"
               + (f" ({ratio:.2f}x baseline-float32)" if ratio is not None else ""))
-    result = {"variant": variant, "fingerprint": machine_fingerprint(), "rows": rows}
+    result = {"variant": variant, "fingerprint": machine_fingerprint(), "rows": rows, "profiles": profiles}
     write_json(paths.evaluation(variant), result)
     return result
 

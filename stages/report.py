@@ -6,7 +6,8 @@ Reads reports/evaluate/<variant>.json of every variant and the test labels; ligh
 LiteRT), so it can close every pipeline execution cheaply.
 Outputs: reports/metrics.json (headline figures per variant and mode, `dvc exp show`'s columns),
 reports/variants.csv (every figure, one row per file), reports/plots/ (data for `dvc plots` and PNG images),
-reports/report.md, reports/fingerprint.json (the machine the files were timed on), and the MLflow summary
+reports/report.md, reports/fingerprint.json (the machine the files were timed on), reports/profile.json (every
+file's time per operator), and the MLflow summary
 (in the execution's parent run) holding the whole configuration, every figure, the report and the files.
 A file that could not be produced or evaluated is reported with its reason; the stage then fails at the end.
 """
@@ -42,7 +43,9 @@ def run(params) -> list[dict]:
         report.write_confusion_samples(y_true, predictions[variants.BASELINE_FILE], meta["class_names"],
                                        paths.PLOTS / "confusion.csv")
     write_json(paths.REPORTS / "fingerprint.json", fingerprint)
-    write_outputs(params, rows, confusions, notes, fingerprint)
+    profiles = {name: profile for evaluation in evaluations for name, profile in evaluation.get("profiles", {}).items()}
+    write_json(paths.REPORTS / "profile.json", profiles)
+    write_outputs(params, rows, confusions, notes, fingerprint, profiles)
     failed = [scoring.label(r) for r in rows if r.get("error")]
     if failed:
         raise UserError(f"{len(failed)} file(s) could not be evaluated: {', '.join(failed)} (reasons in "
@@ -63,7 +66,8 @@ def timing_fingerprint(evaluations: list[dict]) -> tuple[dict, list[str]]:
                       f"compare their latency ratios to baseline-float32, not milliseconds."]
 
 
-def write_outputs(params, rows: list[dict], confusions: dict, notes: list[str], fingerprint: dict) -> None:
+def write_outputs(params, rows: list[dict], confusions: dict, notes: list[str], fingerprint: dict,
+                  profiles: dict) -> None:
     headline = report.headline_metrics(rows)
     write_json(paths.REPORTS / "metrics.json", headline)
     report.write_variants_csv(rows, paths.REPORTS / "variants.csv")
@@ -79,7 +83,7 @@ def write_outputs(params, rows: list[dict], confusions: dict, notes: list[str], 
     # The float32 baseline and the int8 files (what ships to a device) get a confusion heatmap each.
     shown = {name: c for name, c in confusions.items() if name == variants.BASELINE_FILE or name.endswith("-int8")}
     report_path = report.write_report(rows, shown, paths.REPORTS, title="compresslab report",
-                                      config_summary=summary, notes=notes + report_notes())
+                                      config_summary=summary, notes=notes + report_notes(), profiles=profiles)
     # Every figure of every file, `significant*` flags as 0/1, so the MLflow UI can sort and chart them.
     metrics = {f"{r['variant']}.{r['mode']}.{key}": float(value) for r in rows if not r.get("error")
                for key, value in r.items() if isinstance(value, (int, float))}
@@ -87,7 +91,8 @@ def write_outputs(params, rows: list[dict], confusions: dict, notes: list[str], 
                          tags={"files": str(len(rows)), "model": params.model.name,
                                **{f"fingerprint.{key}": value for key, value in fingerprint.items()}},
                          artifacts=[report_path, paths.REPORTS / "variants.csv", paths.REPORTS / "metrics.json",
-                                    paths.REPORTS / "fingerprint.json", paths.PLOTS, paths.TFLITE, "dvc.lock",
+                                    paths.REPORTS / "fingerprint.json", paths.REPORTS / "profile.json", paths.PLOTS,
+                                    paths.TFLITE, "dvc.lock",
                                     "params.yaml"])
 
 

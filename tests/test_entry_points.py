@@ -84,6 +84,7 @@ def test_a_multi_worker_run_without_a_usable_tf_config_stops_before_training(tmp
     ("convert vgg", "convert", "int8_io", False, ["unknown variant 'vgg'", "baseline"]),
     ("evaluate baseline", "evaluate", "threads", [], ["evaluate.threads"]),
     ("evaluate baseline", "evaluate", "min_runs", 0, ["evaluate.min_runs"]),
+    ("evaluate baseline", "evaluate", "profile_seconds", -1, ["evaluate.profile_seconds", ">= 0"]),
     ("report", "evaluate", "threads", [1], ["no evaluation of baseline"]),
 ])
 def test_bad_config_stops_the_stage_before_it_reads_any_data(tmp_path, monkeypatch, stage, group, key, value,

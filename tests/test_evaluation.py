@@ -20,7 +20,7 @@ from compresslab.model_io import save_model
 
 REPO = Path(__file__).resolve().parents[1]
 EVALUATE = {"name": "default", "threads": [1, 2], "positive_class": "fire", "warmup_runs": 1, "min_runs": 3,
-            "min_seconds": 0.01, "measure_memory": False}
+            "min_seconds": 0.01, "measure_memory": False, "profile_seconds": 0.05}
 TEST_IMAGES = 12
 
 
@@ -96,6 +96,11 @@ def test_evaluate_measures_every_file_of_a_variant_without_tensorflow(workspace)
     for row in rows.values():  # timed against baseline-float32 in the same process
         assert row["latency_ratio_p25_t1"] <= row["latency_ratio_t1"] <= row["latency_ratio_p75_t1"]
     assert rows["float32"]["latency_ratio_t1"] == 1.0
+    # Each file's per-operator profile, at the first thread count: the int8 softmax runs outside XNNPACK.
+    profiles = json.loads(paths.evaluation("baseline").read_text())["profiles"]
+    assert set(profiles) == {"baseline-float32", "baseline-int8"}
+    assert [row["op"] for row in profiles["baseline-int8"]["operators"] if not row["delegated"]] == ["SOFTMAX"]
+    assert rows["float32"]["time_in_xnnpack_share"] == profiles["baseline-float32"]["delegated_share"] == 1.0
     # Each file's validation accuracy (what compresslab search decides on) is its own, on the val split.
     from compresslab.tflite import runtime
 

@@ -185,3 +185,46 @@ def test_interleaved_ratio_of_a_file_against_itself_is_one_and_a_bigger_file_is_
     assert slower["ratio"] > 3  # far more MACs: the ratio must show it, whatever the machine's speed
     with pytest.raises(UserError, match="rounds"):
         interleaved_ratio(float_tflite, float_tflite, 1, rounds=0)
+
+
+def test_a_cut_after_each_operator_computes_what_the_model_computes_up_to_it(float_tflite, int8_tflite):
+    from compresslab.tflite import profile, runtime
+
+    sample = np.random.default_rng(3).random((1, *SHAPE), dtype=np.float32)
+    for path in (float_tflite, int8_tflite):
+        whole = runtime.load_interpreter(path)
+        operators = [node for node in whole._get_ops_details() if node["op_name"] != "DELEGATE"]
+        cuts = profile.cut_models(path)
+        assert len(cuts) == len(operators)
+        outputs = []
+        for content in cuts:
+            cut = Interpreter(model_content=content, experimental_preserve_all_tensors=True)
+            cut.allocate_tensors()
+            cut.set_tensor(cut.get_input_details()[0]["index"], make_input(cut.get_input_details()[0], sample))
+            cut.invoke()
+            outputs.append(cut.get_tensor(cut.get_output_details()[0]["index"]))
+        whole.set_tensor(whole.get_input_details()[0]["index"], make_input(whole.get_input_details()[0], sample))
+        whole.invoke()
+        np.testing.assert_array_equal(outputs[-1], whole.get_tensor(whole.get_output_details()[0]["index"]))
+        shapes = {detail["index"]: tuple(detail["shape"]) for detail in whole.get_tensor_details()}
+        assert [tuple(o.shape) for o in outputs] == [shapes[int(node["outputs"][0])] for node in operators]
+
+
+def test_the_operator_profile_splits_the_latency_by_operator_and_type(float_tflite, int8_tflite):
+    from compresslab.tflite import profile, runtime
+
+    for path in (float_tflite, int8_tflite):
+        found = profile.operator_profile(path, threads=1, seconds=0.05)
+        operators = [node["op_name"] for node in runtime.load_interpreter(path)._get_ops_details()
+                     if node["op_name"] != "DELEGATE"]
+        assert [row["op"] for row in found["operators"]] == operators and found["rounds"] >= profile.MIN_ROUNDS
+        assert all(row["ms"] >= 0 for row in found["operators"])
+        by_type = {entry["op"]: entry for entry in found["by_type"]}
+        assert set(by_type) == set(operators) and sum(e["count"] for e in by_type.values()) == len(operators)
+        assert [e["ms"] for e in found["by_type"]] == sorted((e["ms"] for e in found["by_type"]), reverse=True)
+        assert sum(e["ms"] for e in by_type.values()) == pytest.approx(sum(r["ms"] for r in found["operators"]),
+                                                                       abs=1e-4)
+        assert by_type["CONV_2D"]["ms"] > 0 and 0.0 < found["total_ms"]
+        delegated = set(runtime.delegation(runtime.load_interpreter(path))["delegated_indices"])
+        assert {row["index"] for row in found["operators"] if row["delegated"]} == delegated
+        assert 0.0 <= found["delegated_share"] <= 1.0

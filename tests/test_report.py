@@ -195,3 +195,25 @@ def test_report_has_table_failed_section_notes_and_plots(rows, confusions, tmp_p
         check_png(path.parent / link)
     # Order: table first, then failures, notes, plots.
     assert text.index("## Results") < text.index("## Failed") < text.index("## Notes") < text.index("## Plots")
+
+
+def test_the_baseline_float32_and_int8_profiles_are_a_time_per_operator_type_table(rows, confusions, tmp_path):
+    def profile(ms_by_op, delegated):
+        total = sum(ms_by_op.values())
+        return {"threads": 1, "total_ms": total, "delegated_share": 0.6, "by_type": [
+            {"op": op, "count": 2, "ms": ms, "share": ms / total, "delegated": delegated.get(op, 2)}
+            for op, ms in sorted(ms_by_op.items(), key=lambda item: -item[1])]}
+
+    profiles = {"baseline-float32": profile({"CONV_2D": 0.12, "FULLY_CONNECTED": 0.08}, {}),
+                "baseline-int8": profile({"CONV_2D": 0.15, "AVERAGE_POOL_2D": 0.09}, {"AVERAGE_POOL_2D": 0}),
+                "pruned-int8": profile({"SOFTMAX": 9.0}, {})}
+    text = write_report(rows, confusions, tmp_path, title="t", config_summary={}, profiles=profiles).read_text()
+    section = text.split("### Time per operator type (1 thread(s))")[1].split("\n## ")[0]
+    lines = [line for line in section.splitlines() if line.startswith("|")]
+    assert "baseline-float32 ms" in lines[0] and "baseline-int8 ms" in lines[0] and "pruned" not in section
+    cells = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]] for line in lines[2:]}
+    assert cells["CONV_2D"] == ["0.1200", "60", "2/2", "0.1500", "62", "2/2"]
+    assert cells["AVERAGE_POOL_2D"] == ["—", "—", "—", "0.0900", "38", "0/2"]  # outside XNNPACK, int8 only
+    assert cells["**total**"][3] == "0.2400" and "SOFTMAX" not in cells
+    assert "Time per operator" not in write_report(rows, confusions, tmp_path / "none", title="t",
+                                                   config_summary={}).read_text()

@@ -409,7 +409,8 @@ def _write_frame(records: list[dict], columns: list[str], path: Path) -> Path:
 # ------------------------------------------------------------------------------------------- report
 
 def write_report(rows: Sequence[Mapping], confusions: Mapping[str, Mapping], out_dir: str | Path, *,
-                 title: str, config_summary: Mapping, notes: Sequence[str] = ()) -> Path:
+                 title: str, config_summary: Mapping, notes: Sequence[str] = (),
+                 profiles: Mapping[str, Mapping] | None = None) -> Path:
     """Write out_dir/report.md with its plots in out_dir/plots/.
 
     Sections: the title, the configuration summary, the results table (one line per evaluated file, by
@@ -425,6 +426,8 @@ def write_report(rows: Sequence[Mapping], confusions: Mapping[str, Mapping], out
       config_summary: {knob: value} worth stating (model, data, the compression settings); nested
         mappings are written as `key=value` lists.
       notes: free-text remarks, written as a bullet list.
+      profiles: {'variant-mode': per-operator profile (`tflite.profile.operator_profile`)}: the baseline's
+        float32 and int8 files get a time-per-operator-type table.
 
     Returns:
       The path of report.md.
@@ -432,7 +435,7 @@ def write_report(rows: Sequence[Mapping], confusions: Mapping[str, Mapping], out
     out_dir = Path(out_dir)
     plots = _write_report_plots(rows, confusions, out_dir / "plots")
     parts = [f"# {title}", _config_section(config_summary), _results_section(rows), _delegation_section(rows),
-             _failed_section(rows),
+             _profile_section(profiles or {}), _failed_section(rows),
              _notes_section(notes), _plots_section(plots)]
     path = out_dir / "report.md"
     write_text(path, "\n\n".join(part for part in parts if part) + "\n")
@@ -551,6 +554,37 @@ def _delegation_section(rows: Sequence[Mapping]) -> str:
     return ("## Where the time goes\n\nWhich operators XNNPACK runs, read from each file's execution plan (LiteRT "
             "2.3.0's Python API has no per-operator profiler). Operators outside it run on LiteRT's reference "
             "kernels, and each boundary between partitions costs a hand-over.\n\n" + _markdown_table(columns, body))
+
+
+PROFILED_FILES = ("baseline-float32", "baseline-int8")
+
+
+def _profile_section(profiles: Mapping[str, Mapping]) -> str:
+    """Time per operator type of the baseline's float32 and int8 files, side by side."""
+    shown = {name: profiles[name] for name in PROFILED_FILES if name in profiles}
+    if not shown:
+        return ""
+    types = list(dict.fromkeys(entry["op"] for profile in shown.values() for entry in profile["by_type"]))
+    columns = [("operator", False)]
+    for name in shown:
+        columns += [(f"{name} ms", True), ("%", True), ("in XNNPACK", True)]
+    body = []
+    for op in types:
+        cells = [op]
+        for profile in shown.values():
+            entry = next((e for e in profile["by_type"] if e["op"] == op), None)
+            cells += (["—", "—", "—"] if entry is None else
+                      [f"{entry['ms']:.4f}", f"{100 * entry['share']:.0f}", f"{entry['delegated']}/{entry['count']}"])
+        body.append(cells)
+    totals = ["**total**"]
+    for profile in shown.values():
+        totals += [f"{profile['total_ms']:.4f}", "100", f"{100 * profile['delegated_share']:.0f} % of the time"]
+    threads = next(iter(shown.values()))["threads"]
+    return (f"### Time per operator type ({threads} thread(s))\n\nEach file cut after every operator and the cuts "
+            "timed in interleaved rounds in one process: an operator's time is how much it adds to the median "
+            "latency (LiteRT 2.3.0's Python API binds no per-operator profiler). Estimates: they add up to about "
+            "the whole model's median. Every file's profile, per operator, is in `reports/profile.json` (an "
+            "MLflow artifact).\n\n" + _markdown_table(columns, body + [totals]))
 
 
 def _failed_section(rows: Sequence[Mapping]) -> str:

@@ -23,6 +23,9 @@ def validate_evaluate_config(cfg: Mapping) -> list[int]:
         value = cfg.get(key, least)
         if isinstance(value, bool) or not isinstance(value, int) or value < least:
             raise UserError(f"evaluate.{key} must be a whole number ({least} or more), got {value!r}")
+    seconds = cfg.get("profile_seconds", 0)
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds < 0:
+        raise UserError(f"evaluate.profile_seconds must be a number of seconds >= 0 (0: no profile), got {seconds!r}")
     return threads
 
 

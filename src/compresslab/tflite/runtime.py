@@ -166,7 +166,8 @@ def delegation(interpreter: Interpreter) -> dict:
 
     Returns:
       {'operators': the model's operators, 'partitions': XNNPACK partitions, 'delegated': operators inside
-       them, 'outside': names of the operators outside, in graph order}.
+       them, 'delegated_indices': their indices in execution order, 'outside': names of the operators
+       outside, in graph order}.
     """
     nodes = interpreter._get_ops_details()  # the model's operators, then one DELEGATE node per partition
     operators = [node for node in nodes if node["op_name"] != "DELEGATE"]
@@ -183,4 +184,5 @@ def delegation(interpreter: Interpreter) -> dict:
             inside.add(node["index"])
             todo += [int(tensor) for tensor in node["inputs"] if int(tensor) not in boundary]
     return {"operators": len(operators), "partitions": len(nodes) - len(operators), "delegated": len(inside),
+            "delegated_indices": sorted(inside),
             "outside": [node["op_name"] for node in operators if node["index"] not in inside]}
