@@ -197,7 +197,7 @@ def test_a_cut_after_each_operator_computes_what_the_model_computes_up_to_it(flo
         cuts = profile.cut_models(path)
         assert len(cuts) == len(operators)
         outputs = []
-        for content in cuts:
+        for content in cuts.values():
             cut = Interpreter(model_content=content, experimental_preserve_all_tensors=True)
             cut.allocate_tensors()
             cut.set_tensor(cut.get_input_details()[0]["index"], make_input(cut.get_input_details()[0], sample))
@@ -228,3 +228,18 @@ def test_the_operator_profile_splits_the_latency_by_operator_and_type(float_tfli
         delegated = set(runtime.delegation(runtime.load_interpreter(path))["delegated_indices"])
         assert {row["index"] for row in found["operators"] if row["delegated"]} == delegated
         assert 0.0 <= found["delegated_share"] <= 1.0
+
+
+def test_a_float16_file_profiles_its_weight_dequantize_as_load_time_work(model, tmp_path):
+    from compresslab.tflite import profile
+
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.target_spec.supported_types = [tf.float16]
+    path = tmp_path / "float16.tflite"
+    path.write_bytes(converter.convert())
+    found = profile.operator_profile(path, threads=1, seconds=0.05)
+    dequantize = [row for row in found["operators"] if row["op"] == "DEQUANTIZE"]
+    assert dequantize and all(row["ms"] == 0.0 for row in dequantize)  # constants: no cut, no per-run time
+    assert len(profile.cut_models(path)) == len(found["operators"]) - len(dequantize)
+    assert profile.try_profile(tmp_path / "missing.tflite", 1, None, 0.05)["error"]

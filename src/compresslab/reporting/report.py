@@ -561,7 +561,7 @@ PROFILED_FILES = ("baseline-float32", "baseline-int8")
 
 def _profile_section(profiles: Mapping[str, Mapping]) -> str:
     """Time per operator type of the baseline's float32 and int8 files, side by side."""
-    shown = {name: profiles[name] for name in PROFILED_FILES if name in profiles}
+    shown = {name: profiles[name] for name in PROFILED_FILES if "by_type" in profiles.get(name, {})}
     if not shown:
         return ""
     types = list(dict.fromkeys(entry["op"] for profile in shown.values() for entry in profile["by_type"]))

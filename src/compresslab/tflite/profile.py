@@ -21,6 +21,7 @@ import numpy as np
 from ai_edge_litert import schema_py_generated as schema
 from ai_edge_litert.interpreter import Interpreter
 
+from compresslab.errors import UserError
 from compresslab.tflite import runtime
 from compresslab.tflite.benchmark import feed_inputs
 
@@ -28,19 +29,24 @@ MIN_ROUNDS = 5
 RUNS_PER_ROUND = 5
 
 
-def cut_models(path: str | Path) -> list[bytes]:
-    """One flatbuffer per operator k of the main subgraph: operators 0..k, with operator k's outputs as the
-    model's outputs."""
+def cut_models(path: str | Path) -> dict[int, bytes]:
+    """{k: flatbuffer} for each operator k of the main subgraph that depends on the model's input: operators
+    0..k, with operator k's outputs as the model's outputs. Operators on constants alone (a float16 file's
+    weight DEQUANTIZE) run once when the model is prepared, not per inference, and get no cut."""
     model = schema.ModelT.InitFromPackedBuf(Path(path).read_bytes(), 0)
     subgraph = model.subgraphs[0]
     operators = list(subgraph.operators)
-    cuts = []
+    live = {int(tensor) for tensor in subgraph.inputs}
+    cuts = {}
     for k, operator in enumerate(operators):
+        if not any(int(tensor) in live for tensor in operator.inputs if tensor >= 0):
+            continue
+        live.update(int(tensor) for tensor in operator.outputs if tensor >= 0)
         subgraph.operators = operators[:k + 1]
         subgraph.outputs = [int(tensor) for tensor in operator.outputs if tensor >= 0]
         builder = flatbuffers.Builder(1024)
         builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
-        cuts.append(bytes(builder.Output()))
+        cuts[k] = bytes(builder.Output())
     return cuts
 
 
@@ -56,17 +62,18 @@ def operator_profile(path: str | Path, threads: int = 1, input_sample=None, seco
     whole = runtime.load_interpreter(path, threads)
     delegated = set(runtime.delegation(whole)["delegated_indices"])
     names = [node["op_name"] for node in whole._get_ops_details() if node["op_name"] != "DELEGATE"]
+    cuts = cut_models(path)
     interpreters = []
-    for content in cut_models(path):
+    for content in cuts.values():
         interpreter = Interpreter(model_content=content, num_threads=threads)
         interpreter.allocate_tensors()
         feed_inputs(interpreter, input_sample)
         interpreter.invoke()  # warm-up: first-run allocations and XNNPACK's weight packing
         interpreters.append(interpreter)
     medians, rounds = time_interleaved(interpreters, seconds)
-    increments = np.maximum(np.diff(np.concatenate([[0.0], medians])), 0.0)
-    operators = [{"index": k, "op": names[k], "delegated": k in delegated, "ms": round(float(ms), 5)}
-                 for k, ms in enumerate(increments)]
+    increments = dict(zip(cuts, np.maximum(np.diff(np.concatenate([[0.0], medians])), 0.0)))
+    operators = [{"index": k, "op": name, "delegated": k in delegated, "ms": round(float(increments.get(k, 0.0)), 5)}
+                 for k, name in enumerate(names)]
     total = float(medians[-1])
     by_type: dict[str, dict] = {}
     for row in operators:
@@ -77,10 +84,21 @@ def operator_profile(path: str | Path, threads: int = 1, input_sample=None, seco
     types = sorted(by_type.values(), key=lambda entry: -entry["ms"])
     for entry in types:
         entry.update(ms=round(entry["ms"], 5), share=round(entry["ms"] / total, 4) if total > 0 else 0.0)
-    inside = sum(row["ms"] for row in operators if row["delegated"])
+    inside, summed = (sum(row["ms"] for row in operators if row["delegated"]), sum(row["ms"] for row in operators))
     return {"threads": threads, "rounds": rounds, "total_ms": round(total, 5),
-            "delegated_share": round(min(inside / total, 1.0), 4) if total > 0 else 0.0, "operators": operators,
+            "delegated_share": round(inside / summed, 4) if summed > 0 else 0.0, "operators": operators,
             "by_type": types}
+
+
+def try_profile(path: str | Path, threads: int, input_sample, seconds: float) -> dict:
+    """`operator_profile`, or {'error': why} when LiteRT cannot run a cut of this file: a profile is an
+    explanation, and must never cost the file its other figures."""
+    try:
+        return operator_profile(path, threads, input_sample, seconds)
+    except (RuntimeError, ValueError, UserError) as err:
+        reason = " ".join(str(err).split()) or type(err).__name__
+        print(f"evaluate: no per-operator profile of {Path(path).name}: {reason}")
+        return {"error": reason}
 
 
 def time_interleaved(interpreters: Sequence, seconds: float) -> tuple[np.ndarray, int]:
