@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help setup data run sensitivity test test-fast params benchmark benchmark-latency benchmark-data clean
+.PHONY: help setup data run sensitivity test test-fast params benchmark benchmark-latency benchmark-data benchmark-sparse clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -45,6 +45,9 @@ benchmark-latency: setup  ## time one file against baseline-float32 in five sepa
 
 benchmark-data: data  ## peak memory and time of prepare and one train epoch at 5,000 images and at ten times that many
 	. $(BIN)/activate && python benchmarks/data_scale.py
+
+benchmark-sparse: setup  ## a pruned MobileNetV2 against its dense self: does sparsity buy speed on this CPU?
+	. $(BIN)/activate && python benchmarks/sparse_inference.py
 
 clean:  ## remove the virtual environment
 	rm -rf $(VENV)

@@ -31,6 +31,9 @@ def validate_convert_config(cfg) -> None:
         raise UserError(f"convert.modes={list(cfg.modes)} must be a non-empty list of {', '.join(converter.MODES)}")
     if not isinstance(cfg.calibration_samples, int) or cfg.calibration_samples < 1:
         raise UserError(f"convert.calibration_samples must be a positive integer, got {cfg.calibration_samples!r}")
+    for key in ("int8_io", "skip_failed", "sparse_weights"):
+        if not isinstance(cfg.get(key, False), bool):
+            raise UserError(f"convert.{key} must be true or false, got {cfg.get(key)!r}")
 
 
 def validate_variant(variant: str) -> None:
@@ -54,7 +57,8 @@ def run(params, variant: str) -> dict:
         label = variants.label(variant, mode)
         try:
             flatbuffer = converter.convert(model, mode, representative=representative, int8_io=cfg.int8_io,
-                                           qat=variants.is_qat(variant))
+                                           qat=variants.is_qat(variant),
+                                           sparse_weights=bool(cfg.get("sparse_weights", False)))
         except converter.ConversionError as err:
             failures[mode] = str(err)
             print(f"convert [{number}/{len(modes)}] {label}: FAILED: {err}")

@@ -220,7 +220,8 @@ def test_delegation_names_the_operators_xnnpack_leaves_out():
         interpreter = Interpreter(model_content=flatbuffer)
         interpreter.allocate_tensors()
         found[mode] = delegation(interpreter)
-    assert found["float32"] == {"operators": 5, "partitions": 1, "delegated": 5, "outside": []}
+    assert found["float32"] == {"operators": 5, "partitions": 1, "delegated": 5, "delegated_indices": [0, 1, 2, 3, 4],
+                                "outside": []}
     assert found["int8"]["outside"] == ["AVERAGE_POOL_2D", "SOFTMAX"]
     assert found["int8"]["partitions"] == 3  # input and conv; reshape and dense; the output's dequantize
-    assert found["int8"]["delegated"] == found["int8"]["operators"] - 2
+    assert found["int8"]["delegated"] == found["int8"]["operators"] - 2 == len(found["int8"]["delegated_indices"])

@@ -63,12 +63,53 @@ def resnet8(input_shape, num_classes: int, cfg: Mapping) -> keras.Model:
     return keras.Model(inputs, outputs, name="resnet8")
 
 
+# MobileNetV2's inverted residual blocks: (output filters before alpha, stride, expansion), as in the paper
+# and in keras.applications.MobileNetV2.
+MOBILENETV2_BLOCKS = ((16, 1, 1), (24, 2, 6), (24, 1, 6), (32, 2, 6), (32, 1, 6), (32, 1, 6), (64, 2, 6),
+                      (64, 1, 6), (64, 1, 6), (64, 1, 6), (96, 1, 6), (96, 1, 6), (96, 1, 6), (160, 2, 6),
+                      (160, 1, 6), (160, 1, 6), (320, 1, 6))
+
+
 def mobilenetv2(input_shape, num_classes: int, cfg: Mapping) -> keras.Model:
-    """Keras applications MobileNetV2 with width multiplier `alpha`, trained from scratch (no download)."""
+    """MobileNetV2 with width multiplier `alpha`, trained from scratch (no download): the same layers and
+    parameter count as keras.applications.MobileNetV2, built so that XNNPACK's sparse inference (and TFMOT's
+    PruneForLatencyOnXNNPack policy) accepts it: every stride-2 3x3 convolution is a ZeroPadding2D of 1 on
+    each side then a 'valid' convolution (Keras pads asymmetrically), and global average pooling keeps its
+    spatial dimensions before the classifier. Its 1x1 convolutions are what `prune.layers=xnnpack` prunes.
+    """
     if min(input_shape[:2]) < 32:
         raise UserError(f"data.image_size={input_shape[0]} is too small for mobilenetv2: use 32 or more")
-    return keras.applications.MobileNetV2(input_shape=tuple(input_shape), alpha=float(cfg.get("alpha", 0.35)),
-                                          weights=None, classes=num_classes, include_top=True)
+    alpha = float(cfg.get("alpha", 0.35))
+
+    def batch_norm_relu6(x, activate=True):
+        x = layers.BatchNormalization(epsilon=1e-3, momentum=0.999)(x)
+        return layers.ReLU(6.0)(x) if activate else x
+
+    inputs = layers.Input(shape=tuple(input_shape))
+    x = layers.ZeroPadding2D(1)(inputs)
+    x = batch_norm_relu6(layers.Conv2D(_divisible(32 * alpha), 3, strides=2, padding="valid", use_bias=False)(x))
+    for block, (filters, stride, expansion) in enumerate(MOBILENETV2_BLOCKS):
+        block_input, channels = x, int(x.shape[-1])
+        if block:
+            x = batch_norm_relu6(layers.Conv2D(expansion * channels, 1, use_bias=False)(x))
+        if stride == 2:
+            x = layers.ZeroPadding2D(1)(x)
+        x = batch_norm_relu6(layers.DepthwiseConv2D(3, strides=stride, padding="same" if stride == 1 else "valid",
+                                                    use_bias=False)(x))
+        out_channels = _divisible(filters * alpha)
+        x = batch_norm_relu6(layers.Conv2D(out_channels, 1, use_bias=False)(x), activate=False)
+        if stride == 1 and channels == out_channels:
+            x = layers.Add()([block_input, x])
+    x = batch_norm_relu6(layers.Conv2D(_divisible(1280 * alpha) if alpha > 1.0 else 1280, 1, use_bias=False)(x))
+    x = layers.Flatten()(layers.GlobalAveragePooling2D(keepdims=True)(x))
+    outputs = layers.Dense(num_classes, activation="softmax")(x)
+    return keras.Model(inputs, outputs, name=f"mobilenetv2_{alpha:g}")
+
+
+def _divisible(value: float, divisor: int = 8) -> int:
+    """Channels rounded to a multiple of `divisor`, never more than 10 % below `value` (MobileNet's rule)."""
+    rounded = max(divisor, int(value + divisor / 2) // divisor * divisor)
+    return rounded + divisor if rounded < 0.9 * value else rounded
 
 
 BUILDERS: dict[str, Callable[..., keras.Model]] = {

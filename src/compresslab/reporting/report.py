@@ -45,7 +45,8 @@ STATISTICS_COLUMNS = (
 )
 TAIL_COLUMNS = ("peak_rss_mb", "model_rss_mb", "gzip_ratio", "latency_ratio", "error")
 # How much of each file XNNPACK runs (from its execution plan), when the rows hold it: where the time goes.
-DELEGATION_COLUMNS = ("xnnpack_partitions", "xnnpack_operator_share", "operators_outside_xnnpack")
+DELEGATION_COLUMNS = ("xnnpack_partitions", "xnnpack_operator_share", "operators_outside_xnnpack", "sparse_inference",
+                      "time_in_xnnpack_share")
 THREAD_METRICS = ("latency_median_ms", "latency_p25_ms", "latency_p75_ms", "latency_p90_ms", "latency_mean_ms",
                   "latency_std_ms", "fps", "latency_ratio", "latency_ratio_p25", "latency_ratio_p75")
 _THREAD_KEY = re.compile(r"^latency_median_ms_t(\d+)$")
@@ -543,17 +544,25 @@ def _results_section(rows: Sequence[Mapping]) -> str:
 
 
 def _delegation_section(rows: Sequence[Mapping]) -> str:
-    """Per file, how much of it XNNPACK runs: the operators it leaves out run on LiteRT's reference kernels."""
+    """Per file, how much of it XNNPACK runs (the operators it leaves out run on LiteRT's reference kernels),
+    and whether it qualifies for XNNPACK's sparse inference."""
     files = [row for row in sort_rows(_drawable(rows)) if row.get("xnnpack_partitions") is not None]
     if not files:
         return ""
     columns = [("file", False), ("XNNPACK partitions", True), ("operators in XNNPACK %", True),
-               ("operators outside XNNPACK", False)]
+               ("operators outside XNNPACK", False), ("sparse inference", False)]
     body = [[label(row), str(row["xnnpack_partitions"]), fmt(row.get("xnnpack_operator_share"), "{:.0f}", 100),
-             row.get("operators_outside_xnnpack") or "none"] for row in files]
-    return ("## Where the time goes\n\nWhich operators XNNPACK runs, read from each file's execution plan (LiteRT "
-            "2.3.0's Python API has no per-operator profiler). Operators outside it run on LiteRT's reference "
-            "kernels, and each boundary between partitions costs a hand-over.\n\n" + _markdown_table(columns, body))
+             row.get("operators_outside_xnnpack") or "none", row.get("sparse_inference") or "—"] for row in files]
+    eligible = sum(row.get("sparse_inference") == "eligible" for row in files)
+    sparse_note = (f" {eligible} file(s) qualify for XNNPACK's sparse inference, where pruned 1x1 convolutions buy "
+                   "speed; XNNPACK takes that path on ARM and on x86 CPUs without AVX, and runs them dense where "
+                   "AVX makes dense faster." if eligible else
+                   " No file qualifies for XNNPACK's sparse inference (a float model starting with a 3x3 stride-2 "
+                   "convolution over 3 channels, 1x1 convolutions at least 2/3 zeros, global average pooling at the "
+                   "end: `-S experiment=sparse_mobilenet`), so pruning buys size here, not speed.")
+    return ("## Where the time goes\n\nWhich operators XNNPACK runs, read from each file's execution plan. Operators "
+            "outside it run on LiteRT's reference kernels, and each boundary between partitions costs a hand-over."
+            + sparse_note + "\n\n" + _markdown_table(columns, body))
 
 
 PROFILED_FILES = ("baseline-float32", "baseline-int8")

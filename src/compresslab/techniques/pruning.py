@@ -27,6 +27,9 @@ SCHEDULES = ("polynomial", "constant")
 # prune.layers: auto lets the prune stage measure every layer first and prune only those that cost little
 # accuracy (techniques/sensitivity.py); this module only validates it.
 AUTO_LAYERS = "auto"
+# prune.layers=xnnpack: the 1x1 convolutions TFMOT's PruneForLatencyOnXNNPack policy prunes, in a model it accepts
+# for XNNPACK's sparse inference (see `xnnpack_layers`).
+XNNPACK_LAYERS = "xnnpack"
 # A derived end_step stops changing the masks this share of the fine-tune before its end, so the surviving
 # weights get some steps to recover at the final sparsity before the model is saved.
 RECOVERY_SHARE = 0.1
@@ -131,7 +134,10 @@ def validate_prune_config(cfg: Mapping, option_prefix: str = "prune") -> None:
                         f"set how often the masks are updated, e.g. 100")
     m_by_n = parse_m_by_n(cfg.get("m_by_n"), f"{p}.m_by_n")
     if cfg.get("layers") is None:
-        raise UserError(f"{p}.layers is not set: use all, dense, conv, auto or a list of layer names")
+        raise UserError(f"{p}.layers is not set: use all, dense, conv, auto, xnnpack or a list of layer names")
+    if cfg.get("layers") == XNNPACK_LAYERS and m_by_n is not None:
+        raise UserError(f"{p}.layers=xnnpack prunes for XNNPACK's unstructured sparse kernels, not {p}.m_by_n="
+                        f"{cfg.get('m_by_n')!r}: set m_by_n to null")
     if cfg.get("layers") == AUTO_LAYERS:
         max_drop = cfg.get("auto_max_drop")
         if not _is_number(max_drop) or max_drop <= 0:
@@ -226,6 +232,21 @@ def unprunable_reason(layer: keras.layers.Layer, m_by_n: tuple[int, int] | None)
     return None
 
 
+def xnnpack_layers(model: keras.Model) -> list[str]:
+    """The layers TFMOT's PruneForLatencyOnXNNPack policy prunes (the 1x1 convolutions), once the policy has
+    checked that the model has the shape XNNPACK's sparse inference needs: a 3x3 stride-2 first convolution
+    over 3 channels after ZeroPadding2D(1), only layers XNNPACK runs sparse, global average pooling at the end.
+    Raises a UserError with the policy's reason otherwise."""
+    policy = tfmot.sparsity.keras.PruneForLatencyOnXNNPack()
+    try:
+        policy.ensure_model_supports_pruning(model)
+    except ValueError as err:
+        raise UserError(f"prune.layers=xnnpack: model {model.name!r} cannot use XNNPACK's sparse inference "
+                        f"({' '.join(str(err).split())}): use model=mobilenetv2, built for it, or another "
+                        f"prune.layers") from None
+    return [layer.name for layer in model.layers if policy.allow_pruning(layer)]
+
+
 def copy_model(model: keras.Model) -> keras.Model:
     """A copy with its own layers and the same weights (TFMOT's wrappers otherwise share the caller's layers)."""
     copy = keras.models.clone_model(model)
@@ -260,7 +281,8 @@ def prune(model: keras.Model, cfg: Mapping, train: training.Split, val: training
       A PruneResult; its sparsity is measured in the stripped kernels, not taken from the schedule.
     """
     validate_prune_config(cfg)
-    names = select_layers(model, cfg["layers"], "prune.layers")
+    names = (xnnpack_layers(model) if cfg["layers"] == XNNPACK_LAYERS
+             else select_layers(model, cfg["layers"], "prune.layers"))
     m_by_n = parse_m_by_n(cfg.get("m_by_n"))
     steps_per_epoch = math.ceil(dataset.count(train) / int(batch_size))
     schedule = build_schedule(cfg, steps_per_epoch)

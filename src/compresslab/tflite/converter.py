@@ -51,7 +51,7 @@ class ConversionError(Exception):
 
 
 def convert(model: keras.Model, mode: str, *, representative: np.ndarray | None = None,
-            int8_io: bool = False, qat: bool = False) -> bytes:
+            int8_io: bool = False, qat: bool = False, sparse_weights: bool = False) -> bytes:
     """Convert `model` to a TFLite flatbuffer.
 
     Args:
@@ -64,6 +64,8 @@ def convert(model: keras.Model, mode: str, *, representative: np.ndarray | None 
         of float32 ones with QUANTIZE/DEQUANTIZE ops at the edges. Ignored by the float modes, so one
         setting can serve every mode of a run.
       qat: `model` was trained with quantization-aware training (holds TFMOT quantize wrappers).
+      sparse_weights: store pruned weights in TFLite's sparse format (the converter's EXPERIMENTAL_SPARSITY:
+        smaller files, DENSIFY operators at load), the form XNNPACK's sparse inference is documented with.
 
     Returns:
       The flatbuffer bytes.
@@ -79,6 +81,8 @@ def convert(model: keras.Model, mode: str, *, representative: np.ndarray | None 
         configure_qat(converter, representative, int8_io)
     else:
         configure_mode(converter, mode, representative, int8_io)
+    if sparse_weights:
+        converter.optimizations = [*converter.optimizations, tf.lite.Optimize.EXPERIMENTAL_SPARSITY]
     with warnings.catch_warnings():
         # Raised for every int8 conversion: the converter would like fixed input ranges, which it does
         # not need once it calibrates from data or reads QAT ranges.

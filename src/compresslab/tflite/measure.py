@@ -10,7 +10,7 @@ import numpy as np
 
 from compresslab import dataset, variants
 from compresslab.errors import UserError
-from compresslab.tflite import benchmark, flatbuffer, runtime
+from compresslab.tflite import benchmark, flatbuffer, runtime, sparse
 
 
 def validate_evaluate_config(cfg: Mapping) -> list[int]:
@@ -56,7 +56,8 @@ def measure_file(path: Path, x_test, cfg: Mapping,
       A row: variant, mode, file, y_pred (predicted class per test image), keras_agreement (share of test
       images where the file predicts what its Keras model predicts), file_bytes, gzip_bytes, parameters,
       nonzero_parameters, sparsity, macs, xnnpack_partitions, xnnpack_operator_share and
-      operators_outside_xnnpack (e.g. 'AVERAGE_POOL_2D x3, SOFTMAX'); per thread count n:
+      operators_outside_xnnpack (e.g. 'AVERAGE_POOL_2D x3, SOFTMAX'), sparse_inference ('eligible' or
+      'no: why', see `sparse`); per thread count n:
       latency_{median,p25,p75,p90,mean,std}_ms_t{n}, fps_t{n} and latency_ratio{,_p25,_p75}_t{n} (against
       `reference`, interleaved); peak_rss_mb and model_rss_mb; val_accuracy when `validation` is given.
     """
@@ -74,7 +75,8 @@ def measure_file(path: Path, x_test, cfg: Mapping,
            "sparsity": stats["sparsity"], "macs": stats["macs"],
            "xnnpack_partitions": delegated["partitions"],
            "xnnpack_operator_share": delegated["delegated"] / max(delegated["operators"], 1),
-           "operators_outside_xnnpack": counted(delegated["outside"])}
+           "operators_outside_xnnpack": counted(delegated["outside"]),
+           "sparse_inference": sparse.sparse_inference(path)}
     if validation is not None and dataset.count(validation):
         x_val, y_val = (validation, validation.labels()) if isinstance(validation, dataset.StoredSplit) else validation
         row["val_accuracy"] = float(np.mean(predicted_classes(interpreter, x_val) == y_val))
