@@ -4,6 +4,7 @@
     compresslab params [-S k=v]    # compose conf/ into params.yaml exactly as `dvc exp run` does
     compresslab compare [--max-drop PP]   # every experiment's files in one table, Pareto fronts, a choice
     compresslab search KNOB --max-drop PP # the most compressed setting of KNOB within PP of the control
+    compresslab remote-check [-r NAME]    # can the shared DVC remote be reached? (before `dvc pull`)
     ... --register NAME                   # (compare, search) the chosen file into the MLflow Model Registry
 """
 
@@ -125,6 +126,12 @@ def add_register_options(command: argparse.ArgumentParser) -> None:
                          f"(default: {registry.DEFAULT_ALIAS})")
 
 
+def remote_check(args: argparse.Namespace) -> None:
+    from compresslab.remote import check_remote
+
+    print(check_remote(args.remote))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="compresslab", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -170,6 +177,10 @@ def main(argv: list[str] | None = None) -> None:
     command.add_argument("--out", default="reports/search", help="folder for <knob>.json and <knob>.png")
     add_register_options(command)
     command.set_defaults(func=search)
+    command = commands.add_parser("remote-check", help="check that a DVC remote exists and answers (run it "
+                                  "before `dvc pull`)")
+    command.add_argument("-r", "--remote", help="the remote's name (default: the default remote)")
+    command.set_defaults(func=remote_check)
     args = parser.parse_args(argv)
     run_main(lambda: args.func(args))
 
