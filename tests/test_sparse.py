@@ -26,6 +26,18 @@ def pointwise(model):
             and not isinstance(layer, keras.layers.DepthwiseConv2D) and layer.kernel_size == (1, 1)]
 
 
+def pruned_copy(model, sparsity):
+    """A copy whose 1x1 convolutions have their smallest `sparsity` of weights set to zero (magnitude pruning's
+    end state: latency and the file's form do not depend on what the rest learnt)."""
+    pruned = keras.models.clone_model(model)
+    pruned.set_weights(model.get_weights())
+    for layer in pointwise(pruned):
+        kernel = layer.get_weights()[0]
+        kernel[np.abs(kernel) < np.quantile(np.abs(kernel), sparsity)] = 0.0
+        layer.set_weights([kernel])
+    return pruned
+
+
 @pytest.mark.parametrize("shape, alpha, classes", [((64, 64, 3), 0.35, 10), ((32, 32, 3), 1.0, 2)])
 def test_the_zoo_mobilenetv2_has_keras_applications_parameter_count(shape, alpha, classes):
     reference = keras.applications.MobileNetV2(input_shape=shape, alpha=alpha, weights=None, classes=classes)
@@ -52,12 +64,7 @@ def test_prune_layers_xnnpack_picks_the_1x1_convolutions_of_a_model_the_policy_a
 def test_which_files_qualify_for_sparse_inference_and_why_not(mobilenet):
     dense = converter.convert(mobilenet, "float32")
     assert sparse.sparse_inference(dense).startswith("no: no 1x1 convolution is 67% zeros")
-    pruned = keras.models.clone_model(mobilenet)
-    pruned.set_weights(mobilenet.get_weights())
-    for layer in pointwise(pruned):
-        kernel = layer.get_weights()[0]
-        kernel[np.abs(kernel) < np.quantile(np.abs(kernel), 0.8)] = 0.0
-        layer.set_weights([kernel])
+    pruned = pruned_copy(mobilenet, 0.8)
     for sparse_weights in (False, True):
         assert sparse.sparse_inference(converter.convert(pruned, "float32", sparse_weights=sparse_weights)) == \
             sparse.ELIGIBLE
@@ -73,12 +80,7 @@ def test_which_files_qualify_for_sparse_inference_and_why_not(mobilenet):
 
 @pytest.mark.slow  # two MobileNetV2 conversions: about 25 s
 def test_sparse_weights_store_only_the_kept_values_and_keep_the_predictions(mobilenet, tmp_path):
-    pruned = keras.models.clone_model(mobilenet)
-    pruned.set_weights(mobilenet.get_weights())
-    for layer in pointwise(pruned):
-        kernel = layer.get_weights()[0]
-        kernel[np.abs(kernel) < np.quantile(np.abs(kernel), 0.8)] = 0.0
-        layer.set_weights([kernel])
+    pruned = pruned_copy(mobilenet, 0.8)
     plain, packed = (converter.convert(pruned, "float32", sparse_weights=flag) for flag in (False, True))
     assert len(packed) < 0.75 * len(plain)
     model, _ = flatbuffer.read_model(packed)

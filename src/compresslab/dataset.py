@@ -29,6 +29,7 @@ SPLITS = ("train", "val", "test")
 PIXEL_SCALE = 1.0 / 255.0
 LABEL_BYTES = 8          # int64, little-endian, before the pixels of each record
 SHARD_SUFFIX = ".tfrecord.gz"
+SHUFFLE_BUFFER = 4096    # images a training pipeline shuffles among when `data.shuffle_buffer` is not set
 FIX = "run `dvc checkout data/prepared` to restore what DVC recorded, or `dvc repro -f prepare` to rebuild it"
 
 
@@ -52,7 +53,7 @@ class StoredSplit:
     name: str
     folder: Path
     meta: dict
-    shuffle_buffer: int = 4096
+    shuffle_buffer: int = SHUFFLE_BUFFER
     augment: Mapping | None = None
 
     @property

@@ -26,7 +26,7 @@ Splits = tuple[dataset.StoredSplit, dataset.StoredSplit, dataset.StoredSplit]
 
 def validate_input_config(params) -> None:
     """Check how training reads its data (`data.shuffle_buffer`, `data.augment`) and `train.strategy`."""
-    buffer = params.data.get("shuffle_buffer", 4096)
+    buffer = params.data.get("shuffle_buffer", dataset.SHUFFLE_BUFFER)
     if isinstance(buffer, bool) or not isinstance(buffer, int) or buffer < 1:
         raise UserError(f"data.shuffle_buffer must be a positive number of images, got {buffer!r}")
     augment = params.data.get("augment")
@@ -41,7 +41,8 @@ def load_splits(params) -> Splits:
     validate_input_config(params)
     splits = dataset.open_splits()
     augment = params.data.get("augment")
-    train = dataclasses.replace(splits["train"], shuffle_buffer=int(params.data.get("shuffle_buffer", 4096)),
+    buffer = int(params.data.get("shuffle_buffer", dataset.SHUFFLE_BUFFER))
+    train = dataclasses.replace(splits["train"], shuffle_buffer=buffer,
                                 augment=OmegaConf.to_container(augment) if augment is not None else None)
     return train, splits["val"], splits["test"]
 
