@@ -49,8 +49,7 @@ def measure_file(path: Path, x_test, cfg: Mapping,
       keras_predictions: the predicted classes of the Keras model the file was converted from.
       reference: baseline-float32's file, timed against this one in alternating rounds (None: no ratio).
       validation: the validation split (a StoredSplit, or images and labels): the file's val_accuracy, which
-        choices made from these
-        figures (`compresslab search`) use so that the test split stays held out for reporting.
+        choices made from these figures (`compresslab search`) use so that the test split stays held out.
 
     Returns:
       A row: variant, mode, file, y_pred (predicted class per test image), keras_agreement (share of test
