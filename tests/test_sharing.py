@@ -22,7 +22,8 @@ pytestmark = pytest.mark.slow
 # the evaluations. Metrics, plots and the report are small and committed to git.
 CACHED = ("data/raw", "data/prepared", "models", "reports/evaluate")
 # Files the report stage logs into every summary run (stages/report.py), besides the plots/ and tflite/ folders.
-SUMMARY_FILES = {"report.md", "variants.csv", "metrics.json", "fingerprint.json", "dvc.lock", "params.yaml"}
+SUMMARY_FILES = {"report.md", "variants.csv", "metrics.json", "fingerprint.json", "profile.json", "dvc.lock",
+                 "params.yaml"}
 
 
 def md5s(root: Path, folders=CACHED) -> dict[str, str]:
