@@ -3,6 +3,7 @@ DVC's queue and MLflow on the tiny project, repeated to show that a second searc
 
 import json
 import math
+import subprocess
 
 import pytest
 
@@ -174,3 +175,37 @@ def test_a_search_through_the_dvc_queue_respects_its_bound_and_a_repeat_trains_n
     assert training_runs(project) == trained
     assert "registered pruned-int8.tflite as tiny-search version 2" in second.stdout
     assert "champion moved from version 1 to version 2" in second.stdout   # same size: the newer one
+
+
+QUEUE_STATUS = """Task     Name                             Created    Status
+e586133  search-final-sparsity-0.7-9830   05:24 AM   Running
+6c3c7c1  search-final-sparsity-0.1-9830   05:19 AM   Success
+
+Worker status: 0 active, 0 idle
+"""
+
+
+def test_queue_state_reads_each_probe_and_the_live_workers(monkeypatch):
+    monkeypatch.setattr(search, "_dvc", lambda *args: subprocess.CompletedProcess(args, 0, QUEUE_STATUS, ""))
+    assert search.queue_state() == ({"search-final-sparsity-0.7-9830": "Running",
+                                        "search-final-sparsity-0.1-9830": "Success"}, 0)
+    busy = QUEUE_STATUS.replace("0 active, 0 idle", "1 active, 1 idle")
+    monkeypatch.setattr(search, "_dvc", lambda *args: subprocess.CompletedProcess(args, 0, busy, ""))
+    assert search.queue_state()[1] == 2
+
+
+def test_a_probe_left_without_a_worker_restarts_the_workers_once_then_fails_with_the_fix(monkeypatch):
+    """What DVC 3.67 did once: a worker shut down on an empty queue as the next probe was queued, and the
+    probe stayed 'Running' with no worker. The search must not wait for it forever."""
+    starts = []
+    monkeypatch.setattr(search, "POLL_SECONDS", 0.0)
+    monkeypatch.setattr(search, "_start_workers", starts.append)
+    monkeypatch.setattr(search, "queue_state", lambda: ({"probe-a": "Running"}, 0))
+    with pytest.raises(UserError, match=r"no worker left for probe\(s\) probe-a \(Running\): run the search again"):
+        list(search._wait(["probe-a"], 1, {3: "probe-a"}))
+    assert starts == [1, 1]  # the round's start, then one restart
+    states = iter([({"probe-a": "Queued"}, 0)] * (search.STALLED_POLLS + 1) + [({"probe-a": "Success"}, 1)])
+    monkeypatch.setattr(search, "queue_state", lambda: next(states))
+    starts.clear()
+    assert [index for index, _ in search._wait(["probe-a"], 2, {3: "probe-a"})] == [3]
+    assert starts == [1, 1]  # a restart got the queued probe going

@@ -38,6 +38,10 @@ OUT_DIR = paths.REPORTS / "search"
 TOLERANCE_PP = 1e-9          # float differences: a drop of 1.0000000000000009 pp passes --max-drop 1
 POLL_SECONDS = 3.0
 QUEUE_DONE = {"Success", "Failed"}
+# Polls with probes pending and no queue worker alive before the search starts the workers again (once), then
+# gives up: a worker that shuts down on an empty queue just as the next round is queued can leave a probe
+# marked Running with nobody to run it (seen with DVC 3.67 after a probe restored from the run cache).
+STALLED_POLLS = 10
 
 
 @dataclass(frozen=True)
@@ -379,20 +383,13 @@ def _queue(request: Request, value: float, name: str) -> None:
 
 def _wait(names: list[str], jobs: int, indices: Mapping[int, str]):
     """Start the queue's workers and yield (grid index, seconds) as each named experiment succeeds."""
-    # The workers DVC spawns inherit the caller's stdout and stderr: through a pipe, `dvc queue start` would
-    # only seem to return once they exit, i.e. after the whole round. A file keeps its output for the error.
-    with tempfile.TemporaryFile("w+") as output:
-        code = subprocess.run([sys.executable, "-m", "dvc", "queue", "start", "-j", str(min(jobs, len(names)))],
-                              stdout=output, stderr=subprocess.STDOUT).returncode
-        if code != 0:
-            output.seek(0)
-            last = output.read().strip().splitlines()[-1:] or ["no output"]
-            raise UserError(f"`dvc queue start` failed: {last[0]}")
+    _wait_for_idle_workers()
+    _start_workers(min(jobs, len(names)))
     index_of = {name: index for index, name in indices.items()}
-    started, pending = time.monotonic(), set(names)
+    started, pending, stalled, restarted = time.monotonic(), set(names), 0, False
     while pending:
         time.sleep(POLL_SECONDS)
-        status = queue_status()
+        status, workers = queue_state()
         for name in sorted(pending):
             state = status.get(name)
             if state == "Failed":
@@ -400,6 +397,35 @@ def _wait(names: list[str], jobs: int, indices: Mapping[int, str]):
             if state == "Success":
                 pending.discard(name)
                 yield index_of[name], time.monotonic() - started
+        stalled = stalled + 1 if pending and workers == 0 else 0
+        if stalled >= STALLED_POLLS:
+            if restarted:
+                raise UserError(f"DVC's queue has no worker left for probe(s) {', '.join(sorted(pending))} "
+                                f"({', '.join(sorted({status.get(n) or 'missing' for n in pending}))}): run the "
+                                f"search again (probes that finished are reused from DVC's run cache)")
+            _start_workers(min(jobs, len(pending)))
+            stalled, restarted = 0, True
+
+
+def _start_workers(jobs: int) -> None:
+    # The workers DVC spawns inherit the caller's stdout and stderr: through a pipe, `dvc queue start` would
+    # only seem to return once they exit, i.e. after the whole round. A file keeps its output for the error.
+    with tempfile.TemporaryFile("w+") as output:
+        code = subprocess.run([sys.executable, "-m", "dvc", "queue", "start", "-j", str(jobs)],
+                              stdout=output, stderr=subprocess.STDOUT).returncode
+        if code != 0:
+            output.seek(0)
+            last = output.read().strip().splitlines()[-1:] or ["no output"]
+            raise UserError(f"`dvc queue start` failed: {last[0]}")
+
+
+def _wait_for_idle_workers(polls: int = 20) -> None:
+    """Let the previous round's workers shut down (they do once the queue is empty) before starting new ones,
+    so that `dvc queue start` does not count a worker that is on its way out."""
+    for _ in range(polls):
+        if queue_state()[1] == 0:
+            return
+        time.sleep(POLL_SECONDS / 3)
 
 
 def stop_probes(names: Sequence[str]) -> None:
@@ -417,12 +443,19 @@ def stop_probes(names: Sequence[str]) -> None:
 
 def queue_status() -> dict[str, str]:
     """{experiment name: status} from `dvc queue status` (Queued, Running, Success, Failed)."""
-    status = {}
+    return queue_state()[0]
+
+
+def queue_state() -> tuple[dict[str, str], int]:
+    """`dvc queue status` read: {experiment name: status}, and how many workers are alive (active or idle)."""
+    status, workers = {}, 0
     for line in _dvc("queue", "status").stdout.splitlines():
         words = line.split()
         if len(words) >= 3 and words[-1] in {"Queued", "Running", *QUEUE_DONE}:
             status[words[1]] = words[-1]
-    return status
+        elif line.startswith("Worker status:"):
+            workers = sum(int(count) for count in re.findall(r"(\d+) (?:active|idle)", line))
+    return status, workers
 
 
 def measure(request: Request, value: float, name: str, *, uri: str | None = None) -> Probe:
