@@ -39,8 +39,7 @@ TOLERANCE_PP = 1e-9          # float differences: a drop of 1.0000000000000009 p
 POLL_SECONDS = 3.0
 QUEUE_DONE = {"Success", "Failed"}
 # Polls with probes pending and no queue worker alive before the search starts the workers again (once), then
-# gives up: a worker that shuts down on an empty queue just as the next round is queued can leave a probe
-# marked Running with nobody to run it (seen with DVC 3.67 after a probe restored from the run cache).
+# gives up, rather than wait forever for a probe that nobody will run (see `_wait_for_idle_workers`).
 STALLED_POLLS = 10
 
 
@@ -321,6 +320,9 @@ def run(request: Request, *, uri: str | None = None, echo: Callable[[str], None]
 
     def probe(indices: list[int]) -> dict[int, bool]:
         names = {index: _experiment_name(request, request.grid[index], tag) for index in indices}
+        # A worker of the last round shuts down once the queue is empty; a probe queued while it does is
+        # taken from the queue by it and never run (DVC 3.67), so the round starts after it is gone.
+        _wait_for_idle_workers()
         for index in indices:
             _queue(request, request.grid[index], names[index])
             queued.append(names[index])
@@ -383,7 +385,6 @@ def _queue(request: Request, value: float, name: str) -> None:
 
 def _wait(names: list[str], jobs: int, indices: Mapping[int, str]):
     """Start the queue's workers and yield (grid index, seconds) as each named experiment succeeds."""
-    _wait_for_idle_workers()
     _start_workers(min(jobs, len(names)))
     index_of = {name: index for index, name in indices.items()}
     started, pending, stalled, restarted = time.monotonic(), set(names), 0, False
@@ -419,12 +420,11 @@ def _start_workers(jobs: int) -> None:
             raise UserError(f"`dvc queue start` failed: {last[0]}")
 
 
-def _wait_for_idle_workers(polls: int = 20) -> None:
-    """Let the previous round's workers shut down (they do once the queue is empty) before starting new ones,
-    so that `dvc queue start` does not count a worker that is on its way out."""
-    for _ in range(polls):
-        if queue_state()[1] == 0:
-            return
+def _wait_for_idle_workers(seconds: float = 60.0) -> None:
+    """Let the previous round's workers shut down (each does once the queue is empty, about 15 s after its last
+    experiment) before a new round is queued: one on its way out takes a new message and drops it."""
+    deadline = time.monotonic() + seconds
+    while queue_state()[1] and time.monotonic() < deadline:
         time.sleep(POLL_SECONDS / 3)
 
 
