@@ -6,11 +6,45 @@ This package is the one place that prepares the TensorFlow environment: TFMOT 0.
 at package import, covers them all.
 """
 
+import importlib.abc
+import importlib.machinery
 import os
 import signal
+import sys
 import threading
 
 os.environ["TF_USE_LEGACY_KERAS"] = "1"
+
+
+class Keras3Blocker(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Makes `import keras` (Keras 3, installed because TensorFlow requires it) fail in this process.
+
+    Nothing here runs Keras 3, but two libraries import it only to probe for it and carry on when the import
+    fails: TFMOT's prune registry (looking for a Keras 2 class that Keras 3 does not have) and the TFLite
+    converter (asking whether the model is a Keras 3 one). Each probe loads all of Keras 3 with scikit-learn
+    and matplotlib, about 0.9 s of every stage's start-up; refused, both take the path they take anyway, and
+    the models and files are the same bytes. The package can still be found (TensorFlow reads its location
+    at import), only not loaded.
+    """
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "keras":
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        if spec is not None:
+            spec.loader = self
+        return spec
+
+    def create_module(self, spec):
+        raise ModuleNotFoundError("compresslab runs Keras 2 (tf_keras) only: Keras 3 cannot be imported in a "
+                                  "process that imported compresslab", name=spec.name)
+
+    def exec_module(self, module):  # never reached: create_module refuses
+        raise AssertionError(module)
+
+
+if "keras" not in sys.modules and not any(isinstance(f, Keras3Blocker) for f in sys.meta_path):
+    sys.meta_path.insert(0, Keras3Blocker())
 # TensorFlow's C++ start-up chatter (CUDA probing, oneDNN notes) drowns the stage output on CPU machines.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
