@@ -53,19 +53,20 @@ def run(params, variant: str) -> dict:
     shutil.rmtree(folder, ignore_errors=True)
     sizes, failures = {}, {}
     modes = variants.modes_of(variant, cfg.modes)
-    for number, mode in enumerate(modes, 1):
-        label = variants.label(variant, mode)
-        try:
-            flatbuffer = converter.convert(model, mode, representative=representative, int8_io=cfg.int8_io,
-                                           qat=variants.is_qat(variant),
-                                           sparse_weights=bool(cfg.get("sparse_weights", False)))
-        except converter.ConversionError as err:
-            failures[mode] = str(err)
-            print(f"convert [{number}/{len(modes)}] {label}: FAILED: {err}")
-            continue
-        write_bytes(paths.tflite_file(variant, mode), flatbuffer)
-        sizes[mode] = len(flatbuffer)
-        print(f"convert [{number}/{len(modes)}] {label}: {len(flatbuffer):,} bytes")
+    with converter.exported_model(model) as exported:  # saved once, converted in every mode
+        for number, mode in enumerate(modes, 1):
+            label = variants.label(variant, mode)
+            try:
+                flatbuffer = converter.convert(model, mode, representative=representative, int8_io=cfg.int8_io,
+                                               qat=variants.is_qat(variant), exported=exported,
+                                               sparse_weights=bool(cfg.get("sparse_weights", False)))
+            except converter.ConversionError as err:
+                failures[mode] = str(err)
+                print(f"convert [{number}/{len(modes)}] {label}: FAILED: {err}")
+                continue
+            write_bytes(paths.tflite_file(variant, mode), flatbuffer)
+            sizes[mode] = len(flatbuffer)
+            print(f"convert [{number}/{len(modes)}] {label}: {len(flatbuffer):,} bytes")
     keras_predictions = np.argmax(model.predict(tfdata.pipeline(splits["test"], 256), verbose=0), axis=1)
     record = {"variant": variant, "modes": modes, "bytes": sizes, "failures": failures,
               "keras_predictions": keras_predictions.tolist()}

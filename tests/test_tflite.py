@@ -2,6 +2,9 @@
 
 import compresslab  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -10,7 +13,8 @@ import tf_keras as keras
 from ai_edge_litert.interpreter import Interpreter
 
 from compresslab.errors import UserError
-from compresslab.tflite.converter import (MODES, ConversionError, calibration_samples, convert, converter_reason)
+from compresslab.tflite.converter import (MODES, ConversionError, calibration_samples, convert, converter_reason,
+                                          exported_model)
 from compresslab.tflite.flatbuffer import TYPE_NAMES, op_name, read_model, stored_tensor
 from compresslab.tflite.runtime import predict
 
@@ -140,6 +144,30 @@ def test_int8_io_gives_int8_input_and_output(model, samples):
 @pytest.mark.parametrize("mode", MODES)
 def test_conversion_repeats_byte_for_byte(model, samples, files, mode):
     assert convert(model, mode, representative=samples) == files[mode]
+
+
+def test_one_saved_model_converts_every_mode_to_the_same_bytes_as_the_keras_path(model, qat_model, samples, files):
+    with exported_model(model) as exported:
+        assert exported is not None
+        for mode in MODES:
+            assert convert(model, mode, representative=samples, exported=exported) == files[mode]
+    with exported_model(qat_model) as exported:
+        assert convert(qat_model, "int8", qat=True, exported=exported) == convert(qat_model, "int8", qat=True)
+
+
+def test_stages_never_load_keras_3():
+    """TFMOT and the TFLite converter probe for Keras 3 (a second of start-up in every stage): refused."""
+    code = ("import compresslab.stage, compresslab.tflite.converter, sys, tensorflow as tf; "
+            "from compresslab.models import build_model; from omegaconf import OmegaConf; "
+            "m = build_model(OmegaConf.create({'name': 'mlp', 'hidden_units': [8], 'dropout': 0.0}), (8, 8, 1), 2); "
+            "compresslab.tflite.converter.convert(m, 'dynamic'); "
+            "import tensorflow_model_optimization as tfmot; tfmot.sparsity.keras.prune_low_magnitude(m); "
+            "print(sys.modules.get('keras'), tf.keras.__name__)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split()[-2:] == ["None", "tf_keras.api._v2.keras"]
+    refused = subprocess.run([sys.executable, "-c", "import compresslab, keras"], capture_output=True, text=True)
+    assert "compresslab runs Keras 2 (tf_keras) only" in refused.stderr
 
 
 def test_qat_model_converts_to_int8_weights(qat_model, data):

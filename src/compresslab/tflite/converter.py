@@ -16,14 +16,18 @@ the same representative samples. The file stores tensor names made from the mode
 equal weights under other auto-generated names ("dense_1") give other bytes.
 """
 
+import contextlib
 import re
+import tempfile
 import warnings
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 import tf_keras as keras
+from tensorflow.lite.python import conversion_metadata_schema_py_generated as conversion_metadata
 from tensorflow.lite.python.convert_phase import ConverterError
 from tensorflow_model_optimization.python.core.clustering.keras.cluster_wrapper import ClusterWeights
 from tensorflow_model_optimization.python.core.sparsity.keras.pruning_wrapper import PruneLowMagnitude
@@ -51,7 +55,8 @@ class ConversionError(Exception):
 
 
 def convert(model: keras.Model, mode: str, *, representative: np.ndarray | None = None,
-            int8_io: bool = False, qat: bool = False, sparse_weights: bool = False) -> bytes:
+            int8_io: bool = False, qat: bool = False, sparse_weights: bool = False,
+            exported: Path | None = None) -> bytes:
     """Convert `model` to a TFLite flatbuffer.
 
     Args:
@@ -66,6 +71,7 @@ def convert(model: keras.Model, mode: str, *, representative: np.ndarray | None 
       qat: `model` was trained with quantization-aware training (holds TFMOT quantize wrappers).
       sparse_weights: store pruned weights in TFLite's sparse format (the converter's EXPERIMENTAL_SPARSITY:
         smaller files, DENSIFY operators at load), the form XNNPACK's sparse inference is documented with.
+      exported: `model` already saved by `exported_model`, to convert several modes from one SavedModel.
 
     Returns:
       The flatbuffer bytes.
@@ -76,7 +82,13 @@ def convert(model: keras.Model, mode: str, *, representative: np.ndarray | None 
       ConversionError: the converter failed; the message is its reason on one line.
     """
     check_options(model, mode, representative, int8_io, qat)
-    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    if exported is None:
+        converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    else:
+        converter = tf.lite.TFLiteConverter.from_saved_model(str(exported))
+        # The file's conversion metadata records where the model came from: a Keras model, as
+        # `from_keras_model` (which saves the same SavedModel itself) would record, so both give the same bytes.
+        converter._metadata.environment.modelType = conversion_metadata.ModelType.KERAS_MODEL  # noqa: SLF001
     if qat:
         configure_qat(converter, representative, int8_io)
     else:
@@ -91,6 +103,23 @@ def convert(model: keras.Model, mode: str, *, representative: np.ndarray | None 
             return bytes(converter.convert())
         except CONVERTER_FAILURES as err:
             raise ConversionError(converter_reason(err)) from err
+
+
+@contextlib.contextmanager
+def exported_model(model: keras.Model) -> Iterator[Path | None]:
+    """`model` saved once as a SavedModel in a temporary folder, for `convert(..., exported=...)` in each mode.
+
+    `from_keras_model` saves and traces the model anew for every conversion (about half a second each);
+    saved once with the same options, every mode converts to the same bytes. Yields None when the model
+    cannot be saved so: `convert` then takes the Keras path, which falls back to freezing the model.
+    """
+    with tempfile.TemporaryDirectory(prefix="compresslab-savedmodel-") as folder:
+        try:
+            tf.saved_model.save(model, folder, options=tf.saved_model.SaveOptions(save_debug_info=True))
+        except Exception:  # noqa: BLE001  (any failure: convert through the Keras path, as TF does)
+            yield None
+            return
+        yield Path(folder)
 
 
 def check_options(model: keras.Model, mode: str, representative, int8_io: bool, qat: bool) -> None:
