@@ -2,12 +2,14 @@
 
 End-to-end tests copy the project (what git tracks, plus new untracked files) into a temporary folder, make it
 a fresh git repository with a tiny data set of its own, select the `smoke` preset as the default, and run the
-real `dvc` commands there. MLflow writes to that copy's own mlflow.db.
+real `dvc` commands there. MLflow writes to that copy's own mlflow.db. The pipeline runs once per test session (once
+for all pytest-xdist workers); each module then works on its own copy of the result (`project`).
 """
 
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -17,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from filelock import FileLock
 from PIL import Image
 
 import compresslab  # noqa: F401  (prepares the environment before TensorFlow is imported)
@@ -126,15 +129,42 @@ def image_folder(tmp_path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def project(tmp_path_factory) -> Path:
-    """A copy of the project on tiny data, run through `dvc repro` once and shared by the end-to-end modules.
+def pipeline_results(tmp_path_factory, worker_id) -> Path:
+    """The tiny project run through `dvc repro` once and committed; modules get copies (`project`).
 
-    Tests on it change only what they check (experiments, MLflow runs), never its committed results.
+    Under pytest-xdist the first worker to need it runs the pipeline and the others wait for it (a file lock in
+    the session's shared temporary folder) instead of each running it again.
     """
-    root = copy_project(tmp_path_factory.mktemp("project"))
+    if worker_id == "master":   # no xdist: this process alone
+        return run_pipeline_once(tmp_path_factory.mktemp("project"))
+    shared = tmp_path_factory.getbasetemp().parent  # this session's folder, shared by its workers
+    with FileLock(str(shared / "pipeline-results.lock")):
+        root = shared / "pipeline-results"
+        if not (root / ".git" / "first_repro.log").is_file():
+            shutil.rmtree(root, ignore_errors=True)  # a worker that failed midway left a partial copy
+            root.mkdir()
+            run_pipeline_once(root)
+    return root
+
+
+def run_pipeline_once(root: Path) -> Path:
+    copy_project(root)
     result = run(["dvc", "repro"], root)
-    (root / ".git" / "first_repro.log").write_text(result.stdout + result.stderr)
     sandbox.commit_all(root, "pipeline results")  # queued experiments start from these
+    (root / ".git" / "first_repro.log").write_text(result.stdout + result.stderr)  # written last: complete
+    return root
+
+
+@pytest.fixture(scope="module")
+def project(pipeline_results, tmp_path_factory) -> Path:
+    """A copy of the tiny project as its first `dvc repro` left it, for the end-to-end tests of one module.
+
+    Each module gets its own copy (workspace, git, DVC cache and run cache, MLflow store, no queue), so no
+    module sees another's experiments, cached runs, queue workers or MLflow runs, whatever order or process
+    (pytest-xdist) the modules run in. The tests of a module share it and change only what they check.
+    """
+    root = tmp_path_factory.mktemp("module-project") / "project"
+    shutil.copytree(pipeline_results, root, symlinks=True)
     return root
 
 
@@ -171,3 +201,9 @@ def mlflow_server(tmp_path):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def pytest_collection_modifyitems(items):
+    """The end-to-end (`slow`) tests first: with pytest-xdist's workers, the longest modules then start at once
+    instead of leaving one worker busy after the other has finished."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
