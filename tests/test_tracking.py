@@ -104,3 +104,40 @@ def test_a_long_report_is_cut_at_a_section_and_points_at_the_full_one():
     cut = tracking.fit_description(report, limit=500)
     assert len(cut) <= 500 and cut.startswith("# report\n\n## Results")
     assert "## Notes" not in cut and cut.endswith("artifact `report.md`.*\n")
+
+
+def test_a_dataset_created_by_a_concurrent_run_is_linked_on_the_next_try(root):
+    """Seen with two clones' queue workers reporting to one `mlflow server` at once: the server inserts a new
+    dataset without a lock, and the slower run failed on the datasets unique key. The retry links it."""
+    from mlflow.exceptions import RestException
+
+    from compresslab import lineage
+
+    client = MlflowClient(tracking.tracking_uri())
+    run_id = client.create_run(tracking.experiment_id(client)).info.run_id
+    dataset = lineage.dataset_input(tracking.DATA_DVC, root, context="report")
+    race = RestException({"error_code": "BAD_REQUEST", "message": "(sqlite3.IntegrityError) UNIQUE constraint failed: "
+                          "datasets.experiment_id, datasets.name, datasets.digest"})
+    calls = []
+
+    class ConcurrentServer:   # the first call loses the race, as the server answered; the next reaches the store
+        def log_inputs(self, run_id, datasets):
+            calls.append(run_id)
+            if len(calls) == 1:
+                raise race
+            client.log_inputs(run_id, datasets=datasets)
+
+    tracking.log_inputs(ConcurrentServer(), run_id, [dataset])
+    assert len(calls) == 2
+    assert [d.dataset.name for d in client.get_run(run_id).inputs.dataset_inputs] == ["data/raw"]
+    other = RestException({"error_code": "BAD_REQUEST", "message": "unrelated failure"})
+
+    class Broken:
+        def log_inputs(self, run_id, datasets):
+            calls.append(run_id)
+            raise other
+
+    calls.clear()
+    with pytest.raises(RestException, match="unrelated failure"):
+        tracking.log_inputs(Broken(), run_id, [dataset])
+    assert len(calls) == 1   # not retried

@@ -259,6 +259,25 @@ def new_child(client: MlflowClient, parent: str, stage: str, run_name: str | Non
     return run.info.run_id
 
 
+def log_inputs(client: MlflowClient, run_id: str, datasets: list, attempts: int = 3) -> None:
+    """Link the datasets to the run, retried when another run created the same dataset at the same moment.
+
+    An MLflow server creates a dataset the first time a run names it, without a lock: two runs logging the same
+    new dataset at once (the queue workers of two clones sharing one server) make one of them fail on the
+    datasets table's unique key. The dataset exists by then, so the next try only links it.
+    """
+    for attempt in range(1, attempts + 1):
+        try:
+            client.log_inputs(run_id, datasets=datasets)
+            return
+        except mlflow.exceptions.MlflowException as err:
+            message = str(err).lower()
+            if "datasets" not in message or not ("unique" in message or "duplicate" in message) \
+                    or attempt == attempts:
+                raise
+            time.sleep(random.uniform(0.1, 0.5) * attempt)
+
+
 def fill(client: MlflowClient, run_id: str, contents: Contents) -> str:
     """Write tags, params, metrics, datasets and artifacts into a run, then end it now."""
     tags = [RunTag(key, str(value)) for key, value in contents.tags.items()]
@@ -266,7 +285,7 @@ def fill(client: MlflowClient, run_id: str, contents: Contents) -> str:
         client.log_batch(run_id, metrics=contents.metrics[start:start + BATCH],
                          params=contents.params[start:start + BATCH], tags=tags[start:start + BATCH])
     if contents.datasets:
-        client.log_inputs(run_id, datasets=contents.datasets)
+        log_inputs(client, run_id, contents.datasets)
     for path in contents.artifacts:
         if path.is_dir():
             client.log_artifacts(run_id, str(path), artifact_path=path.name)
