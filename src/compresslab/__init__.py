@@ -45,6 +45,7 @@ class Keras3Blocker(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 
 if "keras" not in sys.modules and not any(isinstance(f, Keras3Blocker) for f in sys.meta_path):
     sys.meta_path.insert(0, Keras3Blocker())
+
 # TensorFlow's C++ start-up chatter (CUDA probing, oneDNN notes) drowns the stage output on CPU machines.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
