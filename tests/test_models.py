@@ -58,3 +58,35 @@ def test_non_positive_training_knobs_are_refused(key, value):
     knobs = {"epochs": 1, "batch_size": 8, "learning_rate": 1e-3, key: value}
     with pytest.raises(UserError, match=f"{key} must be a positive number"):
         training.fit(build("mlp", (8, 8, 1), 2), (None, None), (None, None), **knobs)
+
+
+def test_training_variables_are_created_up_front_so_each_function_traces_once_with_the_same_result():
+    """Keras' lazy path creates the optimizer slots and metric trackers inside the first step, and a function
+    that creates variables is traced twice; compile_model creates them first. The fitted weights must not change."""
+    import tf_keras as keras
+
+    from compresslab.seeding import seed_everything
+
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 2, 40)
+    x = (rng.random((40, 8, 8, 1)) + y[:, None, None, None]).astype(np.float32)
+    fitted = []
+    for up_front in (True, False):
+        seed_everything(3)
+        model = build("mlp", (8, 8, 1), 2)
+        if up_front:
+            training.compile_model(model, learning_rate=1e-2)
+        else:   # what Keras does when left alone
+            model.compile(optimizer=keras.optimizers.Adam(learning_rate=1e-2),
+                          loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+        training.fit(model, (x, y), (x, y), epochs=2, batch_size=16, learning_rate=1e-2, compile=False)
+        fitted.append(model.get_weights())
+        traces = (model.train_function.experimental_get_tracing_count(),
+                  model.test_function.experimental_get_tracing_count())
+        assert traces == ((1, 1) if up_front else (2, 1))   # lazily, validation finds the trackers made
+    for created_first, lazy in zip(*fitted):
+        np.testing.assert_array_equal(created_first, lazy)
+    scored = build("mlp", (8, 8, 1), 2)   # what every stage does last: compile afresh and evaluate
+    training.compile_model(scored)
+    training.evaluate(scored, (x, y))
+    assert scored.test_function.experimental_get_tracing_count() == 1
