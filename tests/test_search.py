@@ -3,12 +3,13 @@ DVC's queue and MLflow on the tiny project, repeated to show that a second searc
 
 import json
 import math
-import subprocess
 
 import pytest
 
 from compresslab import search
 from compresslab.errors import UserError
+
+import sandbox
 from conftest import REPO, mlflow_runs, read_json, restore_committed, run
 
 TRAINING_STAGES = {"train", "finetune", "prune", "quantize", "pqat", "cluster", "cqat", "pcqat"}
@@ -177,21 +178,21 @@ def test_a_search_through_the_dvc_queue_respects_its_bound_and_a_repeat_trains_n
     assert "champion moved from version 1 to version 2" in second.stdout   # same size: the newer one
 
 
-QUEUE_STATUS = """Task     Name                             Created    Status
-e586133  search-final-sparsity-0.7-9830   05:24 AM   Running
-6c3c7c1  search-final-sparsity-0.1-9830   05:19 AM   Success
-
-Worker status: 0 active, 0 idle
-"""
-
-
-def test_queue_state_reads_each_probe_and_the_live_workers(monkeypatch):
-    monkeypatch.setattr(search, "_dvc", lambda *args: subprocess.CompletedProcess(args, 0, QUEUE_STATUS, ""))
-    assert search.queue_state() == ({"search-final-sparsity-0.7-9830": "Running",
-                                        "search-final-sparsity-0.1-9830": "Success"}, 0)
-    busy = QUEUE_STATUS.replace("0 active, 0 idle", "1 active, 1 idle")
-    monkeypatch.setattr(search, "_dvc", lambda *args: subprocess.CompletedProcess(args, 0, busy, ""))
-    assert search.queue_state()[1] == 2
+@pytest.mark.slow
+def test_queue_state_reads_each_queued_probe_and_the_live_workers(tmp_path):
+    """Read from a real DVC queue (a one-stage project): each experiment by name, and no worker before one is
+    started."""
+    root = tmp_path / "queue"
+    root.mkdir()
+    (root / "dvc.yaml").write_text("stages:\n  hello:\n    cmd: echo hello > hello.txt\n    outs: [hello.txt]\n")
+    sandbox.init_git(root)
+    run(["dvc", "init", "-q"], root)
+    sandbox.commit_all(root, "one stage")
+    for name in ("probe-a", "probe-b"):
+        run(["dvc", "exp", "run", "--queue", "-n", name], root)
+    assert search.queue_state(root) == ({"probe-a": "Queued", "probe-b": "Queued"}, 0)
+    with pytest.raises(UserError, match="reading DVC's experiment queue failed"):
+        search.queue_state(tmp_path)   # not a DVC repository
 
 
 def test_a_probe_left_without_a_worker_restarts_the_workers_once_then_fails_with_the_fix(monkeypatch):

@@ -9,6 +9,7 @@ import pytest
 
 from mlflow.tracking import MlflowClient
 
+from compresslab import search
 from conftest import restore_committed, run
 
 pytestmark = pytest.mark.slow
@@ -26,14 +27,16 @@ def experiments(root) -> dict:
     return {exp["name"]: exp["revs"][0]["data"] for rev in shown for exp in rev.get("experiments") or []}
 
 
-def wait_for_queue(root, timeout=1500):
+def wait_for_queue(root, timeout=1500) -> dict[str, str]:
+    """{experiment: status} once no experiment is queued or running (read in this process, as the search does:
+    a `dvc queue status` per poll costs a second of CPU that the queue's workers need)."""
     deadline = time.time() + timeout
     while time.time() < deadline:
-        status = run(["dvc", "queue", "status"], root).stdout
-        if not any(word in status for word in ("Queued", "Running")):
+        status, _ = search.queue_state(root)
+        if not {"Queued", "Running"} & set(status.values()):
             return status
         time.sleep(10)
-    raise AssertionError(f"queue still busy after {timeout} s:\n{status}")
+    raise AssertionError(f"queue still busy after {timeout} s: {status}")
 
 
 def test_queued_sweep_and_preset_land_in_dvc_and_in_a_real_mlflow_server(project, mlflow_server):
@@ -46,7 +49,8 @@ def test_queued_sweep_and_preset_land_in_dvc_and_in_a_real_mlflow_server(project
         project)
     run(["dvc", "queue", "start", "-j", "2"], project, env=env)  # the workers inherit the tracking URI
     status = wait_for_queue(project)
-    assert "Failed" not in status, status + run(["dvc", "queue", "logs", "firenet-quick"], project, False).stdout
+    assert "Failed" not in status.values(), f"{status}\n" + run(["dvc", "queue", "logs", "firenet-quick"], project,
+                                                                 False).stdout
     found = {name: exp for name, exp in experiments(project).items() if name not in earlier}
     swept = {}
     for name, exp in found.items():
