@@ -30,13 +30,15 @@ sensitivity: data  ## each layer pruned alone and quantized alone: reports/sensi
 
 # Tests run in one pytest-xdist worker per core, a module to a worker (module fixtures train once). On 2 cores
 # two workers took the suite from 26.5 to 18.5 minutes; a third gained nothing (18.2: every test slower).
+# --no-loadscope-reorder keeps the order tests/conftest.py gives the modules (xdist would sort them by test count).
 TEST_JOBS ?= auto
+PYTEST_XDIST := -n $(TEST_JOBS) --dist loadfile --no-loadscope-reorder
 
 test: setup  ## set up and run the whole test suite
-	. $(BIN)/activate && python -m pytest -n $(TEST_JOBS) --dist loadfile --durations=20
+	. $(BIN)/activate && python -m pytest $(PYTEST_XDIST) --durations=20
 
 test-fast: setup  ## only the fast unit tests (skips the end-to-end dvc runs)
-	. $(BIN)/activate && python -m pytest -n $(TEST_JOBS) --dist loadfile -m "not slow"
+	. $(BIN)/activate && python -m pytest $(PYTEST_XDIST) -m "not slow"
 
 params: setup  ## rewrite params.yaml from conf/ (what dvc exp run composes; dvc repro does not)
 	$(BIN)/compresslab params

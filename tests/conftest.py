@@ -203,7 +203,32 @@ def mlflow_server(tmp_path):
         server.wait(timeout=30)
 
 
+def estimated_minutes(item) -> float:
+    """What `@pytest.mark.slow(minutes=N)` says a test takes on 2 busy cores (0 for the fast ones: a module's
+    `pytestmark = pytest.mark.slow` gives no estimate)."""
+    mark = item.get_closest_marker("slow")
+    return float(mark.kwargs.get("minutes", 0)) if mark else 0.0
+
+
 def pytest_collection_modifyitems(items):
-    """The end-to-end (`slow`) tests first: with pytest-xdist's workers, the longest modules then start at once
-    instead of leaving one worker busy after the other has finished."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+    """Order the modules for pytest-xdist's workers (`make test` keeps this order: `--no-loadscope-reorder`).
+
+    The module that needs the tiny project's pipeline and takes longest comes first: its worker builds the
+    pipeline at once, while the other worker runs the modules that never need it instead of waiting on the
+    lock. Then the other modules, each group longest first, so that no long module starts last and leaves
+    one worker idle at the end. Within a module, its slow tests run first.
+    """
+    modules: dict[str, list] = {}
+    for item in items:
+        modules.setdefault(item.nodeid.split("::")[0], []).append(item)
+    minutes = {name: sum(map(estimated_minutes, group)) for name, group in modules.items()}
+    needs_pipeline = {name for name, group in modules.items()
+                      if any("pipeline_results" in item.fixturenames for item in group)}
+    builder = max(needs_pipeline, key=minutes.get, default=None)
+
+    def rank(name: str) -> tuple:
+        group = 0 if name == builder else 2 if name in needs_pipeline else 1
+        return group, -minutes[name], -len(modules[name])
+
+    items[:] = [item for name in sorted(modules, key=rank)
+                for item in sorted(modules[name], key=lambda item: item.get_closest_marker("slow") is None)]

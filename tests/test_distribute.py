@@ -59,6 +59,7 @@ def finish(process: subprocess.Popen) -> str:
     return output
 
 
+@pytest.mark.slow(minutes=0.7)
 def test_two_workers_on_127_0_0_1_train_and_prune_together_and_only_the_chief_writes(workspace):
     for stage in ("train", "prune"):
         ports = [free_port()]
@@ -87,6 +88,7 @@ def test_two_workers_on_127_0_0_1_train_and_prune_together_and_only_the_chief_wr
         assert "CPU:0" in tags["distribute.devices"]
 
 
+@pytest.mark.slow(minutes=1)
 def test_mirrored_runs_the_baseline_and_each_tfmot_wrapper_in_its_scope(workspace):
     for stage in ("train", "prune", "quantize", "cluster"):
         output = finish(start_stage(stage, workspace, "mirrored"))

@@ -131,6 +131,7 @@ def test_each_param_is_read_only_by_its_stages(project, override, readers):
     assert set(status) == readers
 
 
+@pytest.mark.slow(minutes=4)
 def test_exp_run_reruns_only_what_the_knob_touches(project):
     # First, while the workspace still matches the commit: a key no stage reads re-runs nothing.
     result = run(["dvc", "exp", "run", "-S", "data.name=renamed", "-n", "nothing"], project)
@@ -151,6 +152,7 @@ def test_exp_run_reruns_only_what_the_knob_touches(project):
     assert {"sparse80", "dense-qat"} <= names
 
 
+@pytest.mark.slow(minutes=2.5)
 def test_cluster_count_change_reruns_only_the_clustering_branch(project):
     result = run(["dvc", "exp", "run", "-S", "cluster.number_of_clusters=4", "-n", "clusters4"], project)
     assert set(stages_ran(result.stdout)) == {"cluster", "cqat", "pcqat", *per_variant("clustered", "cqat", "pcqat"),

@@ -16,7 +16,7 @@ def md5(path) -> str:
     return hashlib.md5(path.read_bytes()).hexdigest()
 
 
-@pytest.mark.slow
+@pytest.mark.slow(minutes=1.2)
 def test_the_chosen_file_is_registered_with_its_lineage_and_a_better_choice_moves_the_alias(project, mlflow_server,
                                                                                             tmp_path):
     restore_committed(project)

@@ -27,6 +27,7 @@ def without_latency(metrics: dict) -> dict:
             for variant, modes in metrics.items() if isinstance(modes, dict)}
 
 
+@pytest.mark.slow(minutes=3.5)
 def test_a_fresh_clone_reproduces_every_result_and_logs_their_summary(project, tmp_path):
     """What `make run` does on a fresh clone: no model in git, an empty DVC cache, so every stage runs again;
     every quality and size figure and every stage metric must come out the same, and MLflow must hold the
@@ -113,6 +114,7 @@ def handles_sigint(pid: int) -> bool:
 # the stage takes SIGINT back as soon as `compresslab` is imported (its first line); a signal that arrives
 # before that, while it is still ignored, is discarded by the kernel, so that case is tested once training runs.
 # "start-up": as soon as the stage's Python process handles SIGINT, while it imports TensorFlow.
+@pytest.mark.slow(minutes=0.7)
 @pytest.mark.parametrize("how, when, sigint_ignored", [
     (signal.SIGINT, "Epoch 3/", False),
     (signal.SIGINT, "Epoch 3/", True),

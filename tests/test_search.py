@@ -120,7 +120,7 @@ def test_the_command_rejects_bad_input_with_exit_code_2_and_one_line(tmp_path):
     assert result.returncode == 2 and "--register 'a/b'" in result.stderr
 
 
-@pytest.mark.slow
+@pytest.mark.slow(minutes=8)
 def test_a_search_through_the_dvc_queue_respects_its_bound_and_a_repeat_trains_nothing(project):
     """The tiny project's probes are real DVC experiments with MLflow summaries; the second search is cached."""
     restore_committed(project)

@@ -254,7 +254,7 @@ def test_the_sensitivity_stage_writes_the_rows_the_plot_data_the_png_and_an_mlfl
 
 # --- end to end: the real dvc ------------------------------------------------------------------------
 
-@pytest.mark.slow
+@pytest.mark.slow(minutes=0.5)
 def test_dvc_runs_sensitivity_only_when_asked_and_a_plain_repro_leaves_it_alone(project):
     from compresslab.techniques.sensitivity import prunable_layers
 

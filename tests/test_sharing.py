@@ -77,6 +77,7 @@ def test_a_second_clone_pulls_every_output_from_the_remote_and_reruns_nothing(pr
     assert run(["git", "status", "--porcelain", "--untracked-files=no"], second).stdout == ""
 
 
+@pytest.mark.slow(minutes=1)
 def test_an_experiment_travels_through_a_git_remote_with_exp_push_and_exp_pull(project, storage, tmp_path):
     """An experiment run in one clone reaches another through `origin` (a bare repository): its git ref by
     `dvc exp push origin`, its cached outputs through the DVC remote; `dvc exp pull origin` brings both."""
@@ -138,6 +139,7 @@ def artifact_files(client: MlflowClient, run_id: str, path: str | None = None) -
     return found
 
 
+@pytest.mark.slow(minutes=2)
 def test_two_clones_sweep_at_once_into_one_tracking_server_and_lose_no_run_or_artifact(project, storage, tmp_path,
                                                                                           mlflow_server):
     """Each clone queues two experiments and runs them on two workers, both clones at the same time, all

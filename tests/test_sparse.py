@@ -60,7 +60,7 @@ def test_prune_layers_xnnpack_picks_the_1x1_convolutions_of_a_model_the_policy_a
     pruning.validate_prune_config({**cfg, "m_by_n": None})
 
 
-@pytest.mark.slow  # four MobileNetV2 conversions: about 40 s
+@pytest.mark.slow(minutes=1.3)  # four MobileNetV2 conversions
 def test_which_files_qualify_for_sparse_inference_and_why_not(mobilenet):
     dense = converter.convert(mobilenet, "float32")
     assert sparse.sparse_inference(dense).startswith("no: no 1x1 convolution is 67% zeros")
@@ -77,7 +77,7 @@ def test_which_files_qualify_for_sparse_inference_and_why_not(mobilenet):
         converter.convert(firenet, "int8", representative=tiny_calibration, int8_io=True))
 
 
-@pytest.mark.slow  # two MobileNetV2 conversions: about 25 s
+@pytest.mark.slow(minutes=0.6)  # two MobileNetV2 conversions
 def test_sparse_weights_store_only_the_kept_values_and_keep_the_predictions(mobilenet, tmp_path):
     pruned = pruned_copy(mobilenet, 0.8)
     plain, packed = (converter.convert(pruned, "float32", sparse_weights=flag) for flag in (False, True))

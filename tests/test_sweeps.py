@@ -39,6 +39,7 @@ def wait_for_queue(root, timeout=1500) -> dict[str, str]:
     raise AssertionError(f"queue still busy after {timeout} s: {status}")
 
 
+@pytest.mark.slow(minutes=8)
 def test_queued_sweep_and_preset_land_in_dvc_and_in_a_real_mlflow_server(project, mlflow_server):
     """Two queue workers write to one MLflow server: every run arrives, nested under its own execution's parent."""
     restore_committed(project)
@@ -102,6 +103,7 @@ def rest(base, path, payload=None):
         return json.loads(response.read())
 
 
+@pytest.mark.slow(minutes=2)
 def test_summary_runs_compare_through_a_real_mlflow_server(project, mlflow_server):
     restore_committed(project)
     env = {"MLFLOW_TRACKING_URI": mlflow_server}
