@@ -31,7 +31,6 @@ import pandas as pd
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.ticker import FuncFormatter
 from mlflow.entities import Run, ViewType
 from mlflow.tracking import MlflowClient
 
@@ -40,7 +39,8 @@ from compresslab.errors import UserError
 from compresslab.outputs import write_json, write_text
 from compresslab.reporting import statistics
 from compresslab.reporting.metrics import as_number, pareto_front
-from compresslab.reporting.report import DPI, KB, fmt, mode_markers, save_figure, sort_rows
+from compresslab.reporting.report import (DPI, KB, TradeoffPoint, draw_tradeoff, fmt, mode_markers, save_figure,
+                                         sort_rows)
 
 OUT_DIR = paths.REPORTS / "compare"
 REFERENCE = variants.split_label(variants.BASELINE_FILE)   # ('baseline', 'float32')
@@ -782,36 +782,10 @@ def _panel(ax, rows: list[dict], cost: str, scale: float, flag: str, colours: di
                 transform=ax.transAxes)
         ax.set_axis_off()
         return
-    xs = np.array([row[cost] * scale for row in points])
-    for row, x in zip(points, xs):
-        ax.scatter(x, row["accuracy"] * 100, s=55, color=colours[row["experiment"]], marker=markers[row["mode"]],
-                   edgecolors="black", linewidths=0.5, zorder=3)
-        if row.get("accuracy_std") is not None:   # a seed group's mean: show how far its seeds spread
-            ax.errorbar(x, row["accuracy"] * 100, yerr=row["accuracy_std"] * 100, fmt="none",
-                        ecolor=colours[row["experiment"]], elinewidth=1.2, capsize=3, zorder=2)
-    _front(ax, [(x, row["accuracy"] * 100, file_name(row)) for row, x in zip(points, xs) if row[flag]],
-           xs.max())
-    if xs.max() / xs.min() > 10:
-        ax.set_xscale("log")
-        ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel("accuracy (%)")
-    ax.set_title(title)
-    ax.grid(True, which="both", alpha=0.3)
-
-
-def _front(ax, front: list[tuple[float, float, str]], x_end: float) -> None:
-    if not front:
-        return
-    places: dict[tuple[float, float], list[str]] = {}
-    for x, y, name in sorted(front):
-        places.setdefault((x, y), []).append(name)
-    xs = [x for x, _ in places] + [x_end]
-    ys = [y for _, y in places] + [list(places)[-1][1]]
-    # 'post': past each front point its accuracy holds until a costlier file buys more.
-    ax.step(xs, ys, where="post", color="grey", linestyle="--", linewidth=1.2, zorder=2)
-    for (x, y), names in places.items():
-        ax.annotate("\n".join(names), (x, y), xytext=(6, 6), textcoords="offset points", fontsize=7)
+    draw_tradeoff(ax, [TradeoffPoint(row[cost] * scale, row["accuracy"] * 100, file_name(row),
+                                     colours[row["experiment"]], markers[row["mode"]], bool(row[flag]),
+                                     None if row.get("accuracy_std") is None else row["accuracy_std"] * 100)
+                       for row in points], xlabel=xlabel, title=title)
 
 
 def _experiment_colours(rows: list[dict]) -> dict[str, tuple]:

@@ -16,6 +16,7 @@ import io
 import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,7 @@ import pandas as pd
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.ticker import FuncFormatter
+from matplotlib.ticker import FuncFormatter, LogFormatter
 
 from compresslab import variants
 from compresslab.errors import UserError
@@ -200,34 +201,64 @@ def plot_tradeoff(rows: Sequence[Mapping], path: str | Path) -> Path:
     if not points:
         _no_data(ax, "no file has both a size and an accuracy")
         return save_figure(fig, path)
-    sizes = np.array([as_number(row["gzip_bytes"]) / KB for row in points])
-    accuracy = np.array([as_number(row["accuracy"]) * 100 for row in points])
+    sizes = [as_number(row["gzip_bytes"]) / KB for row in points]
+    accuracy = [as_number(row["accuracy"]) * 100 for row in points]
     colours = _variant_colours(points)
     markers = mode_markers(points)
-    for row, x, y in zip(points, sizes, accuracy):
-        ax.scatter(x, y, s=60, color=colours[row["variant"]], marker=markers[row["mode"]],
-                   edgecolors="black", linewidths=0.5, zorder=3)
-    _draw_front(ax, points, sizes, accuracy)
-    if sizes.max() / sizes.min() > 10:
-        ax.set_xscale("log")
-        ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
-    ax.set_xlabel("gzipped size (KB, smaller is better)")
-    ax.set_ylabel("accuracy (%)")
-    ax.set_title("Accuracy vs. size")
-    ax.grid(True, which="both", alpha=0.3)
+    on_front = pareto_front(list(zip(sizes, accuracy)))
+    draw_tradeoff(ax, [TradeoffPoint(x, y, label(row), colours[row["variant"]], markers[row["mode"]], keep)
+                       for row, x, y, keep in zip(points, sizes, accuracy, on_front)],
+                  xlabel="gzipped size (KB, smaller is better)", title="Accuracy vs. size")
     _tradeoff_legends(ax, colours, markers)
     return save_figure(fig, path)
 
 
-def _draw_front(ax, points: list[Mapping], sizes: np.ndarray, accuracy: np.ndarray) -> None:
-    on_front = pareto_front(list(zip(sizes, accuracy)))
-    front = sorted((x, y, label(row)) for row, x, y, keep in zip(points, sizes, accuracy, on_front) if keep)
-    xs = [x for x, _, _ in front] + [sizes.max()]
-    ys = [y for _, y, _ in front] + [front[-1][1]]
-    # 'post': past each front point its accuracy holds until a larger file buys more.
-    ax.step(xs, ys, where="post", color="grey", linestyle="--", linewidth=1.2, zorder=2)
-    for x, y, name in front:
-        ax.annotate(name, (x, y), xytext=(6, 6), textcoords="offset points", fontsize=8)
+@dataclass(frozen=True)
+class TradeoffPoint:
+    """One file on an accuracy-against-cost plot (`draw_tradeoff`)."""
+
+    cost: float              # in the axis' unit: KB, ms, a latency ratio
+    accuracy: float          # percent
+    name: str                # its label, written beside it when it is on the front
+    colour: tuple
+    marker: str
+    on_front: bool           # nothing both cheaper and more accurate
+    spread: float | None = None   # ± accuracy in percent (a seed group's standard deviation): an error bar
+
+
+def draw_tradeoff(ax, points: Sequence[TradeoffPoint], *, xlabel: str, title: str) -> None:
+    """Accuracy (%) against a cost on `ax`, as the report's trade-off plot and `compare`'s panels draw it.
+
+    One marker per point; the Pareto front as a step line (the best accuracy reachable within each budget)
+    with its points labelled, files at the same place under one label; a logarithmic cost axis when the
+    costs span more than 10x.
+    """
+    costs = np.array([point.cost for point in points])
+    for point in points:
+        ax.scatter(point.cost, point.accuracy, s=55, color=point.colour, marker=point.marker, edgecolors="black",
+                   linewidths=0.5, zorder=3)
+        if point.spread is not None:
+            ax.errorbar(point.cost, point.accuracy, yerr=point.spread, fmt="none", ecolor=point.colour,
+                        elinewidth=1.2, capsize=3, zorder=2)
+    places: dict[tuple[float, float], list[str]] = {}
+    for point in sorted((p for p in points if p.on_front), key=lambda p: (p.cost, p.accuracy, p.name)):
+        places.setdefault((point.cost, point.accuracy), []).append(point.name)
+    if places:
+        xs = [x for x, _ in places] + [costs.max()]
+        ys = [y for _, y in places] + [list(places)[-1][1]]
+        # 'post': past each front point its accuracy holds until a costlier file buys more.
+        ax.step(xs, ys, where="post", color="grey", linestyle="--", linewidth=1.2, zorder=2)
+        for (x, y), names in places.items():
+            ax.annotate("\n".join(names), (x, y), xytext=(6, 6), textcoords="offset points", fontsize=7)
+    if costs.max() / costs.min() > 10:
+        ax.set_xscale("log")
+        # Plain numbers (200, 1000), not matplotlib's 2x10^2, on the major and the labelled minor ticks.
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+        ax.xaxis.set_minor_formatter(LogFormatter())
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
 
 
 def _tradeoff_legends(ax, colours: dict[str, tuple], markers: dict[str, str]) -> None:
