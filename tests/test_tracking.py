@@ -51,6 +51,18 @@ def test_a_run_holds_dotted_params_metrics_curves_tags_and_artifacts(root, monke
     assert run.info.status == "FINISHED"
 
 
+
+def test_a_summary_past_one_batch_lands_whole_in_as_few_batches_as_mlflow_allows(root):
+    params = {"p": {f"k{i}": i for i in range(150)}}
+    metrics = {f"m{i}": float(i) for i in range(1900)}
+    split = list(tracking.batches(list(range(150)), list(range(1900)), list(range(120))))
+    assert [tuple(map(len, b)) for b in split] == [(100, 800, 100), (50, 930, 20), (0, 170, 0)]
+    run_id = tracking.log_summary(params=params, metrics=metrics, description="# report", tags={},
+                                  artifacts=[])
+    run = MlflowClient(tracking.tracking_uri()).get_run(run_id)
+    assert run.data.metrics == metrics
+    assert {k: int(v) for k, v in run.data.params.items()} == {f"p.k{i}": i for i in range(150)}
+
 WRITER = """
 import sys
 from compresslab import tracking

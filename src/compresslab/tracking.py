@@ -41,7 +41,8 @@ from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import (MLFLOW_GIT_COMMIT, MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NOTE, MLFLOW_SOURCE_NAME,
                                       MLFLOW_SOURCE_TYPE)
-from mlflow.utils.validation import MAX_TAG_VAL_LENGTH
+from mlflow.utils.validation import (MAX_ENTITIES_PER_BATCH, MAX_METRICS_PER_BATCH, MAX_PARAMS_TAGS_PER_BATCH,
+                                     MAX_TAG_VAL_LENGTH)
 
 from compresslab import lineage
 from compresslab.config import flatten
@@ -52,7 +53,6 @@ EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 EXECUTION_TAG = "compresslab.execution"
 PIPELINE = "pipeline"  # the `stage` tag of a parent run
 ATTEMPTS = 8
-BATCH = 100  # MLflow's log_batch takes at most 100 params (and 1000 metrics) per call
 DATA_DVC = "data.dvc"  # what `dvc add data/raw` writes: the raw data set and its md5
 
 
@@ -278,12 +278,22 @@ def log_inputs(client: MlflowClient, run_id: str, datasets: list, attempts: int 
             time.sleep(random.uniform(0.1, 0.5) * attempt)
 
 
+def batches(params: list, metrics: list, tags: list) -> Iterable[tuple[list, list, list]]:
+    """(params, metrics, tags) in as few `log_batch` calls as MLflow accepts (100 params, 100 tags, 1000 metrics,
+    1000 in all): each call is a transaction, an fsync of the SQLite store (the summary's 900 metrics took ten
+    calls of 100, 2.2 s, where two do)."""
+    while params or metrics or tags:
+        p, t = params[:MAX_PARAMS_TAGS_PER_BATCH], tags[:MAX_PARAMS_TAGS_PER_BATCH]
+        m = metrics[:min(MAX_METRICS_PER_BATCH, MAX_ENTITIES_PER_BATCH - len(p) - len(t))]
+        yield p, m, t
+        params, metrics, tags = params[len(p):], metrics[len(m):], tags[len(t):]
+
+
 def fill(client: MlflowClient, run_id: str, contents: Contents) -> str:
     """Write tags, params, metrics, datasets and artifacts into a run, then end it now."""
     tags = [RunTag(key, str(value)) for key, value in contents.tags.items()]
-    for start in range(0, max(len(contents.params), len(contents.metrics), len(tags)), BATCH):
-        client.log_batch(run_id, metrics=contents.metrics[start:start + BATCH],
-                         params=contents.params[start:start + BATCH], tags=tags[start:start + BATCH])
+    for params, metrics, batch_tags in batches(contents.params, contents.metrics, tags):
+        client.log_batch(run_id, metrics=metrics, params=params, tags=batch_tags)
     if contents.datasets:
         log_inputs(client, run_id, contents.datasets)
     for path in contents.artifacts:
