@@ -125,11 +125,6 @@ def test_the_import_graph_sees_nested_and_lazy_imports(tmp_path):
             "src/compresslab/reporting/metrics.py"} <= reached
 
 
-if __name__ == "__main__":  # print each stage script's deps: python tests/test_dvc_deps.py stages/train.py
-    for script in sys.argv[1:]:
-        print(script, *sorted(reached_files(REPO / script) - CANNOT_CHANGE_RESULTS), sep="\n      - ")
-
-
 def test_dvc_reads_its_yaml_files_with_the_c_parser():
     """Every dvc command parses dvc.lock (70 KB on the default pipeline) several times, and a `dvc repro` after
     every stage: ruamel.yaml 0.19 made its C parser an optional package, without which each parse runs in pure
@@ -138,3 +133,8 @@ def test_dvc_reads_its_yaml_files_with_the_c_parser():
     from ruamel.yaml.main import CParser
 
     assert CParser is not None and YAML(typ="safe").Parser is CParser
+
+
+if __name__ == "__main__":  # print each stage script's deps: python tests/test_dvc_deps.py stages/train.py
+    for script in sys.argv[1:]:
+        print(script, *sorted(reached_files(REPO / script) - CANNOT_CHANGE_RESULTS), sep="\n      - ")
