@@ -51,7 +51,6 @@ def test_a_run_holds_dotted_params_metrics_curves_tags_and_artifacts(root, monke
     assert run.info.status == "FINISHED"
 
 
-
 def test_a_summary_past_one_batch_lands_whole_in_as_few_batches_as_mlflow_allows(root):
     params = {"p": {f"k{i}": i for i in range(150)}}
     metrics = {f"m{i}": float(i) for i in range(1900)}
@@ -62,6 +61,7 @@ def test_a_summary_past_one_batch_lands_whole_in_as_few_batches_as_mlflow_allows
     run = MlflowClient(tracking.tracking_uri()).get_run(run_id)
     assert run.data.metrics == metrics
     assert {k: int(v) for k, v in run.data.params.items()} == {f"p.k{i}": i for i in range(150)}
+
 
 WRITER = """
 import sys
