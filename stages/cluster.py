@@ -22,7 +22,10 @@ def run(params) -> dict:
         result = clustering.cluster(model, cfg, train, val, batch_size=params.train.batch_size)
         measurements = {"requested_clusters": result.requested_clusters,
                         "max_unique_values": max(result.channel_unique_values.values(), default=0),
-                        "unique_values": result.unique_values, "clustered_layers": len(result.clustered_layers)}
+                        "unique_values": result.unique_values, "clustered_layers": len(result.clustered_layers),
+                        **result.plan_measurements()}
+        for note in result.notes("cluster"):
+            print(note)
         print(f"cluster: distinct values per layer {result.unique_values} (asked {result.requested_clusters})")
         return stage.finish("cluster", params, ("seed", "train", "cluster"), result.model, "clustered", test,
                             measurements, result.history)

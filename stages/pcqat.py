@@ -24,7 +24,10 @@ def run(params) -> dict:
                         "sparsity_drift": result.cqat.sparsity_after["overall"] - result.parent_sparsity["overall"],
                         "requested_clusters": result.cluster.requested_clusters,
                         "max_unique_values": max(result.cqat.channel_unique_values_after.values(), default=0),
-                        "unique_values": result.cqat.unique_values_after}
+                        "unique_values": result.cqat.unique_values_after,
+                        **result.cluster.plan_measurements()}
+        for note in result.cluster.notes("pcqat"):
+            print(note)
         history = {key: result.cluster.history.get(key, []) + values for key, values in result.cqat.history.items()}
         print(f"pcqat: sparsity {result.parent_sparsity['overall']:.4f} (pruned) -> "
               f"{result.cqat.sparsity_after['overall']:.4f}")

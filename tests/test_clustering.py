@@ -65,16 +65,19 @@ def prune_half(model, name):
     layer.set_weights([kernel, bias])
 
 
-def convert_and_run(model, path, quantized):
-    """Save, reload, convert to TFLite and run one input through LiteRT; returns the output."""
+def convert_and_run(model, path, quantized, shape=(1, 8, 8, 1)):
+    """Save, reload, convert to TFLite (written beside `path` as .tflite) and run one input through LiteRT;
+    returns the reloaded model and the output."""
     model_io.save_model(model, path)
     loaded = model_io.load_model(path)
     converter = tf.lite.TFLiteConverter.from_keras_model(loaded)
     if quantized:
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    interpreter = Interpreter(model_content=converter.convert())
+    flatbuffer = converter.convert()
+    path.with_suffix(".tflite").write_bytes(flatbuffer)
+    interpreter = Interpreter(model_content=flatbuffer)
     interpreter.allocate_tensors()
-    interpreter.set_tensor(interpreter.get_input_details()[0]["index"], np.full((1, 8, 8, 1), 0.5, np.float32))
+    interpreter.set_tensor(interpreter.get_input_details()[0]["index"], np.full(shape, 0.5, np.float32))
     interpreter.invoke()
     return loaded, interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
 
@@ -215,3 +218,89 @@ def test_pcqat_keeps_pruned_zeros(data):
     assert np.all(weights.kernels(result.model)["head"][parent_zeros] == 0)
     assert result.cluster.unique_values["head"] <= CLUSTERS
     assert result.cqat.unique_values_after["head"] <= CLUSTERS
+
+
+def prune_to(model, sparsity):
+    """Zero the smallest-magnitude `sparsity` share of every kernel, as magnitude pruning leaves it."""
+    for layer in model.layers:
+        found = layer.get_weights()
+        if found and found[0].ndim >= 2:
+            kernel = found[0]
+            kernel[np.abs(kernel) < np.quantile(np.abs(kernel), sparsity)] = 0
+            layer.set_weights([kernel, *found[1:]])
+
+
+def test_capacity_follows_tfmots_split_of_centroids_between_signs():
+    # 8 clusters with sparsity kept: one zero centroid and 7 split by the count of each sign, rounded half to
+    # even as tf.math.round does. 3 negative and 9 positive distinct weights: round(7 * 3 / 12) = 2 negative
+    # and 5 positive centroids fit, so all 8 do.
+    kernel = np.concatenate([-np.arange(1, 4), np.zeros(20), np.arange(1, 10)]).astype(np.float32)[:, None]
+    assert clustering.cluster_capacity(kernel, 8, preserve_sparsity=True, per_channel=False) == 8
+    # 1 negative weight and 3 positive: 7 centroids cannot be placed; 5 clusters put 1 below zero and 3 above.
+    kernel = np.array([[-1.0], [0.0], [0.0], [1.0], [2.0], [3.0]], np.float32)
+    assert clustering.cluster_capacity(kernel, 8, preserve_sparsity=True, per_channel=False) == 5
+    assert clustering.cluster_capacity(kernel, 8, preserve_sparsity=False, per_channel=False) == 5
+    # One non-zero weight: nothing left to cluster once a centroid is pinned at zero; an all-zero channel
+    # leaves per-channel clustering no capacity at all.
+    assert clustering.cluster_capacity(np.array([[0.0], [2.0]], np.float32), 8, preserve_sparsity=True,
+                                       per_channel=False) == 0
+    channels = np.stack([np.arange(-4, 5, dtype=np.float32), np.zeros(9, np.float32)], axis=-1)
+    assert clustering.cluster_capacity(channels, 4, preserve_sparsity=True, per_channel=True) == 0
+    assert clustering.cluster_capacity(channels, 4, preserve_sparsity=True, per_channel=False) == 4
+
+
+def test_pcqat_of_a_two_class_firenet_pruned_to_95_percent_caps_the_head_instead_of_crashing(data, tmp_path):
+    # The crash of issue 24: the 256-weight head keeps 13 non-zero weights at 95 %, fewer on one side of zero
+    # than TFMOT's kmeans++ wants centroids ("Expected num_to_sample <= points.rows()").
+    from compresslab import models  # noqa: PLC0415
+    keras.utils.set_random_seed(3)
+    pruned = models.firenet((32, 32, 3), 2, {})
+    prune_to(pruned, 0.95)
+    rng = np.random.default_rng(3)
+    images, labels = rng.random((32, 32, 32, 3), dtype=np.float32), rng.integers(0, 2, 32)
+    parent_zeros = {name: kernel == 0 for name, kernel in weights.kernels(pruned).items()}
+    head = pruned.layers[-1].name
+    result = clustering.pcqat(pruned, cluster_cfg(number_of_clusters=16), PCQAT_CFG, (images[:24], labels[:24]),
+                              (images[24:], labels[24:]), batch_size=8)
+    assert result.cluster.capped_layers.keys() == {head}
+    assert 3 <= result.cluster.layer_clusters[head] < 16
+    assert result.cluster.plan_measurements()["capped_layers"] == 1
+    assert any(f"layer {head!r} holds too few distinct weights" in note for note in result.cluster.notes("pcqat"))
+    assert result.cqat.unique_values_after[head] <= result.cluster.layer_clusters[head]
+    for name, zeros in parent_zeros.items():  # every pruned zero is still zero
+        assert np.all(weights.kernels(result.model)[name][zeros] == 0), name
+    # The converted file holds the capped head: its stored kernel has no more values per output channel than
+    # the head's cluster count (int8, per-channel scales).
+    loaded, _ = convert_and_run(result.model, tmp_path / "pcqat.keras", quantized=True, shape=(1, 32, 32, 3))
+    from compresslab.tflite import flatbuffer  # noqa: PLC0415
+    stored = flatbuffer.kernel_channel_unique_values(tmp_path / "pcqat.tflite")
+    assert len(stored) == len(parent_zeros)
+    assert list(stored.values())[-1] <= result.cluster.layer_clusters[head]
+
+
+def test_pcqat_freezes_a_layer_too_sparse_to_cluster_so_its_zeros_stay(data):
+    keras.utils.set_random_seed(4)
+    pruned = make_model()
+    kernel, bias = pruned.get_layer("head").get_weights()
+    kernel[:] = 0
+    kernel[0, 0] = 0.5  # one non-zero weight: nothing to cluster once a centroid is pinned at zero
+    pruned.get_layer("head").set_weights([kernel, bias])
+    result = clustering.pcqat(pruned, cluster_cfg(), PCQAT_CFG, *data, batch_size=BATCH)
+    assert "head" in result.cluster.skipped_layers and "head" not in result.cluster.layer_clusters
+    assert any("WARNING layer 'head' left unclustered" in note for note in result.cluster.notes("pcqat"))
+    np.testing.assert_array_equal(weights.kernels(result.cluster.model)["head"], kernel)
+    assert result.cqat.sparsity_after["layers"]["head"] == pytest.approx(1 - 1 / kernel.size)
+
+
+def test_per_channel_pcqat_clusters_a_conv_with_an_empty_channel_over_its_whole_kernel(data):
+    keras.utils.set_random_seed(5)
+    pruned = make_model()
+    prune_half(pruned, "conv")
+    kernel, bias = pruned.get_layer("conv").get_weights()
+    kernel[..., 1] = 0  # a pruned-away output channel: per-channel centroids would be ragged in TFMOT
+    pruned.get_layer("conv").set_weights([kernel, bias])
+    result = clustering.pcqat(pruned, cluster_cfg(layers=["conv"], per_channel=True), PCQAT_CFG, *data,
+                              batch_size=BATCH)
+    assert result.cluster.whole_kernel_layers == ["conv"]
+    assert result.cluster.unique_values["conv"] <= CLUSTERS
+    assert np.all(weights.kernels(result.model)["conv"][kernel == 0] == 0)

@@ -13,6 +13,12 @@ Every result carries what the weights hold afterwards (distinct values, zeros), 
   unpruned Dense lost all its zeros. Each layer gets its own quantizer copy here.
 - A CQAT wrapper holds extra variables (centroids, original weights, indices) that its saved config cannot
   rebuild, so an HDF5 reload fails; `strip_clustering_cqat` drops them and leaves a plain QAT model.
+- Sparsity-preserving centroid initialisation splits number_of_clusters - 1 centroids between the negative
+  and the positive weights in proportion to their counts, and kmeans++ then fails inside TensorFlow
+  ("Expected num_to_sample <= points.rows()") on a side with fewer weights than centroids: a 2-class head
+  pruned to 95 % keeps about a dozen. An all-zero output channel makes per-channel centroids ragged.
+  `cluster_capacity` caps each layer's cluster count to what its weights can hold (see there why a cap and
+  not a skip), and layers that hold too little are left unclustered.
 """
 
 import contextlib
@@ -53,7 +59,9 @@ class ClusterResult:
 
     unique_values counts distinct values over a whole kernel; with per-channel clustering each output
     channel has its own centroids, so channel_unique_values (the most in any one channel) is the figure
-    bounded by number_of_clusters. skipped_layers names selected layers TFMOT cannot cluster, with why.
+    bounded by number_of_clusters. layer_clusters is the cluster count each clustered layer got: the request,
+    or less where the layer's weights could not hold it (`cluster_capacity`). skipped_layers names selected
+    layers left unclustered, with why.
     """
     model: keras.Model
     history: dict[str, list[float]]
@@ -63,6 +71,30 @@ class ClusterResult:
     channel_unique_values: dict[str, int]
     sparsity: dict
     skipped_layers: dict[str, str]
+    layer_clusters: dict[str, int]
+    whole_kernel_layers: list[str]
+
+    @property
+    def capped_layers(self) -> dict[str, int]:
+        """The clustered layers that got fewer clusters than requested, with the count they got."""
+        return {name: count for name, count in self.layer_clusters.items() if count < self.requested_clusters}
+
+    def plan_measurements(self) -> dict:
+        """For the stage's metrics: how many layers got fewer clusters than asked or none, and each clustered
+        layer's cluster count (per layer, so it goes to layers.json and MLflow, not `dvc exp show`)."""
+        return {"capped_layers": len(self.capped_layers), "unclustered_layers": len(self.skipped_layers),
+                "whole_kernel_layers": len(self.whole_kernel_layers), "layer_clusters": self.layer_clusters}
+
+    def notes(self, stage: str) -> list[str]:
+        """One log line per capped or unclustered layer, for the stage's output."""
+        lines = [f"{stage}: layer {name!r} holds too few distinct weights for "
+                 f"cluster.number_of_clusters={self.requested_clusters}: clustered into {count} clusters"
+                 for name, count in self.capped_layers.items()]
+        lines += [f"{stage}: layer {name!r} has an output channel too sparse for per-channel clustering: "
+                  f"clustered over its whole kernel into {self.layer_clusters[name]} clusters"
+                  for name in self.whole_kernel_layers]
+        return lines + [f"{stage}: WARNING layer {name!r} left unclustered: {why}"
+                        for name, why in self.skipped_layers.items()]
 
 
 @dataclass
@@ -177,6 +209,90 @@ def check_cluster_counts(model: keras.Model, names: Sequence[str], number_of_clu
                                 f"or leave {name!r} out of cluster.layers")
 
 
+def cluster_capacity(kernel: np.ndarray, requested: int, *, preserve_sparsity: bool, per_channel: bool) -> int:
+    """The most clusters, at most `requested`, that TFMOT can initialise on `kernel`; 0 when it cannot cluster it.
+
+    A cluster count is feasible when every group of weights that shares centroids (the kernel, or each output
+    channel with per-channel clustering) has at least as many distinct values as it gets centroids; with
+    sparsity preserved, one centroid is zero and the others are split between negative and positive weights the
+    way TFMOT splits them (in proportion to their counts, rounded half to even), and each side must hold its
+    share. Below that TFMOT's kmeans++ fails, or gives duplicate centroids that cluster nothing.
+
+    Capping rather than skipping such a layer keeps the result honest: the user asked that each kernel hold at
+    most `requested` values, and a capped layer holds fewer; a skipped one would keep every float value it has.
+
+    Args:
+      kernel: the layer's kernel, output channels last (Keras' layout).
+      requested: cluster.number_of_clusters.
+      preserve_sparsity: sparsity-preserving clustering (PCQAT).
+      per_channel: the kernel is clustered per output channel (Conv2D with cluster.per_channel).
+    """
+    groups = [kernel[..., channel] for channel in range(kernel.shape[-1])] if per_channel else [kernel]
+    least = MIN_CLUSTERS_PRESERVING_SPARSITY if preserve_sparsity else 2
+    for count in range(requested, least - 1, -1):
+        if all(_holds(np.asarray(group), count, preserve_sparsity) for group in groups):
+            return count
+    return 0
+
+
+def _holds(values: np.ndarray, count: int, preserve_sparsity: bool) -> bool:
+    if not preserve_sparsity:
+        return np.unique(values).size >= count
+    negative, positive = values[values < 0], values[values > 0]
+    if negative.size + positive.size == 0:
+        return False  # TFMOT gives such a group a single zero centroid, ragged against the others
+    non_zero = count - 1
+    on_negative = int(np.round(non_zero * negative.size / (negative.size + positive.size)))
+    return on_negative <= np.unique(negative).size and non_zero - on_negative <= np.unique(positive).size
+
+
+@dataclass(frozen=True)
+class LayerClusters:
+    """How one layer is clustered: its cluster count, and whether each output channel has its own centroids."""
+    count: int
+    per_channel: bool
+
+
+def plan_clusters(model: keras.Model, names: Sequence[str], requested: int, *, preserve_sparsity: bool,
+                  per_channel: bool) -> tuple[dict[str, LayerClusters], dict[str, str]]:
+    """How each selected layer is clustered (its count capped by `cluster_capacity`), and the layers left out.
+
+    With per-channel clustering, a Conv2D whose sparsest output channel cannot hold the request is clustered
+    over its whole kernel instead when that holds more clusters: one set of centroids for the kernel also keeps
+    every channel within the requested count.
+
+    Args:
+      model: the model to be clustered.
+      names: the selected clusterable layers, already checked with check_cluster_counts.
+      requested: cluster.number_of_clusters.
+      preserve_sparsity, per_channel: as for `cluster`.
+
+    Returns:
+      ({layer: LayerClusters}, {layer left unclustered: why}).
+    """
+    plans, left_out = {}, {}
+    for name in names:
+        layer = model.get_layer(name)
+        kernels = [np.asarray(getattr(layer, weight).numpy()) for weight in clusterable_kernels(layer)]
+
+        def capacity(channels: bool) -> int:
+            return min(cluster_capacity(kernel, requested, preserve_sparsity=preserve_sparsity, per_channel=channels)
+                       for kernel in kernels)
+
+        channels = per_channel and isinstance(layer, keras.layers.Conv2D)
+        count = capacity(channels)
+        if channels and count < requested and capacity(False) > count:
+            channels, count = False, capacity(False)
+        if count:
+            plans[name] = LayerClusters(count, channels)
+        else:
+            nonzero = sum(int(np.count_nonzero(kernel)) for kernel in kernels)
+            left_out[name] = (f"only {nonzero} non-zero weight(s), too few to cluster while preserving sparsity "
+                              "(frozen while fine-tuning, so its zeros stay)" if preserve_sparsity else
+                              "too few distinct weights to cluster")
+    return plans, left_out
+
+
 def reject_wrapped(model: keras.Model, what: str) -> None:
     """Raise a UserError if `model` still holds TFMOT wrappers: these stages start from stripped models."""
     wrapped = sorted({type(layer).__name__ for layer in model.layers if isinstance(layer, keras.layers.Wrapper)})
@@ -208,13 +324,14 @@ def clusterable_selection(model: keras.Model, cfg: Mapping, option: str) -> tupl
     return names, skipped
 
 
-def wrap_for_clustering(model: keras.Model, names: Sequence[str], cfg: Mapping, *,
+def wrap_for_clustering(model: keras.Model, names: Sequence[str] | Mapping[str, int], cfg: Mapping, *,
                         preserve_sparsity: bool = False) -> keras.Model:
     """A copy of `model` with the named layers in TFMOT cluster wrappers, ready to fine-tune.
 
     Args:
       model: a plain Keras model (functional or Sequential); it is left unchanged.
-      names: layers to cluster, already checked with check_cluster_counts.
+      names: layers to cluster, already checked with check_cluster_counts, each with cfg's number_of_clusters
+        and per_channel; or {layer: LayerClusters} from `plan_clusters`.
       cfg: the cluster.* keys (number_of_clusters, centroid_init, per_channel).
       preserve_sparsity: keep zero weights at zero (a zero centroid that never moves).
 
@@ -223,14 +340,15 @@ def wrap_for_clustering(model: keras.Model, names: Sequence[str], cfg: Mapping, 
     """
     fresh = keras.models.clone_model(model)
     fresh.set_weights(model.get_weights())
-    wanted = set(names)
+    plans = dict(names) if isinstance(names, Mapping) else dict.fromkeys(
+        names, LayerClusters(int(cfg["number_of_clusters"]), bool(cfg.get("per_channel"))))
     init = CENTROID_INITS[cfg.get("centroid_init") or DEFAULT_CENTROID_INIT]
 
     def wrap(layer):
-        if layer.name not in wanted:
+        if layer.name not in plans:
             return layer
-        return ClusterWeights(layer, int(cfg["number_of_clusters"]), init, preserve_sparsity=preserve_sparsity,
-                              cluster_per_channel=bool(cfg.get("per_channel")))
+        return ClusterWeights(layer, plans[layer.name].count, init, preserve_sparsity=preserve_sparsity,
+                              cluster_per_channel=plans[layer.name].per_channel)
 
     return keras.models.clone_model(fresh, clone_function=wrap)
 
@@ -262,16 +380,31 @@ def cluster(model: keras.Model, cfg: Mapping, train: training.Split, val: traini
                         f"sparsity: set it to {MIN_CLUSTERS_PRESERVING_SPARSITY} or more")
     reject_wrapped(model, "input")
     names, skipped = clusterable_selection(model, cfg, "cluster.layers")
-    check_cluster_counts(model, names, cfg["number_of_clusters"], bool(cfg.get("per_channel")))
-    wrapped = wrap_for_clustering(model, names, cfg, preserve_sparsity=preserve_sparsity)
+    per_channel = bool(cfg.get("per_channel"))
+    check_cluster_counts(model, names, cfg["number_of_clusters"], per_channel)
+    plans, left_out = plan_clusters(model, names, int(cfg["number_of_clusters"]),
+                                    preserve_sparsity=preserve_sparsity, per_channel=per_channel)
+    wrapped = wrap_for_clustering(model, plans, cfg, preserve_sparsity=preserve_sparsity)
+    if preserve_sparsity:
+        for name in left_out:  # fine-tuning would move its zeros: nothing else keeps them
+            wrapped.get_layer(name).trainable = False
     history = training.fit(wrapped, train, val, epochs=int(epochs or cfg["epochs"]), batch_size=batch_size,
                            learning_rate=cfg["learning_rate"])
     stripped = tfmot.clustering.keras.strip_clustering(wrapped)
-    return ClusterResult(model=stripped, history=history, clustered_layers=names,
+    for name in left_out:
+        # Trainable again for what follows: CQAT keeps its few values and zeros as centroids, and quantize_apply
+        # copies weights in model order, which a frozen layer changes (its kernel got another layer's values).
+        stripped.get_layer(name).trainable = True
+    clustered = list(plans)
+    return ClusterResult(model=stripped, history=history, clustered_layers=clustered,
                          requested_clusters=int(cfg["number_of_clusters"]),
-                         unique_values=weights.unique_values_report(stripped, names),
-                         channel_unique_values=channel_unique_values(stripped, names),
-                         sparsity=weights.sparsity_report(stripped), skipped_layers=skipped)
+                         unique_values=weights.unique_values_report(stripped, clustered),
+                         channel_unique_values=channel_unique_values(stripped, clustered),
+                         sparsity=weights.sparsity_report(stripped), skipped_layers={**skipped, **left_out},
+                         layer_clusters={name: plan.count for name, plan in plans.items()},
+                         whole_kernel_layers=[name for name, plan in plans.items()
+                                              if per_channel and not plan.per_channel
+                                              and isinstance(model.get_layer(name), keras.layers.Conv2D)])
 
 
 class _PerLayerClusterPreserveRegistry(cluster_preserve.Default8bitClusterPreserveQuantizeRegistry):

@@ -95,6 +95,41 @@ def weight_stats(source: str | Path | bytes) -> dict:
     return counts
 
 
+# The axis of each weighted op's kernel that holds its output channels (TFLite layouts, above).
+OUTPUT_CHANNEL_AXIS = {"CONV_2D": 0, "DEPTHWISE_CONV_2D": 3, "FULLY_CONNECTED": 0, "TRANSPOSE_CONV": 0,
+                       "CONV_3D": 4, "CONV_3D_TRANSPOSE": 3}
+
+
+def kernel_channel_unique_values(source: str | Path | bytes) -> dict[str, int]:
+    """The most distinct stored values in any output channel of each weighted op's kernel, in graph order.
+
+    What clustering leaves in the file: a kernel clustered into k centroids stores at most k values per
+    output channel, also after int8 quantization with per-channel scales (over the whole kernel such a
+    file holds more). A sparse-encoded kernel counts its kept values and zero, over the whole tensor.
+
+    Returns:
+      {kernel tensor name: count}.
+    """
+    model, raw = read_model(source)
+    found = {}
+    for graph in model.subgraphs or ():
+        producers = {int(out): op for op in graph.operators or () for out in op.outputs}
+        for op in graph.operators or ():
+            name = op_name(model, op)
+            if name not in WEIGHT_OPS:
+                continue
+            kernel = stored_tensor(model, graph, producers, op, WEIGHT_OPS[name][1])
+            if kernel is None:
+                continue
+            values = stored_values(model, raw, kernel)
+            if kernel.sparsity is not None or values.size != shape_product(kernel.shape):
+                found[tensor_name(kernel)] = int(np.unique(values).size) + 1
+                continue
+            channels = np.moveaxis(values.reshape(tuple(kernel.shape)), OUTPUT_CHANNEL_AXIS[name], 0)
+            found[tensor_name(kernel)] = max(int(np.unique(channel).size) for channel in channels)
+    return found
+
+
 def op_counts(model, raw: bytes, graph, producers: dict, op) -> dict[str, int]:
     """The weight_stats counts of one weighted op."""
     data_slot, weight_slot, bias_slot, macs = WEIGHT_OPS[op_name(model, op)]
