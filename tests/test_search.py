@@ -101,6 +101,7 @@ def test_the_grid_runs_from_least_to_most_compressed():
     ({"overrides": ["model=resnet99"]}, "the overrides model=resnet99 do not compose"),
     ({"name": "model.alpha"}, "unknown knob model.alpha"),
     ({"name": "cluster.number_of_clusters", "low": 1}, "--low 1 is outside"),
+    ({"name": "cluster.number_of_clusters", "low": 2}, "(>= 3 and <= inf): pcqat keeps one centroid at zero"),
     ({"name": "cluster.number_of_clusters", "resolution": 1.5}, "must be a whole number"),
 ])
 def test_bad_input_is_one_clear_error_before_any_probe(kwargs, message):
@@ -210,3 +211,61 @@ def test_a_probe_left_without_a_worker_restarts_the_workers_once_then_fails_with
     starts.clear()
     assert [index for index, _ in search._wait(["probe-a"], 2, {3: "probe-a"})] == [3]
     assert starts == [1, 1]  # a restart got the queued probe going
+
+
+def test_a_failed_probe_is_told_by_its_stage_s_own_error_line():
+    ours = ("Running stage 'cluster':\n> python stages/cluster.py\nE0000 cuInit failed\nerror: layer 'dense' has 384 "
+            "kernel weights, not more than cluster.number_of_clusters=400: lower number_of_clusters\n"
+            "ERROR: failed to reproduce 'cluster': failed to run: python stages/cluster.py, exited with 2\n")
+    assert search.failure_line(ours, "probe-a") == ("stage cluster: layer 'dense' has 384 kernel weights, not more "
+                                                    "than cluster.number_of_clusters=400: lower number_of_clusters")
+    library = ("Traceback (most recent call last):\n  File \"x.py\", line 1\ntensorflow.python.framework.errors_impl."
+               "InvalidArgumentError: Expected num_to_sample <= points.rows(). 5 vs 4.\n"
+               "ERROR: failed to reproduce 'pcqat': failed to run: python stages/pcqat.py, exited with 1\n")
+    assert search.failure_line(library, "probe-a").startswith("stage pcqat: tensorflow.python.framework.errors_impl."
+                                                              "InvalidArgumentError: Expected num_to_sample")
+    assert search.failure_line("", "probe-a") == "see `dvc queue logs probe-a`"
+
+
+def test_a_failed_probe_keeps_the_finished_ones_in_the_results_and_clears_the_queue(monkeypatch, tmp_path):
+    request = search.plan("prune.final_sparsity", max_drop=1.0, low=0.5, high=0.9, resolution=0.1, root=REPO,
+                          out=tmp_path)
+    queued, stopped = [], []
+    monkeypatch.setattr(search, "_wait_for_idle_workers", lambda: None)
+    monkeypatch.setattr(search, "_queue", lambda request, value, name: queued.append(name))
+    monkeypatch.setattr(search, "stop_probes", stopped.extend)
+
+    def wait(names, jobs, indices):  # the first probe finishes, the second fails in its pcqat stage
+        yield 0, 12.0
+        raise search.ProbeFailed(f"probe {names[1]} failed: stage pcqat: cluster.number_of_clusters=2 is too few")
+
+    monkeypatch.setattr(search, "_wait", wait)
+    monkeypatch.setattr(search, "measure", lambda request, value, name, uri=None: search.Probe(
+        value, name, True, decision_accuracy=0.9, reference_decision_accuracy=0.9, drop_pp=0.0, accuracy=0.9,
+        reference="finetune-float32", reference_accuracy=0.9, test_drop_pp=0.0, gzip_bytes=1000))
+    with pytest.raises(UserError) as error:
+        search.run(request, echo=lambda line: None)
+    message = str(error.value)
+    assert "stage pcqat: cluster.number_of_clusters=2 is too few" in message and "\n" not in message
+    assert "the 1 finished probe(s) are in" in message and "narrow --low/--high" in message
+    assert stopped == queued and len(queued) == 2
+    written = read_json(tmp_path / "prune.final_sparsity.json")
+    assert [probe["value"] for probe in written["probes"]] == [0.5]
+    assert written["chosen"] is None and "stage pcqat" in written["stopped"]
+    assert (tmp_path / "prune.final_sparsity.png").is_file()
+
+
+@pytest.mark.slow(minutes=2)
+def test_a_probe_that_fails_in_a_stage_stops_the_search_with_that_stage_s_line_and_an_empty_queue(project):
+    restore_committed(project)
+    # 400 clusters are more than the tiny FireNet's smallest kernel holds: the clustering stage refuses it.
+    failed = run(["compresslab", "search", "cluster.number_of_clusters", "--max-drop", "50", "--low", "8",
+                  "--high", "400", "--resolution", "8", "--max-probes", "2", "-j", "1"], project, check=False,
+                 timeout=900)
+    assert failed.returncode == 2, failed.stderr
+    line = failed.stderr.strip().splitlines()[-1]
+    assert line.startswith("error: probe search-number-of-clusters-400-") and "failed: stage " in line
+    assert "not more than cluster.number_of_clusters=400" in line
+    status, _ = search.queue_state(project)
+    assert not [name for name, state in status.items()
+                if name.startswith("search-number-of-clusters-") and state in ("Queued", "Running", "Failed")]

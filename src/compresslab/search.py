@@ -47,7 +47,8 @@ class Knob:
     """A searchable parameter: which way compresses, what it may be, where to search by default.
 
     higher_compresses: whether a larger value is the more compressed setting (sparsity: yes; clusters: no).
-    valid: the closed interval of allowed values (math.inf for no upper bound); open_high excludes the top.
+    valid: the closed interval of values every stage of a probe accepts (math.inf for no upper bound);
+      open_high excludes the top; why_valid says why, where the reason is not plain.
     overrides: other `-S` overrides every probe needs (e.g. the constant schedule for target_sparsity).
     """
     name: str
@@ -60,13 +61,16 @@ class Knob:
     open_high: bool = False
     integer: bool = False
     overrides: tuple[str, ...] = ()
+    why_valid: str = ""
 
 
 KNOBS = {knob.name: knob for knob in (
     Knob("prune.final_sparsity", True, 0.1, 0.95, 0.05, "pruned-int8", (0.0, 1.0), open_high=True),
     Knob("prune.target_sparsity", True, 0.1, 0.95, 0.05, "pruned-int8", (0.0, 1.0), open_high=True,
          overrides=("prune=constant",)),
-    Knob("cluster.number_of_clusters", False, 2, 64, 1, "clustered-int8", (2, math.inf), integer=True),
+    # Plain clustering takes 2, but every probe runs pcqat too, which pins one centroid at zero.
+    Knob("cluster.number_of_clusters", False, 3, 64, 1, "clustered-int8", (3, math.inf), integer=True,
+         why_valid="pcqat keeps one centroid at zero and needs two more"),
 )}
 
 
@@ -262,7 +266,8 @@ def _check_range(knob: Knob, low: float, high: float, resolution: float) -> None
     upper = f"< {top:g}" if knob.open_high else f"<= {top:g}"
     for flag, value in (("--low", low), ("--high", high)):
         if value < bottom or value > top or (knob.open_high and value >= top):
-            raise UserError(f"{flag} {value:g} is outside {knob.name}'s valid values (>= {bottom:g} and {upper})")
+            why = f": {knob.why_valid}" if knob.why_valid else ""
+            raise UserError(f"{flag} {value:g} is outside {knob.name}'s valid values (>= {bottom:g} and {upper}){why}")
         if knob.integer and not float(value).is_integer():
             raise UserError(f"{flag} must be a whole number for {knob.name}, got {value:g}")
     if low >= high:
@@ -335,8 +340,14 @@ def run(request: Request, *, uri: str | None = None, echo: Callable[[str], None]
     try:
         search.outcome = bracketing_search(len(request.grid), probe, jobs=request.jobs,
                                            max_probes=request.max_probes)
-    except (KeyboardInterrupt, UserError):
+    except (KeyboardInterrupt, UserError) as err:
         stop_probes(queued)   # a stopped search must not leave its probes running in the queue's workers
+        if isinstance(err, ProbeFailed) and search.probes:
+            # What finished is kept: the user narrows --low/--high and the run cache restores those probes.
+            search.seconds = time.monotonic() - started
+            search.json_path, search.png_path = write(search, stopped=str(err))
+            raise UserError(f"{err}; the {len(search.probes)} finished probe(s) are in {search.json_path}: "
+                            "narrow --low/--high and search again (their stages come from DVC's run cache)") from err
         raise
     search.seconds = time.monotonic() - started
     search.json_path, search.png_path = write(search)
@@ -382,8 +393,16 @@ def _queue(request: Request, value: float, name: str) -> None:
     _dvc("exp", "run", "--queue", "--name", name, *[arg for o in overrides for arg in ("-S", o)])
 
 
+class ProbeFailed(UserError):
+    """A probe's experiment failed in one of its stages; the message carries that stage's own error line."""
+
+
 def _wait(names: list[str], jobs: int, indices: Mapping[int, str]):
-    """Start the queue's workers and yield (grid index, seconds) as each named experiment succeeds."""
+    """Start the queue's workers and yield (grid index, seconds) as each named experiment succeeds.
+
+    Raises:
+      ProbeFailed: an experiment failed, after every experiment that succeeded by then was yielded.
+    """
     _start_workers(min(jobs, len(names)))
     index_of = {name: index for index, name in indices.items()}
     started, pending, stalled, restarted = time.monotonic(), set(names), 0, False
@@ -391,12 +410,12 @@ def _wait(names: list[str], jobs: int, indices: Mapping[int, str]):
         time.sleep(POLL_SECONDS)
         status, workers = queue_state()
         for name in sorted(pending):
-            state = status.get(name)
-            if state == "Failed":
-                raise UserError(f"probe {name} failed: `dvc queue logs {name}` shows why")
-            if state == "Success":
+            if status.get(name) == "Success":
                 pending.discard(name)
                 yield index_of[name], time.monotonic() - started
+        failed = sorted(name for name in pending if status.get(name) == "Failed")
+        if failed:
+            raise ProbeFailed(f"probe {failed[0]} failed: {probe_error(failed[0])}")
         stalled = stalled + 1 if pending and workers == 0 else 0
         if stalled >= STALLED_POLLS:
             if restarted:
@@ -405,6 +424,24 @@ def _wait(names: list[str], jobs: int, indices: Mapping[int, str]):
                                 f"search again (probes that finished are reused from DVC's run cache)")
             _start_workers(min(jobs, len(pending)))
             stalled, restarted = 0, True
+
+
+def probe_error(name: str) -> str:
+    """The failing stage and its own one-line error, read from `dvc queue logs NAME`."""
+    logs = subprocess.run([sys.executable, "-m", "dvc", "queue", "logs", name], capture_output=True, text=True)
+    return failure_line(logs.stdout + logs.stderr, name)
+
+
+def failure_line(log: str, name: str) -> str:
+    """'stage S: <its error line>' from an experiment's log: the stage DVC names as failing, and the last
+    `error: ` line of ours (a UserError) or else the last line of a traceback."""
+    lines = [line.strip() for line in log.splitlines() if line.strip()]
+    stages = [m.group(1) for line in lines if (m := re.search(r"failed to reproduce '([^']+)'", line))]
+    ours = [line.removeprefix("error: ") for line in lines if line.startswith("error: ")]
+    raised = [line for line in lines if re.match(r"^[\w.]*(Error|Exception)\b[^:]*: ", line)]
+    reason = (ours or raised or [f"see `dvc queue logs {name}`"])[-1]
+    reason = reason if len(reason) <= 400 else reason[:400] + " ..."
+    return f"stage {stages[-1]}: {reason}" if stages else reason
 
 
 def _start_workers(jobs: int) -> None:
@@ -434,8 +471,8 @@ def stop_probes(names: Sequence[str]) -> None:
         status = queue_status()
     except UserError:
         return
-    for command, state in (("remove", "Queued"), ("kill", "Running")):
-        doomed = [name for name in names if status.get(name) == state]
+    for command, states in (("remove", ("Queued", "Failed")), ("kill", ("Running",))):
+        doomed = [name for name in names if status.get(name) in states]
         if doomed:
             subprocess.run([sys.executable, "-m", "dvc", "queue", command, *doomed], capture_output=True)
 
@@ -568,11 +605,17 @@ def summary_lines(search: Search) -> list[str]:
 
 # ---------------------------------------------------------------------------------------------- output
 
-def write(search: Search) -> tuple[Path, Path]:
-    """<out>/<knob>.json (the rule, every probe, the outcome) and <out>/<knob>.png (accuracy vs the knob)."""
+def write(search: Search, stopped: str | None = None) -> tuple[Path, Path]:
+    """<out>/<knob>.json (the rule, every probe, the outcome) and <out>/<knob>.png (accuracy vs the knob).
+
+    Args:
+      stopped: why the search stopped before its outcome (a failed probe): the probes so far are written,
+        with no choice.
+    """
     from compresslab.outputs import write_json
 
-    request, outcome = search.request, search.outcome
+    request = search.request
+    outcome = search.outcome or _outcome({index: probe.passed for index, probe in search.probes.items()})
     stem = request.out / request.knob.name   # with_suffix would cut a dotted name: add suffixes by hand
     chosen = search.chosen
     json_path = stem.parent / f"{stem.name}.json"
@@ -587,6 +630,7 @@ def write(search: Search) -> tuple[Path, Path]:
         "bracket": [request.grid[i] if i is not None and i >= 0 else None for i in outcome.bracket],
         "non_monotone": [request.grid[i] for i in outcome.non_monotone],
         "budget_spent": outcome.exhausted, "seconds": round(search.seconds, 1),
+        **({"stopped": stopped} if stopped else {}),
     })
     return json_path, plot(search, stem.parent / f"{stem.name}.png")
 
@@ -618,7 +662,7 @@ def plot(search: Search, path: Path) -> Path:
     if search.chosen is not None:
         ax.scatter([search.chosen.value], [search.chosen.decision_accuracy * 100], s=260, marker="*",
                    color="gold", edgecolors="black", zorder=4, label=f"chosen: {_text(search.chosen.value)}")
-    for index in search.outcome.non_monotone:
+    for index in search.outcome.non_monotone if search.outcome else ():
         probe = search.probes[index]
         ax.annotate("non-monotone", (probe.value, probe.decision_accuracy * 100), xytext=(6, -12),
                     textcoords="offset points", fontsize=7)
