@@ -17,6 +17,7 @@ stage scores, compares and reports all of them.
 """
 
 import json
+import os
 import sys
 
 import compresslab  # noqa: F401  (prepares the environment)
@@ -33,6 +34,10 @@ def run(params, variant: str) -> dict:
     if variant not in variants.VARIANTS:
         raise UserError(f"unknown variant {variant!r}: use one of {', '.join(variants.VARIANTS)}")
     threads = measure.validate_evaluate_config(cfg)
+    cores = len(os.sched_getaffinity(0))
+    if max(threads) > cores:
+        print(f"evaluate: evaluate.threads={threads} asks for more threads than the {cores} core(s) this process "
+              "may use: timings at that count measure the threads queueing, not a speed-up")
     splits = dataset.open_splits()
     measure.check_positive_class(cfg, splits["test"].meta["class_names"])
     record_path = paths.conversion_record(variant)

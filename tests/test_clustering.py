@@ -85,6 +85,7 @@ def convert_and_run(model, path, quantized, shape=(1, 8, 8, 1)):
 @pytest.mark.parametrize("override, key", [
     ({"number_of_clusters": 1}, "cluster.number_of_clusters"),
     ({"number_of_clusters": "8"}, "cluster.number_of_clusters"),
+    ({"number_of_clusters": 1100}, "cluster.number_of_clusters=1100 is more than the 1024 centroids"),
     ({"centroid_init": "kmeans"}, "cluster.centroid_init"),
     ({"per_channel": "yes"}, "cluster.per_channel"),
     ({"epochs": 0}, "cluster.epochs"),
@@ -304,3 +305,16 @@ def test_per_channel_pcqat_clusters_a_conv_with_an_empty_channel_over_its_whole_
     assert result.cluster.whole_kernel_layers == ["conv"]
     assert result.cluster.unique_values["conv"] <= CLUSTERS
     assert np.all(weights.kernels(result.model)["conv"][kernel == 0] == 0)
+
+
+def test_pcqat_of_some_layers_keeps_the_zeros_of_the_pruned_layers_it_does_not_cluster(data):
+    keras.utils.set_random_seed(6)
+    pruned = make_model()
+    prune_half(pruned, "fc")
+    prune_half(pruned, "head")
+    fc_zeros = weights.kernels(pruned)["fc"] == 0
+    result = clustering.pcqat(pruned, cluster_cfg(layers=["head"]), PCQAT_CFG, *data, batch_size=BATCH)
+    assert result.cluster.clustered_layers == ["head"]
+    assert np.all(weights.kernels(result.cluster.model)["fc"][fc_zeros] == 0)   # frozen while clustering
+    assert np.all(weights.kernels(result.model)["fc"][fc_zeros] == 0)           # and masked by CQAT
+    assert result.cluster.model.get_layer("fc").trainable   # trainable again for CQAT

@@ -167,3 +167,20 @@ def test_data_config_errors(key, value, message):
         cfg["val_fraction"] = 0.5
     with pytest.raises(UserError, match=message):
         data.validate_data_config(cfg)
+
+
+def test_a_class_too_small_for_a_stratified_split_is_named_instead_of_a_scikit_learn_traceback():
+    # 9 images at a third each: scikit-learn rounds the test split up to 4, so one class gives it two and keeps
+    # one for train and val, which the second stratified split refuses with a ValueError.
+    labels = np.array([0, 0, 0, 1, 1, 1, 2, 2, 2])
+    with pytest.raises(UserError, match=r"class '[abc]' has 3 images, too few to give each of train, val and test one"):
+        data.split_indices(labels, 3, 0.34, 0.34, seed=0, class_names=["a", "b", "c"])
+
+
+def test_a_split_left_without_a_class_says_so_rather_than_blame_corrupt_files():
+    # 15 % of 51 images: the stratified split rounds the 3-image class's share of val down to none.
+    labels = np.array([0] * 24 + [1] * 24 + [2] * 3)
+    with pytest.raises(UserError, match=r"gives the val split no image of class\(es\) \['c'\] \(3 image\(s\)\)"):
+        data.split_indices(labels, 3, 0.15, 0.15, seed=0, class_names=["a", "b", "c"])
+    positions = data.split_indices(labels, 3, 0.25, 0.25, seed=0, class_names=["a", "b", "c"])
+    assert all(set(labels[held].tolist()) == {0, 1, 2} for held in positions.values())

@@ -194,3 +194,26 @@ def test_m_by_n_skips_kernels_of_other_ranks():
     conv1d.build((None, 8, 4))
     assert "rank-2 or rank-4" in pruning.unprunable_reason(conv1d, (2, 4))
     assert pruning.unprunable_reason(conv1d, None) is None
+
+
+def test_m_by_n_skips_layers_whose_input_channels_are_not_a_multiple_of_n():
+    # TFMOT pads a partial block with zeros that then count as pruned: a 3-channel first convolution would come
+    # out a third sparse under 2:4 and a 1-channel one not at all, while the report said 50 %.
+    rgb = L.Conv2D(8, 3)
+    rgb.build((None, 8, 8, 3))
+    assert "needs a multiple of 4 input channels, Conv2D has 3" in pruning.unprunable_reason(rgb, (2, 4))
+    six = L.Dense(2)
+    six.build((None, 6))
+    assert "Dense has 6" in pruning.unprunable_reason(six, (2, 4))
+    assert pruning.unprunable_reason(six, (1, 2)) is None and pruning.unprunable_reason(six, None) is None
+
+
+def test_m_by_n_reaches_its_sparsity_on_every_layer_it_prunes(data):
+    keras.utils.set_random_seed(5)
+    inputs = keras.Input((8, 8, 4))
+    x = L.Flatten()(L.Conv2D(4, 3, name="conv")(inputs))
+    x = L.Dense(6, activation="relu", name="fc")(x)
+    model = keras.Model(inputs, L.Dense(3, activation="softmax", name="out")(x))
+    result = pruning.prune(model, prune_cfg(m_by_n="2:4", epochs=1), data, data, batch_size=BATCH)
+    assert result.pruned_layers == ["conv", "fc"] and "Dense has 6" in result.skipped_layers["out"]
+    assert result.sparsity["overall"] == pytest.approx(0.5, abs=0.01)

@@ -219,3 +219,10 @@ def test_calibrated_ranges_are_the_min_max_inference_sees_and_nothing_else_chang
     assert kinds["quant_fc/post_activation_max:0"] == "MovingAverageQuantizer"  # swapped back for QAT
     probabilities = qat.predict(images, verbose=0)
     assert np.argmax(probabilities, 1).tolist() == np.argmax(model.predict(images, verbose=0), 1).tolist()
+
+
+def test_qat_of_weightless_layers_alone_is_refused_before_training(data):
+    # TFMOT would wrap a neighbour and carry on: a "QAT" model none of whose weights trained for int8.
+    with pytest.raises(UserError, match=r"quantize.layers=\['drop', 'flat'\] holds no layer with weights"):
+        quantization.quantize_aware(firenet_like(), qat_cfg(layers=["flat", "drop"], epochs=100), data, data,
+                                    batch_size=BATCH)

@@ -2,6 +2,7 @@
 
 import compresslab  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
 
+import os
 import subprocess
 import sys
 
@@ -168,6 +169,37 @@ def test_stages_never_load_keras_3():
     assert done.stdout.split()[-2:] == ["None", "tf_keras.api._v2.keras"]
     refused = subprocess.run([sys.executable, "-c", "import compresslab, keras"], capture_output=True, text=True)
     assert "compresslab runs Keras 2 (tf_keras) only" in refused.stderr
+
+
+def fresh_environment(**extra) -> dict:
+    """This process's environment as a user's shell would have it: none of what importing compresslab set."""
+    ours = ("TF_CPP_MIN_LOG_LEVEL", "COMPRESSLAB_QUIET_TF", "TF_USE_LEGACY_KERAS")
+    return {**{key: value for key, value in os.environ.items() if key not in ours}, **extra}
+
+
+def test_tensorflow_start_up_lines_stay_out_of_the_log_unless_the_user_asks_for_them():
+    code = "import compresslab, tensorflow as tf; tf.constant(1) + 1; print('ran')"
+    quiet = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=fresh_environment())
+    assert quiet.returncode == 0 and quiet.stdout.strip() == "ran", quiet.stderr[-3000:]
+    noise = [line for line in quiet.stderr.splitlines() if any(word in line for word in ("cuInit", "oneDNN", "cuda"))]
+    assert noise == []
+    # A process compresslab started (dvc, a stage) inherits its setting and stays quiet too ...
+    child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           env=fresh_environment(TF_CPP_MIN_LOG_LEVEL="2", COMPRESSLAB_QUIET_TF="1"))
+    assert "oneDNN" not in child.stderr and child.returncode == 0
+    # ... while the user's own TF_CPP_MIN_LOG_LEVEL wins, and with it every line TensorFlow prints.
+    chatty = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env=fresh_environment(TF_CPP_MIN_LOG_LEVEL="0"))
+    assert "oneDNN custom operations are on" in chatty.stderr and chatty.returncode == 0
+
+
+def test_a_process_that_loaded_keras_3_before_compresslab_stops_in_one_line():
+    code = "import tensorflow as tf; tf.keras.Sequential; import compresslab; print('trained with Keras 3')"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=fresh_environment())
+    assert done.returncode == 2 and "trained" not in done.stdout
+    assert done.stderr.strip().splitlines()[-1].startswith("error: Keras 3 was imported before compresslab: "
+                                                           "import compresslab first")
+    assert "Traceback" not in done.stderr
 
 
 def test_qat_model_converts_to_int8_weights(qat_model, data):

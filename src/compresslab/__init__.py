@@ -43,11 +43,70 @@ class Keras3Blocker(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         raise AssertionError(module)
 
 
-if "keras" not in sys.modules and not any(isinstance(f, Keras3Blocker) for f in sys.meta_path):
+if "keras" in sys.modules:
+    # Too late: TensorFlow already resolved `tf.keras` to Keras 3, which TFMOT cannot wrap. Fail in one line
+    # rather than train with the wrong Keras.
+    print("error: Keras 3 was imported before compresslab: import compresslab first (before tensorflow's "
+          "tf.keras or keras), so that TensorFlow uses tf_keras", file=sys.stderr)
+    raise SystemExit(2)
+if not any(isinstance(f, Keras3Blocker) for f in sys.meta_path):
     sys.meta_path.insert(0, Keras3Blocker())
 
-# TensorFlow's C++ start-up chatter (CUDA probing, oneDNN notes) drowns the stage output on CPU machines.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+# Start-up lines TensorFlow's C++ side writes straight to stderr, on every import, whatever TF_CPP_MIN_LOG_LEVEL
+# says (absl logs everything before absl::InitializeLog, which TF 2.21 never calls): on a machine without a GPU,
+# 16 stages a pipeline each print them, and `failed call to cuInit` reads like a failure.
+STARTUP_NOISE = ("All log messages before absl::InitializeLog", "oneDNN custom operations are on",
+                 "Could not find cuda drivers", "failed call to cuInit", "Unable to register cu",
+                 "cpu_feature_guard.cc", "To enable the following instructions:", "TF-TRT Warning")
+
+
+class QuietTensorflowImport(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Imports TensorFlow (and probes its devices, where cuInit fails) with the process's stderr caught, then
+    writes back every line but the STARTUP_NOISE ones: a real error still shows."""
+
+    def __init__(self):
+        self.inner = None
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "tensorflow" or self.inner is not None:
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        if spec is not None:
+            self.inner, spec.loader = spec.loader, self
+        return spec
+
+    def create_module(self, spec):
+        return self.inner.create_module(spec)
+
+    def exec_module(self, module):
+        import tempfile  # noqa: PLC0415
+
+        sys.stderr.flush()
+        saved = os.dup(2)
+        with tempfile.TemporaryFile("w+b") as caught:
+            os.dup2(caught.fileno(), 2)
+            try:
+                self.inner.exec_module(module)
+                module.config.list_physical_devices()  # where the CUDA probe logs; physical devices only
+            finally:
+                sys.stderr.flush()
+                os.dup2(saved, 2)
+                os.close(saved)
+                caught.seek(0)
+                kept = [line for line in caught.read().decode("utf-8", "replace").splitlines(keepends=True)
+                        if not any(noise in line for noise in STARTUP_NOISE)]
+                if kept:
+                    sys.stderr.write("".join(kept))
+
+
+# The user's own TF_CPP_MIN_LOG_LEVEL wins, and with it every line TensorFlow prints. The marker tells ours, which
+# the processes we start (dvc, its stages) inherit, from theirs.
+if "TF_CPP_MIN_LOG_LEVEL" not in os.environ or os.environ.get("COMPRESSLAB_QUIET_TF") == "1":
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    os.environ["COMPRESSLAB_QUIET_TF"] = "1"
+    if "tensorflow" not in sys.modules and not any(isinstance(f, QuietTensorflowImport) for f in sys.meta_path):
+        sys.meta_path.insert(0, QuietTensorflowImport())
 
 # Ctrl-C must stop every stage, from its first import on (TensorFlow's alone take seconds). A process that
 # starts with SIGINT ignored keeps it ignored, and shells start commands so when they run them in the

@@ -9,7 +9,7 @@ import json
 import os
 import shutil
 import struct
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -81,8 +81,9 @@ def list_labelled(raw_dir: Path, max_per_class: int | None = None) -> tuple[list
 
 
 def split_indices(labels: np.ndarray, n_classes: int, val_fraction: float, test_fraction: float,
-                  seed: int) -> dict[str, np.ndarray]:
-    """Stratified, seeded train/val/test positions. Raises UserError when a split cannot hold every class."""
+                  seed: int, class_names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+    """Stratified, seeded train/val/test positions. Raises UserError when a split cannot hold every class
+    (named from `class_names` when given)."""
     n = len(labels)
     for name, fraction in (("val", val_fraction), ("test", test_fraction)):
         if round(n * fraction) < n_classes:
@@ -92,11 +93,28 @@ def split_indices(labels: np.ndarray, n_classes: int, val_fraction: float, test_
     if min_count < 3:
         raise UserError(f"a class has only {min_count} image(s); every split needs one of each class: "
                         f"give each class at least 3 images")
+    counts = np.bincount(labels, minlength=n_classes)
+    names = list(class_names) if class_names is not None else list(range(n_classes))
+    fix = "add images to it, or change data.val_fraction / data.test_fraction"
     index = np.arange(n)
     rest, test = train_test_split(index, test_size=test_fraction, stratify=labels, random_state=seed)
-    train, val = train_test_split(rest, test_size=val_fraction / (1 - test_fraction),
-                                  stratify=labels[rest], random_state=seed)
-    return dict(zip(SPLITS, (train, val, test)))
+    try:
+        train, val = train_test_split(rest, test_size=val_fraction / (1 - test_fraction),
+                                      stratify=labels[rest], random_state=seed)
+    except ValueError:
+        # scikit-learn rounds the test split up, so a 3-image class can give two to it and keep one for train
+        # and val, which the second stratified split refuses.
+        left = np.bincount(labels[rest], minlength=n_classes)
+        smallest = int(np.argmin(left))
+        raise UserError(f"class {names[smallest]!r} has {counts[smallest]} images, too few to give each of "
+                        f"train, val and test one in a stratified split: {fix}") from None
+    positions = dict(zip(SPLITS, (train, val, test)))
+    for split, held in positions.items():
+        missing = [names[k] for k in range(n_classes) if not np.any(labels[held] == k)]
+        if missing:
+            raise UserError(f"the stratified split gives the {split} split no image of class(es) {missing} "
+                            f"({', '.join(str(counts[names.index(m)]) for m in missing)} image(s)): {fix}")
+    return positions
 
 
 def decode_image(path: Path, size: int, channels: int) -> np.ndarray:
@@ -199,7 +217,8 @@ def prepare(raw_dir: Path, out_dir: Path, cfg: Mapping) -> dict:
     """
     validate_data_config(cfg)
     paths, labels, class_names = list_labelled(raw_dir, cfg.get("max_images_per_class"))
-    positions = split_indices(labels, len(class_names), cfg["val_fraction"], cfg["test_fraction"], cfg["seed"])
+    positions = split_indices(labels, len(class_names), cfg["val_fraction"], cfg["test_fraction"], cfg["seed"],
+                              class_names)
     found = Decoded()
     batches = {name: decode_batches([paths[i] for i in index], labels[index], cfg["image_size"], cfg["channels"],
                                     found)

@@ -69,8 +69,8 @@ KNOBS = {knob.name: knob for knob in (
     Knob("prune.target_sparsity", True, 0.1, 0.95, 0.05, "pruned-int8", (0.0, 1.0), open_high=True,
          overrides=("prune=constant",)),
     # Plain clustering takes 2, but every probe runs pcqat too, which pins one centroid at zero.
-    Knob("cluster.number_of_clusters", False, 3, 64, 1, "clustered-int8", (3, math.inf), integer=True,
-         why_valid="pcqat keeps one centroid at zero and needs two more"),
+    Knob("cluster.number_of_clusters", False, 3, 64, 1, "clustered-int8", (3, 1024), integer=True,
+         why_valid="pcqat keeps one centroid at zero and needs two more; cqat keeps at most 1024"),
 )}
 
 

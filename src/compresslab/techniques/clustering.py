@@ -51,6 +51,8 @@ CENTROID_INITS = {
 DEFAULT_CENTROID_INIT = "kmeans++"
 # Sparsity-preserving clustering pins one centroid at zero; TFMOT then needs two more to cluster anything.
 MIN_CLUSTERS_PRESERVING_SPARSITY = 3
+# cluster_preserve_quantize_registry treats a kernel with more distinct values as unclustered.
+MAX_PRESERVED_CLUSTERS = 1024
 
 
 @dataclass
@@ -137,6 +139,10 @@ def validate_cluster_config(cfg: Mapping, option: str = "cluster") -> None:
     if isinstance(clusters, bool) or not isinstance(clusters, int) or clusters < 2:
         raise UserError(f"{option}.number_of_clusters must be an integer of at least 2, got {clusters!r}: "
                         "set it to 2 or more (8 or 16 are usual)")
+    if clusters > MAX_PRESERVED_CLUSTERS:
+        raise UserError(f"{option}.number_of_clusters={clusters} is more than the {MAX_PRESERVED_CLUSTERS} "
+                        "centroids TFMOT's cluster-preserving QAT keeps (above that cqat and pcqat quietly fall "
+                        f"back to plain QAT): set it to {MAX_PRESERVED_CLUSTERS} or less")
     init = cfg.get("centroid_init")
     if init is not None and init not in CENTROID_INITS:
         raise UserError(f"{option}.centroid_init={init!r} is not a centroid initialization: "
@@ -385,15 +391,19 @@ def cluster(model: keras.Model, cfg: Mapping, train: training.Split, val: traini
     plans, left_out = plan_clusters(model, names, int(cfg["number_of_clusters"]),
                                     preserve_sparsity=preserve_sparsity, per_channel=per_channel)
     wrapped = wrap_for_clustering(model, plans, cfg, preserve_sparsity=preserve_sparsity)
-    if preserve_sparsity:
-        for name in left_out:  # fine-tuning would move its zeros: nothing else keeps them
-            wrapped.get_layer(name).trainable = False
+    # With sparsity preserved, a layer that holds zeros and is not clustered (left out above, or not selected by
+    # cluster.layers) is frozen while fine-tuning: nothing else would keep its zeros at zero.
+    frozen = [name for name, kernel in weights.kernels(model).items()
+              if preserve_sparsity and name not in plans and np.any(kernel == 0)]
+    for name in frozen:
+        wrapped.get_layer(name).trainable = False
     history = training.fit(wrapped, train, val, epochs=int(epochs or cfg["epochs"]), batch_size=batch_size,
                            learning_rate=cfg["learning_rate"])
     stripped = tfmot.clustering.keras.strip_clustering(wrapped)
-    for name in left_out:
-        # Trainable again for what follows: CQAT keeps its few values and zeros as centroids, and quantize_apply
-        # copies weights in model order, which a frozen layer changes (its kernel got another layer's values).
+    for name in frozen:
+        # Trainable again for what follows: CQAT keeps each layer's zeros with its sparsity masks, and
+        # quantize_apply copies weights in model order, which a frozen layer changes (its kernel got another
+        # layer's values).
         stripped.get_layer(name).trainable = True
     clustered = list(plans)
     return ClusterResult(model=stripped, history=history, clustered_layers=clustered,

@@ -229,6 +229,13 @@ def unprunable_reason(layer: keras.layers.Layer, m_by_n: tuple[int, int] | None)
         ranks = sorted({len(w.shape) for w in prunable} - set(M_BY_N_RANKS))
         if ranks:
             return f"m_by_n pruning needs rank-2 or rank-4 kernels, {type(layer).__name__} has rank {ranks[0]}"
+        # TFMOT groups the weights of each input channel run into blocks of N and pads a partial last block
+        # with zeros, which then count as its pruned weights: the block keeps every real weight (a 3-channel
+        # first convolution under 2:4 comes out a third sparse, a 1-channel one not at all).
+        inputs = sorted({int(w.shape[-2]) for w in prunable if int(w.shape[-2]) % m_by_n[1]})
+        if inputs:
+            return (f"m_by_n={m_by_n[0]}:{m_by_n[1]} needs a multiple of {m_by_n[1]} input channels, "
+                    f"{type(layer).__name__} has {inputs[0]} (its last block would stay whole)")
     return None
 
 

@@ -24,7 +24,7 @@ from tensorflow_model_optimization.python.core.quantization.keras.quantize_layer
 from compresslab import training
 from compresslab.techniques import weights
 from compresslab.errors import UserError
-from compresslab.techniques.layers import select_layers
+from compresslab.techniques.layers import has_weights, select_layers
 
 qk = tfmot.quantization.keras
 
@@ -132,6 +132,10 @@ def quantize_aware(model: keras.Model, cfg: Mapping, train: training.Split, val:
     validate_qat_config(cfg, "quantize")
     _require_layers(cfg, "quantize")
     names = select_layers(model, cfg["layers"], "quantize.layers")
+    if not any(has_weights(model.get_layer(name)) for name in names):
+        # TFMOT accepts it and wraps a neighbour, but no weight of the result is trained for int8.
+        raise UserError(f"quantize.layers={list(names)} holds no layer with weights, so QAT would train nothing: "
+                        "name dense or conv layers, or use all")
     qat = quantize_layers(model, names, "quantize.layers", "leave it out of quantize.layers")
     wrapped = [layer.layer.name for layer in qat.layers if isinstance(layer, qk.QuantizeWrapper)]
     print(f"quantize: 8-bit QAT of {', '.join(names)} (quantize wrappers on {', '.join(wrapped)})")
