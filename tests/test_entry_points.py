@@ -156,3 +156,18 @@ def test_sample_data_hash_equals_data_dvc_on_a_fresh_clone(tmp_path):
     assert len(list((root / "data" / "raw").rglob("*.png"))) == 5000
     refused = run(["compresslab", "sample-data", "--out", "conf"], root, check=False)
     assert_one_line_error(refused, "already holds other data")
+
+
+def test_a_library_error_that_escapes_a_stage_is_one_line_naming_the_stage(tmp_path):
+    stage = tmp_path / "stages" / "pcqat.py"
+    stage.parent.mkdir()
+    stage.write_text("import compresslab\nfrom compresslab.errors import run_main\n\n\ndef main():\n"
+                     "    import tensorflow as tf\n    tf.reshape(tf.constant([1, 2, 3]), (2, 2))\n\n\n"
+                     "run_main(main)\n")
+    failed = run(["python", str(stage)], tmp_path, check=False)
+    assert failed.returncode == 1 and "Traceback" not in failed.stderr
+    line = failed.stderr.strip().splitlines()[-1]
+    assert line.startswith("error: stage pcqat: TensorFlow failed (InvalidArgumentError: ") and \
+        "COMPRESSLAB_TRACEBACK=1" in line
+    shown = run(["python", str(stage)], tmp_path, check=False, env={"COMPRESSLAB_TRACEBACK": "1"})
+    assert shown.returncode == 1 and "Traceback (most recent call last)" in shown.stderr

@@ -10,7 +10,29 @@ class UserError(Exception):
 
 
 EXIT_USER_ERROR = 2
+EXIT_LIBRARY_ERROR = 1
 EXIT_INTERRUPTED = 130  # what a shell reports for a command stopped by Ctrl-C (128 + SIGINT)
+# Libraries whose errors, escaping a stage, are told in one line (the full traceback on request).
+LIBRARIES = {"tensorflow": "TensorFlow", "tf_keras": "Keras", "tensorflow_model_optimization": "TFMOT",
+             "ai_edge_litert": "LiteRT", "keras": "Keras"}
+TRACEBACK_VARIABLE = "COMPRESSLAB_TRACEBACK"
+
+
+def library_error_line(err: BaseException, where: str) -> str | None:
+    """One line for an exception raised inside one of LIBRARIES, naming where it escaped; None otherwise."""
+    frame = err.__traceback__
+    library = None
+    while frame is not None:
+        module = frame.tb_frame.f_globals.get("__name__", "")
+        library = LIBRARIES.get(module.split(".")[0], library)
+        frame = frame.tb_next
+    if library is None:
+        return None
+    message = " ".join(str(err).split()) or "no message"
+    message = message if len(message) <= 300 else message[:300] + " ..."
+    return (f"{where}: {library} failed ({type(err).__name__}: {message}): a setting reached a limit of {library} "
+            f"that compresslab does not check yet; please report it, and set {TRACEBACK_VARIABLE}=1 for the "
+            "traceback")
 
 
 def run_main(main: Callable[[], object], *, skip_teardown: bool = False) -> None:
@@ -34,9 +56,23 @@ def run_main(main: Callable[[], object], *, skip_teardown: bool = False) -> None
     except KeyboardInterrupt:
         print("interrupted: nothing was recorded as done; run it again to redo this step", file=sys.stderr)
         code = EXIT_INTERRUPTED
+    except Exception as err:  # a library's error that no check caught: one line, not a page of traceback
+        line = None if os.environ.get(TRACEBACK_VARIABLE) == "1" else library_error_line(err, _entry_point())
+        if line is None:
+            raise
+        print(f"error: {line}", file=sys.stderr)
+        code = EXIT_LIBRARY_ERROR
     if skip_teardown:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
     if code:
         sys.exit(code)
+
+
+def _entry_point() -> str:
+    """'stage pcqat' for stages/pcqat.py, else the command's name."""
+    script = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "compresslab"
+    stem = script.removesuffix(".py")
+    return f"stage {stem}" if os.path.basename(os.path.dirname(os.path.abspath(sys.argv[0] or "."))) == "stages" \
+        else stem
