@@ -24,14 +24,14 @@ from omegaconf import DictConfig, OmegaConf
 from pydantic import BaseModel, BeforeValidator, ConfigDict, TypeAdapter, ValidationError, model_validator
 
 from compresslab.config import require_groups
-from compresslab.dataset import SHUFFLE_BUFFER
 from compresslab.errors import UserError
 from compresslab.variants import MODES
 
-# The names each choice accepts; the modules that act on them map these names to their library's objects.
+# The names each choice accepts (with the library's name for it, where the name differs).
 SCHEDULES = ("polynomial", "constant")
-CENTROID_INITS = ("kmeans++", "density-based", "linear", "random")
-OPTIMIZERS = ("adam", "sgd", "rmsprop")
+CENTROID_INITS = {"kmeans++": "KMEANS_PLUS_PLUS", "density-based": "DENSITY_BASED", "linear": "LINEAR",
+                  "random": "RANDOM"}  # TFMOT's CentroidInitialization members
+OPTIMIZERS = {"adam": "Adam", "sgd": "SGD", "rmsprop": "RMSprop"}  # tf_keras.optimizers classes
 STRATEGIES = ("default", "mirrored", "multi_worker")
 CHANNELS = (1, 3)
 # prune.layers words beyond all/dense/conv: `auto` measures each layer first (techniques/sensitivity.py),
@@ -41,6 +41,7 @@ XNNPACK_LAYERS = "xnnpack"
 # Sparsity-preserving clustering pins one centroid at zero; TFMOT then needs two more to cluster anything.
 MIN_CLUSTERS_PRESERVING_SPARSITY = 3
 DEFAULT_IMAGES_PER_SHARD = 2048  # 25 MB of 64x64x3 pixels before compression
+SHUFFLE_BUFFER = 4096            # images a training pipeline shuffles among
 M_BY_N_PATTERN = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*$")
 
 
@@ -186,7 +187,7 @@ class DataConfig(Group):
 
 
 class TrainConfig(Budget):
-    optimizer: Annotated[str, rule((lambda v: v in OPTIMIZERS,
+    optimizer: Annotated[Literal[tuple(OPTIMIZERS)], rule((lambda v: v in OPTIMIZERS,
                                     f"unknown optimizer {{value!r}}: use one of {', '.join(OPTIMIZERS)}"))] = "adam"
     batch_size: Annotated[int, rule(POSITIVE, (is_whole, "{key} must be a whole number of images, got {value!r}"))]
     patience: Annotated[int | None, rule((nullable(whole_from(0)), "{key} must be a whole number of epochs >= 0 "
@@ -250,7 +251,7 @@ class QuantizeConfig(Budget):
 class ClusterConfig(Budget):
     number_of_clusters: Annotated[int, rule((whole_from(2), "{key} must be an integer of at least 2, got "
                                                             "{value!r}: set it to 2 or more (8 or 16 are usual)"))]
-    centroid_init: Annotated[Literal[CENTROID_INITS] | None,
+    centroid_init: Annotated[Literal[tuple(CENTROID_INITS)] | None,
                              rule((nullable(lambda v: v in CENTROID_INITS), "{key}={value!r} is not a centroid "
                                    f"initialization: use one of {', '.join(CENTROID_INITS)}"))] = None
     layers: Layers | None = None
