@@ -18,14 +18,16 @@ from compresslab.seeding import seed_everything
 
 
 def run(params) -> dict:
-    seed, data, cfg = settings.read(params, "seed", "data", "train")
+    seed, data, model_cfg, cfg = settings.read(params, "seed", "data", "model", "train")
     with stage.distributed(cfg.strategy) as strategy:  # before any TensorFlow work: see train.strategy
         meta = dataset.load_meta()
         input_shape = (meta["image_size"], meta["image_size"], meta["channels"])
         seed_everything(seed)  # before building: the initial weights are drawn from the seeded state
-        model = models.build_model(params.model, input_shape, len(meta["class_names"]))
+        # The zoo's builders take their options as a mapping (tests and benchmarks build models without a
+        # params.yaml); the options left unset keep each builder's default.
+        model = models.build_model(model_cfg.model_dump(exclude_none=True), input_shape, len(meta["class_names"]))
         train, val, test = stage.load_splits(data)
-        print(f"train: {params.model.name} ({models.count_parameters(model):,} parameters) on {len(train)} "
+        print(f"train: {model_cfg.name} ({models.count_parameters(model):,} parameters) on {len(train)} "
               f"images for up to {cfg.epochs} epochs, {strategy.num_replicas_in_sync} replica(s) "
               f"({cfg.strategy} strategy)")
         history = training.fit(model, train, val, epochs=cfg.epochs, batch_size=cfg.batch_size,

@@ -186,6 +186,19 @@ class DataConfig(Group):
         return self
 
 
+class ModelConfig(Group):
+    """The model group: `name` picks a builder of the model zoo (`models.build_model`, which knows the names and
+    refuses others); the other keys are the options some models take (mlp: hidden_units, dropout; mobilenetv2:
+    alpha), left out where the zoo's defaults apply."""
+    name: str
+    hidden_units: Annotated[list[int] | None, rule((nullable(lambda v: isinstance(v, list) and v and all(
+        map(whole_from(1), v))), "{key}={value!r} must be a non-empty list of positive layer widths"))] = None
+    dropout: Annotated[int | float | None, rule((nullable(fraction), "{key} must be a rate in [0, 1), "
+                                                                     "got {value!r}"))] = None
+    alpha: Annotated[int | float | None, rule((nullable(positive), "{key} must be a width multiplier above 0, "
+                                                                   "got {value!r}"))] = None
+
+
 class TrainConfig(Budget):
     optimizer: Annotated[Literal[tuple(OPTIMIZERS)], rule((lambda v: v in OPTIMIZERS,
                                     f"unknown optimizer {{value!r}}: use one of {', '.join(OPTIMIZERS)}"))] = "adam"
@@ -308,11 +321,10 @@ class SensitivityConfig(Group):
 Seed = Annotated[int, rule((whole_from(0), "{key} must be a whole number >= 0, got {value!r}: it seeds Python, "
                                            "NumPy and TensorFlow"))]
 
-# params.yaml's groups that have a schema (`model` is read by the model zoo, which knows each model's keys).
-GROUPS = {"seed": Seed, "data": DataConfig, "train": TrainConfig, "finetune": Budget, "prune": PruneConfig,
-          "quantize": QuantizeConfig, "pqat": Budget, "cluster": ClusterConfig, "cqat": Budget,
-          "pcqat": PcqatConfig, "convert": ConvertConfig, "evaluate": EvaluateConfig,
-          "sensitivity": SensitivityConfig}
+# Every top-level key of params.yaml but `experiment` (a preset's name, read by no stage), and its schema.
+GROUPS = {"seed": Seed, "data": DataConfig, "model": ModelConfig, "train": TrainConfig, "finetune": Budget,
+          "prune": PruneConfig, "quantize": QuantizeConfig, "pqat": Budget, "cluster": ClusterConfig, "cqat": Budget,
+          "pcqat": PcqatConfig, "convert": ConvertConfig, "evaluate": EvaluateConfig, "sensitivity": SensitivityConfig}
 ADAPTERS = {group: TypeAdapter(kind) for group, kind in GROUPS.items()}
 
 
