@@ -8,18 +8,17 @@ the number asked for) and history.csv.
 """
 
 import compresslab  # noqa: F401  (prepares the environment before TensorFlow is imported)
-from compresslab import stage
+from compresslab import settings, stage
 from compresslab.techniques import clustering
 from compresslab.config import load_params
 from compresslab.errors import run_main
 
 
 def run(params) -> dict:
-    cfg = params.cluster
-    clustering.validate_cluster_config(cfg)
-    with stage.distributed(params):  # before any TensorFlow work: see train.strategy
-        model, train, val, test = stage.begin(params, "baseline")
-        result = clustering.cluster(model, cfg, train, val, batch_size=params.train.batch_size)
+    seed, data, train_cfg, cfg = settings.read(params, "seed", "data", "train", "cluster")
+    with stage.distributed(train_cfg.strategy):  # before any TensorFlow work: see train.strategy
+        model, train, val, test = stage.begin(data, seed, "baseline")
+        result = clustering.cluster(model, cfg, train, val, batch_size=train_cfg.batch_size)
         measurements = {"requested_clusters": result.requested_clusters,
                         "max_unique_values": max(result.channel_unique_values.values(), default=0),
                         "unique_values": result.unique_values, "clustered_layers": len(result.clustered_layers),
@@ -28,7 +27,7 @@ def run(params) -> dict:
             print(note)
         print(f"cluster: distinct values per layer {result.unique_values} (asked {result.requested_clusters})")
         return stage.finish("cluster", params, ("seed", "train", "cluster"), result.model, "clustered", test,
-                            measurements, result.history)
+                            measurements, result.history, strategy_name=train_cfg.strategy)
 
 
 if __name__ == "__main__":

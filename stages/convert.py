@@ -17,23 +17,12 @@ import sys
 import numpy as np
 
 import compresslab  # noqa: F401  (prepares the environment before TensorFlow is imported)
-from compresslab import dataset, paths, tfdata, variants
+from compresslab import dataset, paths, settings, tfdata, variants
 from compresslab.config import load_params
 from compresslab.errors import UserError, run_main
 from compresslab.model_io import load_model
 from compresslab.outputs import write_bytes, write_json
 from compresslab.tflite import converter
-
-
-def validate_convert_config(cfg) -> None:
-    unknown = [mode for mode in cfg.modes if mode not in converter.MODES]
-    if unknown or not cfg.modes:
-        raise UserError(f"convert.modes={list(cfg.modes)} must be a non-empty list of {', '.join(converter.MODES)}")
-    if not isinstance(cfg.calibration_samples, int) or cfg.calibration_samples < 1:
-        raise UserError(f"convert.calibration_samples must be a positive integer, got {cfg.calibration_samples!r}")
-    for key in ("int8_io", "skip_failed", "sparse_weights"):
-        if not isinstance(cfg.get(key, False), bool):
-            raise UserError(f"convert.{key} must be true or false, got {cfg.get(key)!r}")
 
 
 def validate_variant(variant: str) -> None:
@@ -42,11 +31,10 @@ def validate_variant(variant: str) -> None:
 
 
 def run(params, variant: str) -> dict:
-    cfg = params.convert
     validate_variant(variant)
-    validate_convert_config(cfg)
+    seed, cfg = settings.read(params, "seed", "convert")
     splits = dataset.open_splits()
-    representative = converter.calibration_samples(splits["train"], cfg.calibration_samples, params.seed)
+    representative = converter.calibration_samples(splits["train"], cfg.calibration_samples, seed)
     model = load_model(paths.keras_model(variant))
     # Start from an empty folder: a file left from an earlier mode list must not be evaluated as current.
     folder = paths.tflite_dir(variant)
@@ -59,7 +47,7 @@ def run(params, variant: str) -> dict:
             try:
                 flatbuffer = converter.convert(model, mode, representative=representative, int8_io=cfg.int8_io,
                                                qat=variants.is_qat(variant), exported=exported,
-                                               sparse_weights=bool(cfg.get("sparse_weights", False)))
+                                               sparse_weights=cfg.sparse_weights)
             except converter.ConversionError as err:
                 failures[mode] = str(err)
                 print(f"convert [{number}/{len(modes)}] {label}: FAILED: {err}")

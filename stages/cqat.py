@@ -7,21 +7,20 @@ drift from the clustered parent) and history.csv.
 """
 
 import compresslab  # noqa: F401  (prepares the environment before TensorFlow is imported)
-from compresslab import stage
+from compresslab import settings, stage
 from compresslab.techniques import clustering
 from compresslab.config import load_params
 from compresslab.errors import run_main
 
 
 def run(params) -> dict:
-    cfg = params.cqat
-    clustering.validate_cqat_config(cfg)
-    with stage.distributed(params):  # before any TensorFlow work: see train.strategy
-        model, train, val, test = stage.begin(params, "clustered")
-        result = clustering.cqat(model, cfg, train, val, batch_size=params.train.batch_size)
+    seed, data, train_cfg, cfg = settings.read(params, "seed", "data", "train", "cqat")
+    with stage.distributed(train_cfg.strategy):  # before any TensorFlow work: see train.strategy
+        model, train, val, test = stage.begin(data, seed, "clustered")
+        result = clustering.cqat(model, cfg, train, val, batch_size=train_cfg.batch_size)
         print(f"cqat: distinct values per layer {result.unique_values_before} -> {result.unique_values_after}")
         return stage.finish("cqat", params, ("seed", "train", "cqat"), result.model, "cqat", test,
-                            clustering_measurements(result), result.history)
+                            clustering_measurements(result), result.history, strategy_name=train_cfg.strategy)
 
 
 def clustering_measurements(result: clustering.CqatResult) -> dict:

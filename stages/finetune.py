@@ -10,19 +10,19 @@ Outputs: models/finetune.keras; reports/finetune/metrics.json and history.csv.
 """
 
 import compresslab  # noqa: F401  (prepares the environment before TensorFlow is imported)
-from compresslab import stage, training
+from compresslab import settings, stage, training
 from compresslab.config import load_params
 from compresslab.errors import run_main
 
 
 def run(params) -> dict:
-    cfg = params.finetune
-    training.check_budget("finetune", cfg)
-    with stage.distributed(params):  # before any TensorFlow work: see train.strategy
-        model, train, val, test = stage.begin(params, "baseline")
-        history = training.fit(model, train, val, epochs=cfg.epochs, batch_size=params.train.batch_size,
+    seed, data, train_cfg, cfg = settings.read(params, "seed", "data", "train", "finetune")
+    with stage.distributed(train_cfg.strategy):  # before any TensorFlow work: see train.strategy
+        model, train, val, test = stage.begin(data, seed, "baseline")
+        history = training.fit(model, train, val, epochs=cfg.epochs, batch_size=train_cfg.batch_size,
                                learning_rate=cfg.learning_rate)
-        return stage.finish("finetune", params, ("seed", "train", "finetune"), model, "finetune", test, {}, history)
+        return stage.finish("finetune", params, ("seed", "train", "finetune"), model, "finetune", test, {}, history,
+                            strategy_name=train_cfg.strategy)
 
 
 if __name__ == "__main__":

@@ -7,17 +7,17 @@ distinct values per layer) and history.csv (clustering then QAT epochs).
 """
 
 import compresslab  # noqa: F401  (prepares the environment before TensorFlow is imported)
-from compresslab import stage
+from compresslab import settings, stage
 from compresslab.techniques import clustering
 from compresslab.config import load_params
 from compresslab.errors import run_main
 
 
 def run(params) -> dict:
-    clustering.validate_pcqat_config(params.cluster, params.pcqat)
-    with stage.distributed(params):  # before any TensorFlow work: see train.strategy
-        model, train, val, test = stage.begin(params, "pruned")
-        result = clustering.pcqat(model, params.cluster, params.pcqat, train, val, batch_size=params.train.batch_size)
+    seed, data, train_cfg, cluster_cfg, cfg = settings.read(params, "seed", "data", "train", "cluster", "pcqat")
+    with stage.distributed(train_cfg.strategy):  # before any TensorFlow work: see train.strategy
+        model, train, val, test = stage.begin(data, seed, "pruned")
+        result = clustering.pcqat(model, cluster_cfg, cfg, train, val, batch_size=train_cfg.batch_size)
         measurements = {"parent_sparsity": result.parent_sparsity["overall"],
                         "clustered_sparsity": result.cluster.sparsity["overall"],
                         "sparsity": result.cqat.sparsity_after["overall"],
@@ -32,7 +32,7 @@ def run(params) -> dict:
         print(f"pcqat: sparsity {result.parent_sparsity['overall']:.4f} (pruned) -> "
               f"{result.cqat.sparsity_after['overall']:.4f}")
         return stage.finish("pcqat", params, ("seed", "train", "cluster", "pcqat"), result.model,
-                            "pcqat", test, measurements, history)
+                            "pcqat", test, measurements, history, strategy_name=train_cfg.strategy)
 
 
 if __name__ == "__main__":

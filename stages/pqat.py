@@ -6,23 +6,22 @@ Outputs: models/pqat.keras; reports/pqat/metrics.json (sparsity before and after
 """
 
 import compresslab  # noqa: F401  (prepares the environment before TensorFlow is imported)
-from compresslab import stage
+from compresslab import settings, stage
 from compresslab.techniques import quantization
 from compresslab.config import load_params
 from compresslab.errors import run_main
 
 
 def run(params) -> dict:
-    cfg = params.pqat
-    quantization.validate_qat_config(cfg, "pqat")
-    with stage.distributed(params):  # before any TensorFlow work: see train.strategy
-        model, train, val, test = stage.begin(params, "pruned")
-        result = quantization.pqat(model, cfg, train, val, batch_size=params.train.batch_size)
+    seed, data, train_cfg, cfg = settings.read(params, "seed", "data", "train", "pqat")
+    with stage.distributed(train_cfg.strategy):  # before any TensorFlow work: see train.strategy
+        model, train, val, test = stage.begin(data, seed, "pruned")
+        result = quantization.pqat(model, cfg, train, val, batch_size=train_cfg.batch_size)
         measurements = {"sparsity_before": result.sparsity_before["overall"],
                         "sparsity": result.sparsity_after["overall"], "sparsity_drift": result.drift["overall"],
                         "layer_sparsity": result.sparsity_after["layers"], "layer_drift": result.drift["layers"]}
         return stage.finish("pqat", params, ("seed", "train", "pqat"), result.model, "pqat", test,
-                            measurements, result.history)
+                            measurements, result.history, strategy_name=train_cfg.strategy)
 
 
 if __name__ == "__main__":

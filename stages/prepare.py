@@ -9,14 +9,15 @@ meta.json: see compresslab.dataset); class counts per split in reports/prepare/m
 """
 
 import compresslab  # noqa: F401  (prepares the environment before anything else is imported)
-from compresslab import data, paths
+from compresslab import data, paths, settings
 from compresslab.config import load_params
 from compresslab.errors import run_main
 from compresslab.outputs import write_json
 
 
-def run(cfg) -> dict:
-    """Prepare the data set that cfg (the `data` group) describes; returns the metrics written."""
+def run(params) -> dict:
+    """Prepare the data set that params.yaml's `data` group describes; returns the metrics written."""
+    (cfg,) = settings.read(params, "data")
     metrics = data.prepare(paths.RAW, paths.PREPARED, cfg)
     write_json(paths.stage_reports("prepare") / "metrics.json", metrics)
     print(f"prepare: {sum(metrics['images'].values())} images of {len(metrics['classes']['train'])} classes -> "
@@ -25,4 +26,4 @@ def run(cfg) -> dict:
 
 
 if __name__ == "__main__":
-    run_main(lambda: run(load_params().data), skip_teardown=True)
+    run_main(lambda: run(load_params()), skip_teardown=True)

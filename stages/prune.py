@@ -10,9 +10,7 @@ also holds each layer's measured drop (auto_drop_pp) and whether it was chosen (
 """
 
 import compresslab  # noqa: F401  (prepares the environment before TensorFlow is imported)
-from omegaconf import OmegaConf
-
-from compresslab import stage
+from compresslab import settings, stage
 from compresslab.techniques import pruning, sensitivity
 from compresslab.config import load_params
 from compresslab.errors import run_main
@@ -20,24 +18,23 @@ from compresslab.seeding import seed_everything
 
 
 def run(params) -> dict:
-    cfg = params.prune
-    pruning.validate_prune_config(cfg)
-    with stage.distributed(params):  # before any TensorFlow work: see train.strategy
-        model, train, val, test = stage.begin(params, "baseline")
+    seed, data, train_cfg, cfg = settings.read(params, "seed", "data", "train", "prune")
+    with stage.distributed(train_cfg.strategy):  # before any TensorFlow work: see train.strategy
+        model, train, val, test = stage.begin(data, seed, "baseline")
         auto = {}
-        if cfg.layers == pruning.AUTO_LAYERS:
-            choice = sensitivity.choose_layers_to_prune(model, train, val, cfg, batch_size=params.train.batch_size,
-                                                        seed=params.seed)
-            cfg = OmegaConf.merge(cfg, {"layers": choice.chosen})
+        if cfg.layers == settings.AUTO_LAYERS:
+            choice = sensitivity.choose_layers_to_prune(model, train, val, cfg, batch_size=train_cfg.batch_size,
+                                                        seed=seed)
+            cfg = cfg.model_copy(update={"layers": choice.chosen})
             auto = {"auto_drop_pp": {row.layer: row.pruned_drop_pp for row in choice.rows},
                     "auto_chosen": {row.layer: int(row.layer in choice.chosen) for row in choice.rows}}
-            seed_everything(params.seed)  # the fine-tune starts from the same random state as with the layers listed
-        result = pruning.prune(model, cfg, train, val, batch_size=params.train.batch_size)
+            seed_everything(seed)  # the fine-tune starts from the same random state as with the layers listed
+        result = pruning.prune(model, cfg, train, val, batch_size=train_cfg.batch_size)
         measurements = {"target_sparsity": result.target_sparsity, "sparsity": result.sparsity["overall"],
                         "layer_sparsity": result.sparsity["layers"], "pruned_layers": len(result.pruned_layers),
                         "skipped_layers": len(result.skipped_layers), **auto}
         return stage.finish("prune", params, ("seed", "train", "prune"), result.model, "pruned", test,
-                            measurements, result.history)
+                            measurements, result.history, strategy_name=train_cfg.strategy)
 
 
 if __name__ == "__main__":

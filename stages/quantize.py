@@ -8,20 +8,20 @@ reports/quantize/metrics.json and history.csv.
 """
 
 import compresslab  # noqa: F401  (prepares the environment before TensorFlow is imported)
-from compresslab import stage
+from compresslab import settings, stage
 from compresslab.techniques import quantization
 from compresslab.config import load_params
 from compresslab.errors import run_main
 
 
 def run(params) -> dict:
-    cfg = params.quantize
-    quantization.validate_qat_config(cfg, "quantize")
-    with stage.distributed(params):  # before any TensorFlow work: see train.strategy
-        model, train, val, test = stage.begin(params, "baseline")
-        result = quantization.quantize_aware(model, cfg, train, val, batch_size=params.train.batch_size)
+    seed, data, train_cfg, cfg = settings.read(params, "seed", "data", "train", "quantize")
+    with stage.distributed(train_cfg.strategy):  # before any TensorFlow work: see train.strategy
+        model, train, val, test = stage.begin(data, seed, "baseline")
+        result = quantization.quantize_aware(model, cfg, train, val, batch_size=train_cfg.batch_size)
         return stage.finish("quantize", params, ("seed", "train", "quantize"), result.model, "qat", test,
-                            {"quantized_layers": len(result.quantized_layers)}, result.history)
+                            {"quantized_layers": len(result.quantized_layers)}, result.history,
+                            strategy_name=train_cfg.strategy)
 
 
 if __name__ == "__main__":

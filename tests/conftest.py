@@ -224,7 +224,8 @@ def pytest_collection_modifyitems(items):
     minutes = {name: sum(map(estimated_minutes, group)) for name, group in modules.items()}
     needs_pipeline = {name for name, group in modules.items()
                       if any("pipeline_results" in item.fixturenames for item in group)}
-    builder = max(needs_pipeline, key=minutes.get, default=None)
+    # sorted: a tie must go the same way in every xdist worker (a set iterates in a per-process hash order)
+    builder = max(sorted(needs_pipeline), key=minutes.get, default=None)
 
     def rank(name: str) -> tuple:
         group = 0 if name == builder else 2 if name in needs_pipeline else 1

@@ -9,7 +9,7 @@ import tf_keras as keras
 from ai_edge_litert.interpreter import Interpreter
 from omegaconf import OmegaConf
 
-from compresslab import model_io, training
+from compresslab import model_io, settings, training
 from compresslab.techniques import clustering
 from compresslab.techniques import weights
 from compresslab.errors import UserError
@@ -18,15 +18,25 @@ CLUSTERS = 4
 BATCH = 16
 
 
-def cluster_cfg(**overrides):
+def cluster_values(**overrides):
     cfg = {"name": "test", "number_of_clusters": CLUSTERS, "centroid_init": "kmeans++", "layers": "all",
            "per_channel": False, "epochs": 1, "learning_rate": 1e-3}
     cfg.update(overrides)
     return cfg
 
 
-CQAT_CFG = {"name": "test", "epochs": 1, "learning_rate": 1e-3}
-PCQAT_CFG = {"name": "test", "cluster_epochs": 1, "epochs": 1, "learning_rate": 1e-3}
+def cluster_cfg(**overrides) -> settings.ClusterConfig:
+    return settings.parse("cluster", cluster_values(**overrides))
+
+
+def read_pcqat(cluster: dict, pcqat: dict):
+    """The cluster and pcqat groups read together, as the pcqat stage reads them."""
+    return settings.read(OmegaConf.create({"cluster": cluster, "pcqat": pcqat}), "cluster", "pcqat")
+
+
+CQAT_CFG = settings.parse("cqat", {"name": "test", "epochs": 1, "learning_rate": 1e-3})
+PCQAT_VALUES = {"name": "test", "cluster_epochs": 1, "epochs": 1, "learning_rate": 1e-3}
+PCQAT_CFG = settings.parse("pcqat", PCQAT_VALUES)
 
 
 def make_model(conv_bias=True):
@@ -94,19 +104,19 @@ def convert_and_run(model, path, quantized, shape=(1, 8, 8, 1)):
 ])
 def test_cluster_config_errors_name_the_key(override, key):
     with pytest.raises(UserError, match=key.replace(".", r"\.")):
-        clustering.validate_cluster_config(cluster_cfg(**override))
+        settings.parse("cluster", cluster_values(**override))
 
 
 def test_valid_configs_pass_including_omegaconf():
-    clustering.validate_cluster_config(OmegaConf.create(cluster_cfg(layers=["fc"])))
-    clustering.validate_pcqat_config(cluster_cfg(), PCQAT_CFG)
+    settings.read(OmegaConf.create({"cluster": cluster_values(layers=["fc"])}), "cluster")
+    read_pcqat(cluster_values(), PCQAT_VALUES)
 
 
 @pytest.mark.parametrize("cfg, key", [({"epochs": 0, "learning_rate": 1e-3}, "cqat.epochs"),
                                       ({"epochs": 1, "learning_rate": 0}, "cqat.learning_rate")])
 def test_cqat_config_errors(cfg, key):
     with pytest.raises(UserError, match=key.replace(".", r"\.")):
-        clustering.validate_cqat_config(cfg)
+        settings.parse("cqat", cfg)
 
 
 @pytest.mark.parametrize("cluster_over, pcqat_over, key", [
@@ -117,7 +127,7 @@ def test_cqat_config_errors(cfg, key):
 ])
 def test_pcqat_config_errors(cluster_over, pcqat_over, key):
     with pytest.raises(UserError, match=key.replace(".", r"\.")):
-        clustering.validate_pcqat_config(cluster_cfg(**cluster_over), {**PCQAT_CFG, **pcqat_over})
+        read_pcqat(cluster_values(**cluster_over), {**PCQAT_VALUES, **pcqat_over})
 
 
 def test_too_many_clusters_names_layer_and_count(model):

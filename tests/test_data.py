@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from compresslab import data, dataset
+from compresslab import data, dataset, settings
 from compresslab.errors import UserError
 
 CFG = {"image_size": 16, "channels": 3, "val_fraction": 0.2, "test_fraction": 0.2, "seed": 1,
@@ -13,7 +13,7 @@ CFG = {"image_size": 16, "channels": 3, "val_fraction": 0.2, "test_fraction": 0.
 
 
 def prepared(image_folder, out, **cfg):
-    return data.prepare(image_folder, out, {**CFG, **cfg})
+    return data.prepare(image_folder, out, settings.parse("data", {**CFG, **cfg}))
 
 
 def read_all(split) -> tuple[np.ndarray, np.ndarray]:
@@ -87,7 +87,7 @@ def test_a_training_pipeline_shuffles_and_augments_the_same_way_from_the_same_se
     plain = epoch(train, 1)
     assert not np.array_equal(plain, x) and np.allclose(np.sort(plain.ravel()), np.sort(x.ravel()))
     assert np.array_equal(plain, epoch(train, 1)) and not np.array_equal(plain, epoch(train, 2))
-    augmenting = dataclasses.replace(train, augment={"flip": True, "crop": 2, "brightness": 0.2})
+    augmenting = dataclasses.replace(train, augment=settings.AugmentConfig(flip=True, crop=2, brightness=0.2))
     changed = epoch(augmenting, 1)
     assert np.array_equal(changed, epoch(augmenting, 1)) and not np.array_equal(changed, plain)
     assert changed.min() >= 0.0 and changed.max() <= 1.0
@@ -166,7 +166,7 @@ def test_data_config_errors(key, value, message):
     if key == "test_fraction":
         cfg["val_fraction"] = 0.5
     with pytest.raises(UserError, match=message):
-        data.validate_data_config(cfg)
+        settings.parse("data", cfg)
 
 
 def test_a_class_too_small_for_a_stratified_split_is_named_instead_of_a_scikit_learn_traceback():

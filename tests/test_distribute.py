@@ -30,7 +30,7 @@ def workspace(tmp_path):
 
     data.write_prepared(tmp_path / paths.PREPARED, {"train": split(TRAIN_IMAGES), "val": split(32),
                                                     "test": split(32)}, ["dark", "bright"],
-                        {"image_size": 24, "channels": 3, "images_per_shard": 40})
+                        image_size=24, channels=3, images_per_shard=40)
     params = OmegaConf.load(REPO / "params.yaml")
     params.data.image_size = 24
     params.model = OmegaConf.load(REPO / "conf" / "model" / "firenet.yaml")

@@ -20,10 +20,11 @@ import numpy as np
 import pytest
 import tf_keras as keras
 from ai_edge_litert.interpreter import Interpreter
+from omegaconf import OmegaConf
 from PIL import Image
 
 from compresslab import data as prepare_data
-from compresslab import models, training
+from compresslab import models, settings, training
 from compresslab.errors import UserError
 from compresslab.seeding import seed_everything
 from compresslab.techniques import clustering, pruning, quantization, sensitivity, weights
@@ -41,21 +42,28 @@ SPECS = {
 }
 
 
-def prune_cfg(**overrides):
+def prune_cfg(**overrides) -> settings.PruneConfig:
     cfg = {"name": "edge", "schedule": "polynomial", "initial_sparsity": 0.0, "final_sparsity": 0.5,
            "target_sparsity": None, "begin_step": None, "end_step": None, "frequency": 1, "layers": "all",
            "auto_max_drop": 1.0, "m_by_n": None, "epochs": 1, "learning_rate": 1e-3}
-    return {**cfg, **overrides}
+    return settings.parse("prune", {**cfg, **overrides})
 
 
-def cluster_cfg(**overrides):
-    cfg = {"name": "edge", "number_of_clusters": 16, "centroid_init": "kmeans++", "layers": "all",
-           "per_channel": False, "epochs": 1, "learning_rate": 1e-4}
-    return {**cfg, **overrides}
+CLUSTER_VALUES = {"name": "edge", "number_of_clusters": 16, "centroid_init": "kmeans++", "layers": "all",
+                  "per_channel": False, "epochs": 1, "learning_rate": 1e-4}
 
 
-QAT_CFG = {"name": "edge", "layers": "all", "epochs": 1, "learning_rate": 1e-4}
-PCQAT_CFG = {"name": "edge", "cluster_epochs": 1, "epochs": 1, "learning_rate": 1e-4}
+def cluster_cfg(**overrides) -> settings.ClusterConfig:
+    return settings.parse("cluster", {**CLUSTER_VALUES, **overrides})
+
+
+def qat_cfg(**overrides) -> settings.QuantizeConfig:
+    return settings.parse("quantize", {"name": "edge", "layers": "all", "epochs": 1, "learning_rate": 1e-4,
+                                       **overrides})
+
+
+BUDGET = settings.parse("cqat", {"name": "edge", "epochs": 1, "learning_rate": 1e-4})
+PCQAT_CFG = settings.parse("pcqat", {"name": "edge", "cluster_epochs": 1, "epochs": 1, "learning_rate": 1e-4})
 
 
 def synthetic(n: int, shape, classes: int, seed: int):
@@ -139,15 +147,16 @@ def test_a_constant_schedule_near_one_leaves_a_handful_of_weights():
 @pytest.mark.parametrize("spec, sparsity, schedule", [("firenet2", 0.95, "polynomial"), ("mlp2", 0.999, "constant")])
 def test_pqat_at_high_sparsity_keeps_every_zero(spec, sparsity, schedule):
     parent = pruned(spec, sparsity, schedule)
-    result = quantization.pqat(parent, QAT_CFG, *splits(spec), batch_size=BATCH)
+    result = quantization.pqat(parent, BUDGET, *splits(spec), batch_size=BATCH)
     assert result.sparsity_after["overall"] == pytest.approx(result.sparsity_before["overall"])
 
 
 def test_pqat_of_an_unpruned_model_stops_before_training():
     with pytest.raises(UserError, match=r"pqat: no kernel of model .* holds a zero.*give pqat the output of the "
                                         r"prune stage"):
-        quantization.pqat(pruned("firenet2", 0.0), {**QAT_CFG, "epochs": 1000}, *splits("firenet2"),
-                          batch_size=BATCH)
+        quantization.pqat(pruned("firenet2", 0.0), settings.parse("pqat", {"name": "edge", "epochs": 1000,
+                                                                           "learning_rate": 1e-4}),
+                          *splits("firenet2"), batch_size=BATCH)
 
 
 @pytest.mark.parametrize("spec, sparsity, schedule, per_channel, clusters", [
@@ -183,10 +192,11 @@ def test_two_clusters_cluster_and_cqat_but_pcqat_asks_for_three():
     clustered = clustering.cluster(baseline("mlp2"), cluster_cfg(number_of_clusters=2), *splits("mlp2"),
                                    batch_size=BATCH)
     assert max(clustered.unique_values.values()) <= 2
-    cqat = clustering.cqat(clustered.model, QAT_CFG, *splits("mlp2"), batch_size=BATCH)
+    cqat = clustering.cqat(clustered.model, BUDGET, *splits("mlp2"), batch_size=BATCH)
     assert max(cqat.unique_values_after.values()) <= 2
     with pytest.raises(UserError, match=r"cluster.number_of_clusters=2 is too few for pcqat.*set it to 3 or more"):
-        clustering.validate_pcqat_config(cluster_cfg(number_of_clusters=2), PCQAT_CFG)
+        settings.read(OmegaConf.create({"cluster": {**CLUSTER_VALUES, "number_of_clusters": 2},
+                                        "pcqat": PCQAT_CFG.model_dump()}), "cluster", "pcqat")
 
 
 def test_more_clusters_than_a_layer_holds_stops_before_training():
@@ -196,7 +206,7 @@ def test_more_clusters_than_a_layer_holds_stops_before_training():
                                         r"cluster.number_of_clusters=200: lower number_of_clusters"):
         clustering.cluster(model, cluster_cfg(number_of_clusters=200, epochs=1000), *splits("mlp2"), batch_size=BATCH)
     with pytest.raises(UserError, match=r"cluster.number_of_clusters=1100 is more than the 1024 centroids"):
-        clustering.cluster(model, cluster_cfg(number_of_clusters=1100), *splits("mlp2"), batch_size=BATCH)
+        cluster_cfg(number_of_clusters=1100)
 
 
 def test_m_by_n_prunes_only_the_layers_whose_inputs_fill_its_blocks():
@@ -216,7 +226,7 @@ def test_a_single_named_layer_is_the_only_one_each_technique_touches():
     pruned_one = pruning.prune(model, prune_cfg(layers=[middle], final_sparsity=0.8), *split, batch_size=BATCH)
     assert weights.sparsity_report(pruned_one.model)["layers"] == pytest.approx(
         {first: 0.0, middle: 0.8, head: 0.0}, abs=0.01)
-    qat = quantization.quantize_aware(model, {**QAT_CFG, "layers": [middle]}, *split, batch_size=BATCH)
+    qat = quantization.quantize_aware(model, qat_cfg(layers=[middle]), *split, batch_size=BATCH)
     assert qat.quantized_layers == [middle]
     clustered = clustering.cluster(model, cluster_cfg(layers=[middle]), *split, batch_size=BATCH)
     assert clustered.clustered_layers == [middle] and clustered.unique_values[middle] <= 16
@@ -229,8 +239,7 @@ def test_a_layer_word_that_matches_no_layer_stops_before_training(technique):
         if technique == "prune":
             pruning.prune(model, prune_cfg(layers="conv", epochs=1000), *split, batch_size=BATCH)
         elif technique == "quantize":
-            quantization.quantize_aware(model, {**QAT_CFG, "layers": "conv", "epochs": 1000}, *split,
-                                        batch_size=BATCH)
+            quantization.quantize_aware(model, qat_cfg(layers="conv", epochs=1000), *split, batch_size=BATCH)
         else:
             clustering.cluster(model, cluster_cfg(layers="conv", epochs=1000), *split, batch_size=BATCH)
 
@@ -258,10 +267,11 @@ def test_more_threads_than_cores_are_timed_like_any_other_count(tmp_path):
     path = tmp_path / "pruned-float32.tflite"
     path.write_bytes(converter.convert(pruned("mlp2", 0.99), "float32"))
     threads = 4 * len(os.sched_getaffinity(0))
-    cfg = {"threads": [1, threads], "warmup_runs": 1, "min_runs": 3, "min_seconds": 0.0, "ratio_rounds": 2,
-           "measure_memory": False}
-    assert measure.validate_evaluate_config(cfg) == [1, threads]
-    row = measure.measure_file(path, splits("mlp2")[1][0], cfg)
+    cfg = settings.parse("evaluate", {"name": "edge", "threads": [1, threads], "positive_class": None,
+                                      "warmup_runs": 1, "min_runs": 3, "min_seconds": 0.0, "ratio_rounds": 2,
+                                      "measure_memory": False, "profile_seconds": 0})
+    assert cfg.threads == [1, threads]
+    row = measure.measure_file(path, splits("mlp2")[1][0], cfg.model_dump())
     assert row[f"latency_median_ms_t{threads}"] > 0 and row["sparsity"] == pytest.approx(0.99, abs=0.01)
 
 
@@ -273,10 +283,10 @@ def write_folder(root, counts: dict[str, int]):
     return root
 
 
-def data_cfg(**overrides):
+def data_cfg(**overrides) -> settings.DataConfig:
     cfg = {"name": "edge", "image_size": 8, "channels": 1, "val_fraction": 0.25, "test_fraction": 0.25,
            "seed": 0, "max_bad_share": 0.0, "max_images_per_class": None, "images_per_shard": 64}
-    return {**cfg, **overrides}
+    return settings.parse("data", {**cfg, **overrides})
 
 
 def test_a_class_with_one_image_in_each_split_is_prepared(tmp_path):

@@ -95,7 +95,7 @@ def test_bad_config_stops_the_stage_before_it_reads_any_data(tmp_path, monkeypat
     name, *args = stage.split()
     module = load_stage(name)
     with pytest.raises(UserError) as raised:
-        module.run(params.data if name == "prepare" else params, *args)
+        module.run(params, *args)
     for fragment in fragments:
         assert fragment in str(raised.value)
     assert "\n" not in str(raised.value)

@@ -49,7 +49,7 @@ def workspace(tmp_path, monkeypatch):
     splits = {name: ((rng.random((TEST_IMAGES, 8, 8, 1)) * 255).astype(np.uint8), np.arange(TEST_IMAGES) % 2)
               for name in dataset.SPLITS}
     data.write_prepared(paths.PREPARED, {name: [split] for name, split in splits.items()}, ["fire", "no_fire"],
-                        {"image_size": 8, "channels": 1})
+                        image_size=8, channels=1)
     save_model(tiny_model(8), paths.keras_model("baseline"))
     OmegaConf.save(OmegaConf.create({
         "seed": 1, "data": {"name": "t", "image_size": 8, "channels": 1}, "model": {"name": "firenet"},

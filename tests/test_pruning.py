@@ -8,6 +8,7 @@ import tensorflow as tf
 import tf_keras as keras
 from omegaconf import OmegaConf
 
+from compresslab import settings
 from compresslab.techniques import pruning
 from compresslab.techniques import weights
 from compresslab.errors import UserError
@@ -17,12 +18,16 @@ L = keras.layers
 BATCH = 16  # 64 samples -> 4 steps per epoch
 
 
-def prune_cfg(**overrides):
+def prune_values(**overrides):
     cfg = {"name": "test", "schedule": "polynomial", "initial_sparsity": 0.0, "final_sparsity": 0.5,
            "target_sparsity": 0.5, "begin_step": None, "end_step": None, "frequency": 2, "layers": "all",
            "m_by_n": None, "epochs": 3, "learning_rate": 1e-3}
     cfg.update(overrides)
     return cfg
+
+
+def prune_cfg(**overrides) -> settings.PruneConfig:
+    return settings.parse("prune", prune_values(**overrides))
 
 
 @pytest.fixture(scope="module")
@@ -110,12 +115,12 @@ def test_schedule_steps_outside_the_fine_tune_are_refused():
 ])
 def test_invalid_config_is_a_user_error(overrides, message):
     with pytest.raises(UserError, match=message):
-        pruning.validate_prune_config(prune_cfg(**overrides))
+        settings.parse("prune", prune_values(**overrides))
 
 
 def test_valid_configs_pass_including_omegaconf_and_yaml_quoted_pattern():
-    pruning.validate_prune_config(OmegaConf.create(prune_cfg(begin_step=0, end_step=8, m_by_n="2:4")))
-    assert pruning.parse_m_by_n(OmegaConf.create("m: '2:4'").m) == (2, 4)
+    settings.read(OmegaConf.create({"prune": prune_values(begin_step=0, end_step=8, m_by_n="2:4")}), "prune")
+    assert settings.parse_m_by_n(OmegaConf.create("m: '2:4'").m) == (2, 4)
     # Unquoted in YAML, 2:4 is the base-60 integer 124: that is what the check above catches.
     assert OmegaConf.create("m: 2:4").m == 124
 

@@ -8,7 +8,7 @@ import tensorflow as tf
 import tf_keras as keras
 from ai_edge_litert.interpreter import Interpreter
 
-from compresslab import model_io
+from compresslab import model_io, settings
 from compresslab.techniques import quantization
 from compresslab.techniques import weights
 from compresslab.errors import UserError
@@ -19,10 +19,20 @@ qk = quantization.qk
 BATCH = 16
 
 
-def qat_cfg(**overrides):
+def qat_values(**overrides):
     cfg = {"name": "test", "layers": "all", "epochs": 1, "learning_rate": 1e-3}
     cfg.update(overrides)
     return cfg
+
+
+def qat_cfg(**overrides) -> settings.QuantizeConfig:
+    return settings.parse("quantize", qat_values(**overrides))
+
+
+def pqat_cfg(**overrides) -> settings.Budget:
+    values = qat_values(**overrides)
+    del values["layers"]
+    return settings.parse("pqat", values)
 
 
 def zero_smallest_half(model):
@@ -57,7 +67,7 @@ def pqat_result(data):
     keras.utils.set_random_seed(1)
     pruned = zero_smallest_half(firenet_like())
     original = [w.copy() for w in pruned.get_weights()]
-    result = quantization.pqat(pruned, qat_cfg(epochs=2), data, data, batch_size=BATCH)
+    result = quantization.pqat(pruned, pqat_cfg(epochs=2), data, data, batch_size=BATCH)
     assert all(np.array_equal(a, b) for a, b in zip(original, pruned.get_weights())), "pqat changed its input"
     return pruned, result
 
@@ -75,12 +85,12 @@ def wrapped_names(model):
 ])
 def test_invalid_qat_config_is_a_user_error(overrides, message):
     with pytest.raises(UserError, match=message):
-        quantization.validate_qat_config(qat_cfg(**overrides), "quantize")
+        settings.parse("quantize", qat_values(**overrides))
 
 
 def test_pqat_config_errors_name_the_pqat_group():
     with pytest.raises(UserError, match=r"pqat.epochs must be a positive number"):
-        quantization.validate_qat_config({"name": "pqat", "epochs": -2, "learning_rate": 1e-4}, "pqat")
+        settings.parse("pqat", {"name": "pqat", "epochs": -2, "learning_rate": 1e-4})
 
 
 @pytest.mark.parametrize("selection, wanted, unwanted", [
@@ -120,19 +130,19 @@ def test_pqat_names_an_unsupported_weightless_layer(data):
     zero_smallest_half(model)
     with pytest.raises(UserError, match=r"pqat: layer 'scale' \(Rescaling\) is not supported by TFMOT's "
                                         r"Default8BitPrunePreserveQuantizeScheme: PQAT quantizes every layer"):
-        quantization.pqat(model, qat_cfg(epochs=100), data, data, batch_size=BATCH)
+        quantization.pqat(model, pqat_cfg(epochs=100), data, data, batch_size=BATCH)
 
 
 def test_quantize_needs_a_layer_selection(data):
-    cfg = qat_cfg()
+    cfg = qat_values()
     del cfg["layers"]
     with pytest.raises(UserError, match=r"quantize.layers is not set"):
-        quantization.quantize_aware(firenet_like(), cfg, data, data, batch_size=BATCH)
+        quantization.quantize_aware(firenet_like(), settings.parse("quantize", cfg), data, data, batch_size=BATCH)
 
 
 def test_pqat_refuses_a_model_without_zeros(data):
     with pytest.raises(UserError, match=r"pqat: no kernel of model .* holds a zero"):
-        quantization.pqat(firenet_like(), qat_cfg(), data, data, batch_size=BATCH)
+        quantization.pqat(firenet_like(), pqat_cfg(), data, data, batch_size=BATCH)
 
 
 def test_pqat_reports_sparsity_before_after_and_drift(pqat_result):

@@ -12,7 +12,7 @@ import tensorflow_model_optimization as tfmot
 import tf_keras as keras
 from omegaconf import OmegaConf
 
-from compresslab import data, dataset, paths, seeding, training
+from compresslab import data, dataset, paths, seeding, settings, training
 from compresslab.errors import UserError
 from compresslab.model_io import load_model, save_model
 from compresslab.techniques import sensitivity, weights
@@ -20,6 +20,10 @@ from conftest import REPO, mlflow_runs, read_json, restore_committed, run, stage
 
 L = keras.layers
 SETTINGS = {"sparsity": 0.5, "quantize": False, "epochs": 0, "learning_rate": 0.001, "calibration_batches": 2}
+
+
+def measured_with(**overrides) -> settings.SensitivityConfig:
+    return settings.parse("sensitivity", {**SETTINGS, **overrides})
 
 
 def load_stage(name):
@@ -92,7 +96,7 @@ def test_prune_by_magnitude_zeroes_what_tfmot_zeroes():
 def test_one_row_per_prunable_layer_and_the_fragile_layer_ranks_first(trained, splits, capsys):
     val = as_input(splits["val"])
     before = [w.copy() for w in trained.get_weights()]
-    result = sensitivity.measure(trained, as_input(splits["train"]), val, SETTINGS, batch_size=32, seed=0)
+    result = sensitivity.measure(trained, as_input(splits["train"]), val, measured_with(), batch_size=32, seed=0)
     assert result.layers[0].layer == "narrow"
     assert sorted(row.layer for row in result.layers) == ["narrow", "out", "wide"]  # Flatten has no weights
     assert {row.layer: row.weights for row in result.layers} == {"narrow": 32, "wide": 128, "out": 192}
@@ -112,7 +116,7 @@ def test_one_row_per_prunable_layer_and_the_fragile_layer_ranks_first(trained, s
 
 def test_int8_arm_gives_a_sane_accuracy_per_layer_or_says_why_it_skipped(trained, splits):
     val = as_input(splits["val"])
-    result = sensitivity.measure(trained, as_input(splits["train"]), val, {**SETTINGS, "quantize": True},
+    result = sensitivity.measure(trained, as_input(splits["train"]), val, measured_with(quantize=True),
                                  batch_size=32, seed=0)
     for row in result.layers:
         assert row.int8_skipped is None
@@ -124,7 +128,7 @@ def test_int8_arm_gives_a_sane_accuracy_per_layer_or_says_why_it_skipped(trained
     x = L.Conv1D(4, 2, name="conv1d")(L.Reshape((16, 1))(inputs))
     model = keras.Model(inputs, L.Dense(3, activation="softmax", name="out")(L.Flatten()(x)))
     rows = {row.layer: row for row in sensitivity.measure(model, as_input(splits["train"]), val,
-                                                          {**SETTINGS, "quantize": True}, batch_size=32,
+                                                          measured_with(quantize=True), batch_size=32,
                                                           seed=0).layers}
     assert set(rows) == {"conv1d", "out"}
     assert rows["conv1d"].int8_accuracy is None and "'conv1d' (Conv1D) is not supported" in rows["conv1d"].int8_skipped
@@ -133,9 +137,9 @@ def test_int8_arm_gives_a_sane_accuracy_per_layer_or_says_why_it_skipped(trained
 
 def test_a_fine_tune_gives_every_variant_and_the_reference_the_same_budget_and_repeats(trained, splits):
     train, val = as_input(splits["train"]), as_input(splits["val"])
-    settings = {**SETTINGS, "epochs": 1, "quantize": True}
-    first = sensitivity.measure(trained, train, val, settings, batch_size=64, seed=5)
-    again = sensitivity.measure(trained, train, val, settings, batch_size=64, seed=5)
+    fine_tuned = measured_with(epochs=1, quantize=True)
+    first = sensitivity.measure(trained, train, val, fine_tuned, batch_size=64, seed=5)
+    again = sensitivity.measure(trained, train, val, fine_tuned, batch_size=64, seed=5)
     assert first == again  # seeded: the same figures to the last digit
     # The reference is the model fine-tuned with that budget, not the one handed in.
     copy = keras.models.clone_model(trained)
@@ -190,7 +194,7 @@ def workspace(tmp_path, monkeypatch, splits, trained):
     monkeypatch.setenv("DVC_ROOT", str(tmp_path))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     data.write_prepared(paths.PREPARED, {name: [split] for name, split in splits.items()}, ["a", "b", "c"],
-                        {"image_size": 4, "channels": 1})
+                        image_size=4, channels=1)
     save_model(trained, paths.keras_model("baseline"))
     params = OmegaConf.load(REPO / "params.yaml")
     params.seed = 0
@@ -203,7 +207,7 @@ def workspace(tmp_path, monkeypatch, splits, trained):
 
 def test_prune_auto_prunes_exactly_the_layers_within_the_threshold_and_says_why(workspace, trained, splits,
                                                                                  capsys):
-    measured = sensitivity.measure(trained, as_input(splits["train"]), as_input(splits["val"]), SETTINGS,
+    measured = sensitivity.measure(trained, as_input(splits["train"]), as_input(splits["val"]), measured_with(),
                                    batch_size=32, seed=0)
     expected = [row.layer for row in measured.layers if row.pruned_drop_pp <= 1.0]
     assert expected and len(expected) < len(measured.layers)  # the threshold separates the layers
@@ -225,7 +229,9 @@ def test_prune_auto_prunes_exactly_the_layers_within_the_threshold_and_says_why(
 
 
 def test_prune_auto_with_no_layer_under_the_threshold_names_the_least_sensitive(trained, splits):
-    cfg = {"schedule": "constant", "target_sparsity": 0.99, "auto_max_drop": 0.01, "learning_rate": 0.001}
+    cfg = settings.parse("prune", {**OmegaConf.to_container(OmegaConf.load(REPO / "params.yaml").prune),
+                                   "schedule": "constant", "target_sparsity": 0.99, "auto_max_drop": 0.01,
+                                   "learning_rate": 0.001, "layers": "auto"})
     with pytest.raises(UserError, match=r"prune.layers=auto: no layer stays within prune.auto_max_drop=0.01 pp "
                                         r"at 99% sparsity \(the least sensitive, \w+, costs [\d.]+ pp\): raise "
                                         r"prune.auto_max_drop to at least [\d.]+"):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tf_keras as keras
 
-from compresslab import models
+from compresslab import models, settings
 from compresslab.errors import UserError
 from compresslab.techniques import pruning
 from compresslab.tflite import converter, flatbuffer, sparse
@@ -56,8 +56,8 @@ def test_prune_layers_xnnpack_picks_the_1x1_convolutions_of_a_model_the_policy_a
     cfg = {"schedule": "polynomial", "initial_sparsity": 0.0, "final_sparsity": 0.8, "frequency": 10,
            "layers": "xnnpack", "m_by_n": "2:4", "epochs": 1, "learning_rate": 1e-3}
     with pytest.raises(UserError, match="m_by_n"):
-        pruning.validate_prune_config(cfg)
-    pruning.validate_prune_config({**cfg, "m_by_n": None})
+        settings.parse("prune", cfg)
+    settings.parse("prune", {**cfg, "m_by_n": None})
 
 
 @pytest.mark.slow(minutes=1.3)  # four MobileNetV2 conversions

@@ -22,12 +22,17 @@ def load_params(path: str | Path = PARAMS_FILE) -> DictConfig:
     return OmegaConf.load(path)
 
 
-def section(params: DictConfig, *groups: str) -> DictConfig:
-    """The named groups of the parameters, failing with the missing group's name."""
+def require_groups(params: DictConfig, *groups: str) -> None:
+    """Raise a UserError naming the groups the parameters lack."""
     missing = [group for group in groups if group not in params]
     if missing:
         raise UserError(f"{PARAMS_FILE} lacks {missing}: compose it again with `dvc exp run` (or "
                         f"`compresslab params`)")
+
+
+def section(params: DictConfig, *groups: str) -> DictConfig:
+    """The named groups of the parameters, failing with the missing group's name."""
+    require_groups(params, *groups)
     return OmegaConf.masked_copy(params, list(groups))
 
 

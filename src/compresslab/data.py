@@ -19,33 +19,11 @@ from sklearn.model_selection import train_test_split
 
 from compresslab.dataset import LABEL_BYTES, PIXEL_SCALE, SPLITS, file_md5, shard_name
 from compresslab.errors import UserError
+from compresslab.settings import DEFAULT_IMAGES_PER_SHARD, DataConfig
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp"}
-CHANNEL_MODES = {1: "L", 3: "RGB"}
-BATCH = 256                      # images decoded and written at a time
-DEFAULT_IMAGES_PER_SHARD = 2048  # 25 MB of 64x64x3 pixels before compression
-
-
-def validate_data_config(cfg: Mapping) -> None:
-    """Check the `data` config group before any image is read."""
-    size = cfg["image_size"]
-    if not isinstance(size, int) or isinstance(size, bool) or size < 8:
-        raise UserError(f"data.image_size must be an integer of at least 8, got {size!r}")
-    if cfg["channels"] not in CHANNEL_MODES:
-        raise UserError(f"data.channels must be 1 (grayscale) or 3 (RGB), got {cfg['channels']!r}")
-    for key in ("val_fraction", "test_fraction"):
-        if not 0 < cfg[key] < 1:
-            raise UserError(f"data.{key} must lie strictly between 0 and 1, got {cfg[key]!r}")
-    if cfg["val_fraction"] + cfg["test_fraction"] >= 1:
-        raise UserError("data.val_fraction + data.test_fraction must be below 1 to leave images for training")
-    if not 0 <= cfg["max_bad_share"] < 1:
-        raise UserError(f"data.max_bad_share must lie in [0, 1), got {cfg['max_bad_share']!r}")
-    per_shard = cfg.get("images_per_shard", DEFAULT_IMAGES_PER_SHARD)
-    if not isinstance(per_shard, int) or isinstance(per_shard, bool) or per_shard < 1:
-        raise UserError(f"data.images_per_shard must be a positive integer, got {per_shard!r}")
-    limit = cfg.get("max_images_per_class")
-    if limit is not None and (not isinstance(limit, int) or limit < 1):
-        raise UserError(f"data.max_images_per_class must be a positive integer or null, got {limit!r}")
+CHANNEL_MODES = {1: "L", 3: "RGB"}  # data.channels (settings.CHANNELS) to PIL's image modes
+BATCH = 256                         # images decoded and written at a time
 
 
 def list_images(raw_dir: Path, max_per_class: int | None = None) -> dict[str, list[Path]]:
@@ -151,9 +129,11 @@ def decode_batches(paths: list[Path], labels: np.ndarray, size: int, channels: i
 
 
 def write_prepared(out_dir: Path, splits: Mapping[str, Iterable[tuple[np.ndarray, np.ndarray]]],
-                   class_names: list[str], cfg: Mapping, accept: Callable[[dict], None] | None = None) -> dict:
-    """Write each split's (uint8 images, labels) batches as GZIP TFRecord shards of at most
-    `data.images_per_shard` images, with labels.npz and meta.json (see `dataset`).
+                   class_names: list[str], *, image_size: int, channels: int,
+                   images_per_shard: int = DEFAULT_IMAGES_PER_SHARD,
+                   accept: Callable[[dict], None] | None = None) -> dict:
+    """Write each split's (uint8 images, labels) batches of (image_size, image_size, channels) as GZIP TFRecord
+    shards of at most `images_per_shard` images, with labels.npz and meta.json (see `dataset`).
 
     Everything is written into `<out_dir>.partial` and renamed over `out_dir` only when complete, so a failure
     or Ctrl-C never leaves a mix of old and new shards, and `accept(meta)` (raising a UserError to refuse) is
@@ -161,11 +141,11 @@ def write_prepared(out_dir: Path, splits: Mapping[str, Iterable[tuple[np.ndarray
     """
     import tensorflow as tf  # only here: TFRecordWriter; every other reader of the shards stays TensorFlow-free
 
-    per_shard = int(cfg.get("images_per_shard", DEFAULT_IMAGES_PER_SHARD))
+    per_shard = int(images_per_shard)
     partial = out_dir.with_name(out_dir.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
-    meta = {"class_names": class_names, "image_size": cfg["image_size"], "channels": cfg["channels"],
+    meta = {"class_names": class_names, "image_size": image_size, "channels": channels,
             "pixel_scale": PIXEL_SCALE, "record": f"label int64 little-endian ({LABEL_BYTES} bytes), then uint8 "
                                                   f"pixels (image_size, image_size, channels)", "splits": {}}
     options = tf.io.TFRecordOptions(compression_type="GZIP")
@@ -208,23 +188,21 @@ def write_prepared(out_dir: Path, splits: Mapping[str, Iterable[tuple[np.ndarray
     return meta
 
 
-def prepare(raw_dir: Path, out_dir: Path, cfg: Mapping) -> dict:
+def prepare(raw_dir: Path, out_dir: Path, cfg: DataConfig) -> dict:
     """Read, split and write the data set `cfg` (the `data` group) describes; returns the prepare metrics.
 
     Labels come from folder names, so the split is decided before any image is decoded; images are then
     decoded in split order, `BATCH` at a time. Undecodable files are skipped from their split (with a
     warning) up to `data.max_bad_share`.
     """
-    validate_data_config(cfg)
-    paths, labels, class_names = list_labelled(raw_dir, cfg.get("max_images_per_class"))
-    positions = split_indices(labels, len(class_names), cfg["val_fraction"], cfg["test_fraction"], cfg["seed"],
-                              class_names)
+    paths, labels, class_names = list_labelled(raw_dir, cfg.max_images_per_class)
+    positions = split_indices(labels, len(class_names), cfg.val_fraction, cfg.test_fraction, cfg.seed, class_names)
     found = Decoded()
-    batches = {name: decode_batches([paths[i] for i in index], labels[index], cfg["image_size"], cfg["channels"],
-                                    found)
+    batches = {name: decode_batches([paths[i] for i in index], labels[index], cfg.image_size, cfg.channels, found)
                for name, index in positions.items()}
-    meta = write_prepared(out_dir, batches, class_names, cfg,
-                          accept=lambda meta: check_decoded(found, raw_dir, cfg["max_bad_share"], class_names, meta))
+    meta = write_prepared(out_dir, batches, class_names, image_size=cfg.image_size, channels=cfg.channels,
+                          images_per_shard=cfg.images_per_shard,
+                          accept=lambda meta: check_decoded(found, raw_dir, cfg.max_bad_share, class_names, meta))
     counts = {name: dict(zip(class_names, split["class_counts"])) for name, split in meta["splits"].items()}
     return {"images": {name: split["images"] for name, split in meta["splits"].items()}, "classes": counts,
             "skipped_files": len(found.skipped)}

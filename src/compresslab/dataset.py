@@ -16,7 +16,7 @@ import gzip
 import hashlib
 import json
 import struct
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,12 +24,12 @@ import numpy as np
 
 from compresslab.errors import UserError
 from compresslab.paths import PREPARED
+from compresslab.settings import SHUFFLE_BUFFER, AugmentConfig
 
 SPLITS = ("train", "val", "test")
 PIXEL_SCALE = 1.0 / 255.0
 LABEL_BYTES = 8          # int64, little-endian, before the pixels of each record
 SHARD_SUFFIX = ".tfrecord.gz"
-SHUFFLE_BUFFER = 4096    # images a training pipeline shuffles among when `data.shuffle_buffer` is not set
 FIX = "run `dvc checkout data/prepared` to restore what DVC recorded, or `dvc repro -f prepare` to rebuild it"
 
 
@@ -54,7 +54,7 @@ class StoredSplit:
     folder: Path
     meta: dict
     shuffle_buffer: int = SHUFFLE_BUFFER
-    augment: Mapping | None = None
+    augment: AugmentConfig | None = None
 
     @property
     def shards(self) -> list[Path]:

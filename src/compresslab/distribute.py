@@ -15,16 +15,6 @@ from collections.abc import Mapping
 
 from compresslab.errors import UserError
 
-STRATEGIES = ("default", "mirrored", "multi_worker")
-
-
-def validate(name) -> None:
-    """Check `train.strategy` and, for multi_worker, TF_CONFIG, before TensorFlow starts."""
-    if name not in STRATEGIES:
-        raise UserError(f"train.strategy={name!r} does not exist: use one of {', '.join(STRATEGIES)}")
-    if name == "multi_worker":
-        cluster_config()
-
 
 def cluster_config() -> dict:
     """TF_CONFIG parsed and checked: {"cluster": {"worker": ["host:port", ...], ...}, "task": {"type", "index"}}."""
@@ -48,9 +38,11 @@ def cluster_config() -> dict:
 
 
 def make_strategy(name: str):
-    """The tf.distribute strategy for `train.strategy`. Call it before any other TensorFlow work: a
-    multi-worker strategy must set up its collective runtime first."""
-    validate(name)
+    """The tf.distribute strategy for `train.strategy` (one of settings.STRATEGIES). Call it before any other
+    TensorFlow work: a multi-worker strategy must set up its collective runtime first, and TF_CONFIG is checked
+    here, before TensorFlow starts."""
+    if name == "multi_worker":
+        cluster_config()
     import tensorflow as tf  # noqa: PLC0415  (this module stays importable without TensorFlow for validation)
 
     if name == "mirrored":

@@ -1,8 +1,9 @@
 """What every model-producing stage does around its technique: open the splits and the tf.distribute
 strategy, then measure, save and log.
 
-Each stage script validates its config, enters `distributed`, loads its parent model (`begin`), calls its
-technique, and hands the result to `finish`, so every variant is measured, saved and tracked the same way.
+Each stage script reads its typed config (`settings.read`), enters `distributed`, loads its parent model
+(`begin`), calls its technique, and hands the result to `finish`, so every variant is measured, saved and
+tracked the same way.
 """
 
 import contextlib
@@ -12,65 +13,49 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
-from omegaconf import OmegaConf
 
-from compresslab import dataset, distribute, paths, tfdata, training, tracking
+from compresslab import dataset, distribute, paths, training, tracking
 from compresslab.config import section
-from compresslab.errors import UserError
 from compresslab.model_io import load_model, save_model
 from compresslab.outputs import write_history, write_json
 from compresslab.seeding import seed_everything
+from compresslab.settings import DataConfig
 
 Splits = tuple[dataset.StoredSplit, dataset.StoredSplit, dataset.StoredSplit]
 
 
-def validate_input_config(params) -> None:
-    """Check how training reads its data (`data.shuffle_buffer`, `data.augment`) and `train.strategy`."""
-    buffer = params.data.get("shuffle_buffer", dataset.SHUFFLE_BUFFER)
-    if isinstance(buffer, bool) or not isinstance(buffer, int) or buffer < 1:
-        raise UserError(f"data.shuffle_buffer must be a positive number of images, got {buffer!r}")
-    augment = params.data.get("augment")
-    tfdata.validate_augment(OmegaConf.to_container(augment) if augment is not None else None,
-                            params.data.image_size)
-    distribute.validate(params.train.get("strategy", "default"))
-
-
-def load_splits(params) -> Splits:
+def load_splits(data: DataConfig) -> Splits:
     """(train, val, test), streamed from the checked shards; the train split is shuffled in a buffer of
-    `data.shuffle_buffer` images and augmented as `data.augment` says. Raises a UserError for bad input."""
-    validate_input_config(params)
+    `data.shuffle_buffer` images and augmented as `data.augment` says."""
     splits = dataset.open_splits()
-    augment = params.data.get("augment")
-    buffer = int(params.data.get("shuffle_buffer", dataset.SHUFFLE_BUFFER))
-    train = dataclasses.replace(splits["train"], shuffle_buffer=buffer,
-                                augment=OmegaConf.to_container(augment) if augment is not None else None)
+    train = dataclasses.replace(splits["train"], shuffle_buffer=data.shuffle_buffer, augment=data.augment)
     return train, splits["val"], splits["test"]
 
 
 @contextlib.contextmanager
-def distributed(params) -> Iterator[object]:
+def distributed(strategy_name: str) -> Iterator[object]:
     """Run the block under the `train.strategy` strategy's scope: models built, loaded, wrapped (pruning, QAT,
     clustering) and compiled in it are replicated. Enter it before any other TensorFlow work."""
-    validate_input_config(params)
-    strategy = distribute.make_strategy(params.train.get("strategy", "default"))
+    strategy = distribute.make_strategy(strategy_name)
     with strategy.scope():
         yield strategy
 
 
-def begin(params, parent: str):
-    """The prologue of every fine-tuning stage, run after its config is validated.
+def begin(data: DataConfig, seed: int, parent: str):
+    """The prologue of every fine-tuning stage, run after its config is read.
 
     Args:
-      params: the whole params.yaml.
+      data: the data group (how the train split is shuffled and augmented).
+      seed: params.yaml's `seed`.
       parent: the variant whose Keras model the stage starts from (e.g. 'baseline').
 
     Returns:
-      (parent model, train, val, test), with every random source seeded from `params.seed` last, so the
+      (parent model, train, val, test), with every random source seeded from `seed` last, so the
       fine-tuning that follows repeats.
     """
-    train, val, test = load_splits(params)
+    train, val, test = load_splits(data)
     model = load_model(paths.keras_model(parent))
-    seed_everything(params.seed)
+    seed_everything(seed)
     return model, train, val, test
 
 
@@ -98,7 +83,7 @@ def flat_metrics(tree: Mapping, prefix: str = "") -> dict[str, float]:
 
 
 def finish(stage: str, params, groups: tuple[str, ...], model, variant: str, test: training.Split,
-           measurements: Mapping, history: Mapping[str, list[float]]) -> dict:
+           measurements: Mapping, history: Mapping[str, list[float]], *, strategy_name: str) -> dict:
     """Score the model on the test split, save it, write the stage's DVC metrics and plot, log to MLflow.
 
     Args:
@@ -108,6 +93,7 @@ def finish(stage: str, params, groups: tuple[str, ...], model, variant: str, tes
       test: the test split.
       measurements: what the technique measured (sparsity, unique values, ...); numeric leaves are kept.
       history: per-epoch fine-tuning curves.
+      strategy_name: `train.strategy`, recorded with the devices that trained.
 
     Returns:
       The metrics written.
@@ -121,7 +107,7 @@ def finish(stage: str, params, groups: tuple[str, ...], model, variant: str, tes
         # Every worker saves (Keras' multi-worker contract); only the chief's model and reports are kept.
         with tempfile.TemporaryDirectory(prefix="compresslab-worker-") as folder:
             save_model(model, Path(folder) / paths.keras_model(variant).name)
-        print(f"{stage}: worker {distribute.describe(params.train.strategy, strategy).get('task')} finished "
+        print(f"{stage}: worker {distribute.describe(strategy_name, strategy).get('task')} finished "
               f"(test accuracy {scores['accuracy']:.4f}); the chief writes the model and reports")
         return {"test_accuracy": scores["accuracy"], "test_loss": scores["loss"]}
     model_path = paths.keras_model(variant)
@@ -140,7 +126,7 @@ def finish(stage: str, params, groups: tuple[str, ...], model, variant: str, tes
     if per_layer:
         write_json(outputs["layers"], per_layer)
     print(f"{stage}: test accuracy {scores['accuracy']:.4f}; saved {model_path}")
-    training_setup = distribute.describe(params.train.get("strategy", "default"), strategy)
+    training_setup = distribute.describe(strategy_name, strategy)
     tracking.log_run(stage, params=section(params, *groups), metrics=flat_metrics({**metrics, **per_layer}),
                      history=history, artifacts=[path for path in outputs.values() if path.exists()],
                      tags={f"distribute.{key}": ", ".join(value) if isinstance(value, list) else str(value)

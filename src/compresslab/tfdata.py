@@ -6,39 +6,11 @@ Order is deterministic: shards are read in stored order, the shuffle and augment
 global state (`seeding.seed_everything` runs before), and every map keeps element order.
 """
 
-from collections.abc import Mapping
-
 import numpy as np
 import tensorflow as tf
 
 from compresslab import dataset
-from compresslab.errors import UserError
-
-AUGMENTATIONS = ("flip", "crop", "brightness")
-
-
-def validate_augment(cfg: Mapping | None, image_size: int) -> None:
-    """Check `data.augment` (flip: bool, crop: pixels >= 0, brightness: 0 <= delta < 1) before training."""
-    if not cfg:
-        return
-    unknown = sorted(set(cfg) - set(AUGMENTATIONS))
-    if unknown:
-        raise UserError(f"data.augment has unknown key(s) {unknown}: use {', '.join(AUGMENTATIONS)}")
-    if not isinstance(cfg.get("flip", False), bool):
-        raise UserError(f"data.augment.flip must be true or false, got {cfg['flip']!r}")
-    crop = cfg.get("crop", 0)
-    if isinstance(crop, bool) or not isinstance(crop, int) or crop < 0:
-        raise UserError(f"data.augment.crop must be a whole number of pixels >= 0 (0: off), got {crop!r}")
-    if crop >= image_size // 2:
-        raise UserError(f"data.augment.crop={crop} must be below half of data.image_size={image_size}: "
-                        f"a few pixels shift the image, more crop it away")
-    brightness = cfg.get("brightness", 0)
-    if isinstance(brightness, bool) or not isinstance(brightness, (int, float)) or not 0 <= brightness < 1:
-        raise UserError(f"data.augment.brightness must lie in [0, 1) (0: off), got {brightness!r}")
-
-
-def is_augmenting(cfg: Mapping | None) -> bool:
-    return bool(cfg) and bool(cfg.get("flip") or cfg.get("crop") or cfg.get("brightness"))
+from compresslab.settings import AugmentConfig
 
 
 def pipeline(split, batch_size: int, *, training: bool = False) -> tf.data.Dataset:
@@ -58,7 +30,7 @@ def pipeline(split, batch_size: int, *, training: bool = False) -> tf.data.Datas
         buffer, augment = len(y), None
     if training:
         elements = elements.shuffle(min(buffer, max(dataset.count(split), 1)), reshuffle_each_iteration=True)
-        if is_augmenting(augment):
+        if augment is not None and augment.augmenting:
             randoms = tf.data.Dataset.random(rerandomize_each_iteration=True)
             elements = tf.data.Dataset.zip((elements, randoms)).map(
                 lambda element, draw: (augmented(element[0], draw, augment), element[1]),
@@ -79,17 +51,17 @@ def decode_record(record: tf.Tensor, shape: tuple[int, int, int]) -> tuple[tf.Te
     return image, label
 
 
-def augmented(image: tf.Tensor, draw: tf.Tensor, cfg: Mapping) -> tf.Tensor:
+def augmented(image: tf.Tensor, draw: tf.Tensor, cfg: AugmentConfig) -> tf.Tensor:
     """A random left-right flip, pad-and-crop and brightness shift of one image, each from its own stateless
     seed derived from `draw` (one seeded random number per element), so a run repeats exactly."""
     seeds = tf.random.experimental.stateless_split(tf.stack([draw, tf.constant(0, tf.int64)]), 3)
-    if cfg.get("flip"):
+    if cfg.flip:
         image = tf.image.stateless_random_flip_left_right(image, seeds[0])
-    if cfg.get("crop"):
-        pad = int(cfg["crop"])
+    if cfg.crop:
+        pad = int(cfg.crop)
         padded = tf.pad(image, [[pad, pad], [pad, pad], [0, 0]], mode="REFLECT")
         image = tf.image.stateless_random_crop(padded, tf.shape(image), seeds[1])
-    if cfg.get("brightness"):
-        image = tf.clip_by_value(tf.image.stateless_random_brightness(image, float(cfg["brightness"]), seeds[2]),
+    if cfg.brightness:
+        image = tf.clip_by_value(tf.image.stateless_random_brightness(image, float(cfg.brightness), seeds[2]),
                                  0.0, 1.0)
     return image

@@ -10,45 +10,23 @@ import tf_keras as keras
 from compresslab import tfdata
 from compresslab.dataset import StoredSplit
 from compresslab.errors import UserError
-
-OPTIMIZERS = {"adam": keras.optimizers.Adam, "sgd": keras.optimizers.SGD, "rmsprop": keras.optimizers.RMSprop}
+from compresslab.settings import OPTIMIZERS, POSITIVE
 
 # A prepared split streamed from its shards, or (images, labels) arrays held in memory (tests, small tools).
 Split = StoredSplit | tuple[np.ndarray, np.ndarray]
 
 
-def check_optimizer(name: str) -> None:
-    """Raise a UserError for an optimizer name we do not know (without building one: an optimizer creates a
-    TensorFlow variable, and a multi-worker strategy must be set up before the first)."""
-    if name not in OPTIMIZERS:
-        raise UserError(f"unknown optimizer {name!r}: use one of {', '.join(OPTIMIZERS)}")
-
-
 def make_optimizer(name: str, learning_rate: float) -> keras.optimizers.Optimizer:
-    check_optimizer(name)
-    return OPTIMIZERS[name](learning_rate=learning_rate)
+    """The Keras optimizer `train.optimizer` names (one of settings.OPTIMIZERS)."""
+    return getattr(keras.optimizers, OPTIMIZERS[name])(learning_rate=learning_rate)
 
 
 def check_positive(option: str, value) -> None:
-    """Raise a UserError unless `value` (read from config key `option`) is a positive number."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-        raise UserError(f"{option} must be a positive number, got {value!r}: set it to a value above 0")
-
-
-def check_epochs(option: str, value) -> None:
-    """Raise a UserError unless `value` (read from config key `option`) is a whole number of epochs, >= 1.
-
-    3.0 is refused like 2.5: an epoch count that YAML or an override wrote as a float is a slip to fix at
-    the source, and every stage must accept the same values."""
-    check_positive(option, value)
-    if not isinstance(value, int):
-        raise UserError(f"{option} must be a whole number of epochs, got {value!r}: write it without a point")
-
-
-def check_budget(option: str, cfg) -> None:
-    """Check a fine-tuning budget: `<option>.epochs` (whole, >= 1) and `<option>.learning_rate` (> 0)."""
-    check_epochs(f"{option}.epochs", cfg.get("epochs"))
-    check_positive(f"{option}.learning_rate", cfg.get("learning_rate"))
+    """Raise a UserError unless `value` (the argument `option` of `fit`) is a positive number: fit is also
+    called directly (tests, tools) with numbers no schema has seen."""
+    accepts, message = POSITIVE
+    if not accepts(value):
+        raise UserError(message.format(key=option, value=value))
 
 
 def compile_model(model: keras.Model, optimizer: str = "adam", learning_rate: float = 1e-3) -> None:

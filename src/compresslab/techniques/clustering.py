@@ -37,22 +37,12 @@ from tensorflow_model_optimization.python.core.quantization.keras.collab_opts.cl
     cluster_preserve_quantize_registry as cluster_preserve)
 
 from compresslab import training
-from compresslab.techniques import weights
 from compresslab.errors import UserError
+from compresslab.settings import CENTROID_INITS, MIN_CLUSTERS_PRESERVING_SPARSITY, Budget, ClusterConfig, PcqatConfig
+from compresslab.techniques import weights
 from compresslab.techniques.layers import select_layers
 
-CentroidInitialization = tfmot.clustering.keras.CentroidInitialization
-CENTROID_INITS = {
-    "kmeans++": CentroidInitialization.KMEANS_PLUS_PLUS,
-    "density-based": CentroidInitialization.DENSITY_BASED,
-    "linear": CentroidInitialization.LINEAR,
-    "random": CentroidInitialization.RANDOM,
-}
 DEFAULT_CENTROID_INIT = "kmeans++"
-# Sparsity-preserving clustering pins one centroid at zero; TFMOT then needs two more to cluster anything.
-MIN_CLUSTERS_PRESERVING_SPARSITY = 3
-# cluster_preserve_quantize_registry treats a kernel with more distinct values as unclustered.
-MAX_PRESERVED_CLUSTERS = 1024
 
 
 @dataclass
@@ -126,53 +116,6 @@ class PcqatResult:
     @property
     def model(self) -> keras.Model:
         return self.cqat.model
-
-
-def validate_cluster_config(cfg: Mapping, option: str = "cluster") -> None:
-    """Raise a UserError for a clustering config that cannot run, before any training.
-
-    Args:
-      cfg: the cluster.* keys (number_of_clusters, centroid_init, layers, per_channel, epochs, learning_rate).
-      option: the config group named in errors.
-    """
-    clusters = cfg.get("number_of_clusters")
-    if isinstance(clusters, bool) or not isinstance(clusters, int) or clusters < 2:
-        raise UserError(f"{option}.number_of_clusters must be an integer of at least 2, got {clusters!r}: "
-                        "set it to 2 or more (8 or 16 are usual)")
-    if clusters > MAX_PRESERVED_CLUSTERS:
-        raise UserError(f"{option}.number_of_clusters={clusters} is more than the {MAX_PRESERVED_CLUSTERS} "
-                        "centroids TFMOT's cluster-preserving QAT keeps (above that cqat and pcqat quietly fall "
-                        f"back to plain QAT): set it to {MAX_PRESERVED_CLUSTERS} or less")
-    init = cfg.get("centroid_init")
-    if init is not None and init not in CENTROID_INITS:
-        raise UserError(f"{option}.centroid_init={init!r} is not a centroid initialization: "
-                        f"use one of {', '.join(CENTROID_INITS)}")
-    per_channel = cfg.get("per_channel")
-    if per_channel is not None and not isinstance(per_channel, bool):
-        raise UserError(f"{option}.per_channel must be true or false, got {per_channel!r}")
-    training.check_budget(option, cfg)
-
-
-def validate_cqat_config(cfg: Mapping, option: str = "cqat") -> None:
-    """Raise a UserError unless cfg holds positive `epochs` (an integer) and `learning_rate`."""
-    training.check_budget(option, cfg)
-
-
-def validate_pcqat_config(cluster_cfg: Mapping, pcqat_cfg: Mapping) -> None:
-    """Raise a UserError for a PCQAT run that cannot work: cluster.* and pcqat.* are checked together.
-
-    Args:
-      cluster_cfg: the cluster.* keys; its epochs are unused (pcqat.cluster_epochs replaces them) but checked.
-      pcqat_cfg: the pcqat.* keys (cluster_epochs, epochs, learning_rate).
-    """
-    validate_cluster_config(cluster_cfg)
-    clusters = cluster_cfg["number_of_clusters"]
-    if clusters < MIN_CLUSTERS_PRESERVING_SPARSITY:
-        raise UserError(f"cluster.number_of_clusters={clusters} is too few for pcqat: sparsity-preserving "
-                        f"clustering keeps one centroid at zero, set it to {MIN_CLUSTERS_PRESERVING_SPARSITY} "
-                        "or more")
-    training.check_epochs("pcqat.cluster_epochs", pcqat_cfg.get("cluster_epochs"))
-    validate_cqat_config(pcqat_cfg, "pcqat")
 
 
 def clusterable_kernels(layer: keras.layers.Layer) -> list[str]:
@@ -307,13 +250,13 @@ def reject_wrapped(model: keras.Model, what: str) -> None:
                         "pass the stripped model its stage saved")
 
 
-def clusterable_selection(model: keras.Model, cfg: Mapping, option: str) -> tuple[list[str], dict[str, str]]:
+def clusterable_selection(model: keras.Model, cfg: ClusterConfig, option: str) -> tuple[list[str], dict[str, str]]:
     """Resolve `layers` to the names TFMOT can cluster, and the selected ones it cannot, with the reason.
 
     Words ('all', 'dense', 'conv') skip layers whose weights TFMOT leaves alone (DepthwiseConv2D); a layer
     named in a list must be clusterable.
     """
-    selection = cfg.get("layers") or "all"
+    selection = cfg.layers or "all"
     names, skipped = [], {}
     for name in select_layers(model, selection, option):
         layer = model.get_layer(name)
@@ -330,7 +273,7 @@ def clusterable_selection(model: keras.Model, cfg: Mapping, option: str) -> tupl
     return names, skipped
 
 
-def wrap_for_clustering(model: keras.Model, names: Sequence[str] | Mapping[str, int], cfg: Mapping, *,
+def wrap_for_clustering(model: keras.Model, names: Sequence[str] | Mapping[str, int], cfg: ClusterConfig, *,
                         preserve_sparsity: bool = False) -> keras.Model:
     """A copy of `model` with the named layers in TFMOT cluster wrappers, ready to fine-tune.
 
@@ -347,8 +290,9 @@ def wrap_for_clustering(model: keras.Model, names: Sequence[str] | Mapping[str, 
     fresh = keras.models.clone_model(model)
     fresh.set_weights(model.get_weights())
     plans = dict(names) if isinstance(names, Mapping) else dict.fromkeys(
-        names, LayerClusters(int(cfg["number_of_clusters"]), bool(cfg.get("per_channel"))))
-    init = CENTROID_INITS[cfg.get("centroid_init") or DEFAULT_CENTROID_INIT]
+        names, LayerClusters(int(cfg.number_of_clusters), bool(cfg.per_channel)))
+    init = getattr(tfmot.clustering.keras.CentroidInitialization,
+                   CENTROID_INITS[cfg.centroid_init or DEFAULT_CENTROID_INIT])
 
     def wrap(layer):
         if layer.name not in plans:
@@ -365,30 +309,28 @@ def channel_unique_values(model: keras.Model, layer_names=None) -> dict[str, int
             for name, kernel in weights.kernels(model, layer_names).items()}
 
 
-def cluster(model: keras.Model, cfg: Mapping, train: training.Split, val: training.Split, *, batch_size: int,
+def cluster(model: keras.Model, cfg: ClusterConfig, train: training.Split, val: training.Split, *, batch_size: int,
             preserve_sparsity: bool = False, epochs: int | None = None) -> ClusterResult:
     """Cluster the selected layers' weights, fine-tune, and strip the wrappers.
 
     Args:
       model: a trained plain Keras model; it is left unchanged.
-      cfg: the cluster.* keys.
+      cfg: the cluster group.
       train, val: (images, integer labels) for fine-tuning.
       batch_size: fine-tuning batch size.
-      preserve_sparsity: sparsity-preserving clustering (for a pruned model): zeros stay zeros.
-      epochs: overrides cfg['epochs'] (pcqat passes pcqat.cluster_epochs).
+      preserve_sparsity: sparsity-preserving clustering (for a pruned model): zeros stay zeros; then
+        cfg.number_of_clusters must be at least MIN_CLUSTERS_PRESERVING_SPARSITY (the pcqat stage reads the
+        cluster and pcqat groups together, and `settings.read` checks it).
+      epochs: overrides cfg.epochs (pcqat passes pcqat.cluster_epochs).
 
     Returns:
       ClusterResult with the stripped model and the distinct values / sparsity its kernels hold.
     """
-    validate_cluster_config(cfg)
-    if preserve_sparsity and cfg["number_of_clusters"] < MIN_CLUSTERS_PRESERVING_SPARSITY:
-        raise UserError(f"cluster.number_of_clusters={cfg['number_of_clusters']} is too few to preserve "
-                        f"sparsity: set it to {MIN_CLUSTERS_PRESERVING_SPARSITY} or more")
     reject_wrapped(model, "input")
     names, skipped = clusterable_selection(model, cfg, "cluster.layers")
-    per_channel = bool(cfg.get("per_channel"))
-    check_cluster_counts(model, names, cfg["number_of_clusters"], per_channel)
-    plans, left_out = plan_clusters(model, names, int(cfg["number_of_clusters"]),
+    per_channel = bool(cfg.per_channel)
+    check_cluster_counts(model, names, cfg.number_of_clusters, per_channel)
+    plans, left_out = plan_clusters(model, names, int(cfg.number_of_clusters),
                                     preserve_sparsity=preserve_sparsity, per_channel=per_channel)
     wrapped = wrap_for_clustering(model, plans, cfg, preserve_sparsity=preserve_sparsity)
     # With sparsity preserved, a layer that holds zeros and is not clustered (left out above, or not selected by
@@ -397,8 +339,8 @@ def cluster(model: keras.Model, cfg: Mapping, train: training.Split, val: traini
               if preserve_sparsity and name not in plans and np.any(kernel == 0)]
     for name in frozen:
         wrapped.get_layer(name).trainable = False
-    history = training.fit(wrapped, train, val, epochs=int(epochs or cfg["epochs"]), batch_size=batch_size,
-                           learning_rate=cfg["learning_rate"])
+    history = training.fit(wrapped, train, val, epochs=int(epochs or cfg.epochs), batch_size=batch_size,
+                           learning_rate=cfg.learning_rate)
     stripped = tfmot.clustering.keras.strip_clustering(wrapped)
     for name in frozen:
         # Trainable again for what follows: CQAT keeps each layer's zeros with its sparsity masks, and
@@ -407,7 +349,7 @@ def cluster(model: keras.Model, cfg: Mapping, train: training.Split, val: traini
         stripped.get_layer(name).trainable = True
     clustered = list(plans)
     return ClusterResult(model=stripped, history=history, clustered_layers=clustered,
-                         requested_clusters=int(cfg["number_of_clusters"]),
+                         requested_clusters=int(cfg.number_of_clusters),
                          unique_values=weights.unique_values_report(stripped, clustered),
                          channel_unique_values=channel_unique_values(stripped, clustered),
                          sparsity=weights.sparsity_report(stripped), skipped_layers={**skipped, **left_out},
@@ -472,8 +414,8 @@ def expected_gradient_warning_silenced():
         logger.removeFilter(dropper)
 
 
-def cqat(clustered_model: keras.Model, cfg: Mapping, train: training.Split, val: training.Split, *,
-         batch_size: int, preserve_sparsity: bool = False, option: str = "cqat") -> CqatResult:
+def cqat(clustered_model: keras.Model, cfg: Budget, train: training.Split, val: training.Split, *,
+         batch_size: int, preserve_sparsity: bool = False) -> CqatResult:
     """Cluster-preserving quantization-aware training of a clustered model.
 
     During training TFMOT writes the centroid-gathered kernel into each layer's kernel variable, which is
@@ -482,23 +424,21 @@ def cqat(clustered_model: keras.Model, cfg: Mapping, train: training.Split, val:
 
     Args:
       clustered_model: a stripped clustered model (ClusterResult.model); it is left unchanged.
-      cfg: the cqat.* keys (epochs, learning_rate).
+      cfg: the cqat group, or the pcqat one (epochs, learning_rate).
       train, val: (images, integer labels) for fine-tuning.
       batch_size: fine-tuning batch size.
       preserve_sparsity: also keep zero weights at zero (PCQAT).
-      option: the config group named in errors.
 
     Returns:
       CqatResult with the QAT-wrapped model (clustering variables stripped, so it saves, reloads and
       converts) and the distinct values, sparsity and drift of its kernels against the parent's.
     """
-    validate_cqat_config(cfg, option)
     reject_wrapped(clustered_model, "clustered")
     parent = weights.kernels(clustered_model)
     qat_model = quantize_preserving_clusters(clustered_model, preserve_sparsity)
     with expected_gradient_warning_silenced():
-        history = training.fit(qat_model, train, val, epochs=int(cfg["epochs"]), batch_size=batch_size,
-                               learning_rate=cfg["learning_rate"])
+        history = training.fit(qat_model, train, val, epochs=int(cfg.epochs), batch_size=batch_size,
+                               learning_rate=cfg.learning_rate)
     stripped = tfmot.experimental.combine.strip_clustering_cqat(qat_model)
     return CqatResult(model=stripped, history=history,
                       unique_values_before=weights.unique_values_report(clustered_model),
@@ -510,25 +450,23 @@ def cqat(clustered_model: keras.Model, cfg: Mapping, train: training.Split, val:
                       drift=kernel_drift(parent, weights.kernels(stripped)))
 
 
-def pcqat(pruned_model: keras.Model, cluster_cfg: Mapping, pcqat_cfg: Mapping, train: training.Split,
+def pcqat(pruned_model: keras.Model, cluster_cfg: ClusterConfig, pcqat_cfg: PcqatConfig, train: training.Split,
           val: training.Split, *, batch_size: int) -> PcqatResult:
     """Prune-cluster-preserving QAT: sparsity-preserving clustering, then sparsity-preserving CQAT.
 
     Args:
       pruned_model: a stripped pruned model; it is left unchanged.
-      cluster_cfg: the cluster.* keys for the clustering stage (its learning_rate too; pcqat.cluster_epochs
-        replaces cluster.epochs).
-      pcqat_cfg: the pcqat.* keys: cluster_epochs, epochs and learning_rate of the QAT stage.
+      cluster_cfg: the cluster group for the clustering step (its learning_rate too; pcqat.cluster_epochs
+        replaces cluster.epochs), with at least MIN_CLUSTERS_PRESERVING_SPARSITY clusters.
+      pcqat_cfg: the pcqat group: cluster_epochs, epochs and learning_rate of the QAT step.
       train, val: (images, integer labels) for fine-tuning.
       batch_size: fine-tuning batch size.
 
     Returns:
       PcqatResult with the parent's sparsity and both stages' results; .model is the final QAT model.
     """
-    validate_pcqat_config(cluster_cfg, pcqat_cfg)
     parent_sparsity = weights.sparsity_report(pruned_model)
     clustered = cluster(pruned_model, cluster_cfg, train, val, batch_size=batch_size, preserve_sparsity=True,
-                        epochs=int(pcqat_cfg["cluster_epochs"]))
-    quantized = cqat(clustered.model, pcqat_cfg, train, val, batch_size=batch_size, preserve_sparsity=True,
-                     option="pcqat")
+                        epochs=int(pcqat_cfg.cluster_epochs))
+    quantized = cqat(clustered.model, pcqat_cfg, train, val, batch_size=batch_size, preserve_sparsity=True)
     return PcqatResult(parent_sparsity=parent_sparsity, cluster=clustered, cqat=quantized)

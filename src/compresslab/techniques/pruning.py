@@ -10,8 +10,6 @@ schedule reaches final_sparsity only at s == end_step, so end_step must be such 
 """
 
 import math
-import re
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 import tensorflow_model_optimization as tfmot
@@ -19,21 +17,14 @@ import tf_keras as keras
 from tensorflow_model_optimization.python.core.sparsity.keras.prune_registry import PruneRegistry
 
 from compresslab import dataset, training
-from compresslab.techniques import weights
 from compresslab.errors import UserError
+from compresslab.settings import XNNPACK_LAYERS, PruneConfig
+from compresslab.techniques import weights
 from compresslab.techniques.layers import select_layers
 
-SCHEDULES = ("polynomial", "constant")
-# prune.layers: auto lets the prune stage measure every layer first and prune only those that cost little
-# accuracy (techniques/sensitivity.py); this module only validates it.
-AUTO_LAYERS = "auto"
-# prune.layers=xnnpack: the 1x1 convolutions TFMOT's PruneForLatencyOnXNNPack policy prunes, in a model it accepts
-# for XNNPACK's sparse inference (see `xnnpack_layers`).
-XNNPACK_LAYERS = "xnnpack"
 # A derived end_step stops changing the masks this share of the fine-tune before its end, so the surviving
 # weights get some steps to recover at the final sparsity before the model is saved.
 RECOVERY_SHARE = 0.1
-M_BY_N_PATTERN = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*$")
 # TFMOT's m-by-n mask rearranges kernels of rank 2 (Dense) or 4 (Conv2D family) only.
 M_BY_N_RANKS = (2, 4)
 
@@ -58,98 +49,7 @@ class PruneResult:
     sparsity: dict
 
 
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _check_fraction(option: str, value) -> None:
-    if not _is_number(value) or not 0 <= value < 1:
-        raise UserError(f"{option} must be a fraction in [0, 1), got {value!r}: "
-                        f"set it to e.g. 0.5 for half the weights zeroed")
-
-
-def _check_step(option: str, value) -> None:
-    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
-        raise UserError(f"{option} must be a whole number of training steps >= 0, got {value!r}: "
-                        f"fix it, or leave it null to derive it from the fine-tuning length")
-
-
-def parse_m_by_n(value, option: str = "prune.m_by_n") -> tuple[int, int] | None:
-    """Parse an m-by-n pattern such as "2:4" (m zeros in every n consecutive weights).
-
-    TFMOT 0.8.1 accepts any pair of integers with m < n (it only asserts that, at the first training
-    step); m = 0 would prune nothing, so 1 <= m < n is required here, before any training.
-
-    Returns:
-      (m, n), or None when unset.
-    """
-    if value is None:
-        return None
-    if _is_number(value):
-        # YAML 1.1 reads an unquoted 2:4 as the base-60 integer 124.
-        raise UserError(f"{option}={value!r} is a number, not a pattern: quote it in YAML "
-                        f"(m_by_n: \"2:4\"); an unquoted 2:4 is read as the base-60 number 124")
-    match = M_BY_N_PATTERN.match(value) if isinstance(value, str) else None
-    if not match:
-        raise UserError(f"{option}={value!r} is not an m-by-n pattern: use a string like \"2:4\" "
-                        f"(2 zeros in every 4 weights), or null for unstructured pruning")
-    m, n = int(match.group(1)), int(match.group(2))
-    if not 1 <= m < n:
-        raise UserError(f"{option}={value!r} is not a pattern TFMOT can apply: it needs "
-                        f"1 <= m < n zeros per block (e.g. \"2:4\")")
-    return m, n
-
-
-def validate_prune_config(cfg: Mapping, option_prefix: str = "prune") -> None:
-    """Check a pruning config before any training; raise UserError naming the key and the fix.
-
-    Args:
-      cfg: mapping with schedule, initial_sparsity, final_sparsity, target_sparsity, begin_step, end_step,
-        frequency, m_by_n, epochs, learning_rate (see the module docstring for the step semantics).
-      option_prefix: config group the keys live under, named in errors.
-    """
-    p = option_prefix
-    schedule = cfg.get("schedule")
-    if schedule not in SCHEDULES:
-        raise UserError(f"{p}.schedule={schedule!r} is not a pruning schedule: use one of {', '.join(SCHEDULES)}")
-    if schedule == "polynomial":
-        initial = cfg.get("initial_sparsity")
-        initial = 0.0 if initial is None else initial
-        _check_fraction(f"{p}.initial_sparsity", initial)
-        _check_fraction(f"{p}.final_sparsity", cfg.get("final_sparsity"))
-        if initial > cfg["final_sparsity"]:
-            raise UserError(f"{p}.initial_sparsity={initial} is above {p}.final_sparsity="
-                            f"{cfg['final_sparsity']}: the schedule only grows sparsity; lower initial_sparsity")
-    else:
-        _check_fraction(f"{p}.target_sparsity", cfg.get("target_sparsity"))
-    begin, end = cfg.get("begin_step"), cfg.get("end_step")
-    _check_step(f"{p}.begin_step", begin)
-    _check_step(f"{p}.end_step", end)
-    if end is not None and (begin or 0) >= end:
-        raise UserError(f"{p}.begin_step={begin or 0} is not before {p}.end_step={end}: "
-                        f"pruning needs begin_step < end_step (or leave them null)")
-    frequency = cfg.get("frequency")
-    if not isinstance(frequency, int) or isinstance(frequency, bool) or frequency <= 0:
-        raise UserError(f"{p}.frequency must be a whole number of steps > 0, got {frequency!r}: "
-                        f"set how often the masks are updated, e.g. 100")
-    m_by_n = parse_m_by_n(cfg.get("m_by_n"), f"{p}.m_by_n")
-    if cfg.get("layers") is None:
-        raise UserError(f"{p}.layers is not set: use all, dense, conv, auto, xnnpack or a list of layer names")
-    if cfg.get("layers") == XNNPACK_LAYERS and m_by_n is not None:
-        raise UserError(f"{p}.layers=xnnpack prunes for XNNPACK's unstructured sparse kernels, not {p}.m_by_n="
-                        f"{cfg.get('m_by_n')!r}: set m_by_n to null")
-    if cfg.get("layers") == AUTO_LAYERS:
-        max_drop = cfg.get("auto_max_drop")
-        if not _is_number(max_drop) or max_drop <= 0:
-            raise UserError(f"{p}.auto_max_drop must be a number of percentage points > 0, got {max_drop!r}: "
-                            f"set the validation accuracy one layer may cost, e.g. 1.0")
-        if m_by_n is not None:
-            raise UserError(f"{p}.layers=auto measures unstructured pruning, not {p}.m_by_n="
-                            f"{cfg.get('m_by_n')!r}: list the layers instead, or set m_by_n to null")
-    training.check_budget(p, cfg)
-
-
-def schedule_steps(cfg: Mapping, steps_per_epoch: int, option_prefix: str = "prune") -> tuple[int, int, int]:
+def schedule_steps(cfg: PruneConfig, steps_per_epoch: int) -> tuple[int, int, int]:
     """The (begin_step, end_step, frequency) the schedule will use for a fine-tune of epochs * steps_per_epoch.
 
     Unset begin_step is 0. Unset end_step is the fine-tuning length minus RECOVERY_SHARE of it. An end_step
@@ -158,48 +58,43 @@ def schedule_steps(cfg: Mapping, steps_per_epoch: int, option_prefix: str = "pru
     and end_step is moved down onto the last mask update, begin + k * frequency, so the final update happens
     at end_step, where the polynomial schedule gives exactly final_sparsity.
     """
-    p = option_prefix
-    total = int(cfg["epochs"]) * int(steps_per_epoch)
-    begin = cfg.get("begin_step")
-    begin = 0 if begin is None else int(begin)
+    total = int(cfg.epochs) * int(steps_per_epoch)
+    begin = 0 if cfg.begin_step is None else int(cfg.begin_step)
     if begin >= total:
-        raise UserError(f"{p}.begin_step={begin} is at or past the last fine-tuning step ({total} = "
-                        f"{cfg['epochs']} epochs x {steps_per_epoch} steps): lower it or raise {p}.epochs")
-    end = cfg.get("end_step")
+        raise UserError(f"prune.begin_step={begin} is at or past the last fine-tuning step ({total} = "
+                        f"{cfg.epochs} epochs x {steps_per_epoch} steps): lower it or raise prune.epochs")
+    end = cfg.end_step
     if end is None:
         end = max(begin + 1, math.floor(total * (1 - RECOVERY_SHARE)))
     elif end > total:
-        if cfg["schedule"] == "polynomial":
-            raise UserError(f"{p}.end_step={end} is past the last fine-tuning step ({total} = {cfg['epochs']} "
+        if cfg.schedule == "polynomial":
+            raise UserError(f"prune.end_step={end} is past the last fine-tuning step ({total} = {cfg.epochs} "
                             f"epochs x {steps_per_epoch} steps), so final_sparsity would never be reached: "
-                            f"lower it, raise {p}.epochs, or leave it null")
+                            f"lower it, raise prune.epochs, or leave it null")
         end = total
     span = end - begin
-    frequency = min(int(cfg["frequency"]), span)
+    frequency = min(int(cfg.frequency), span)
     return begin, begin + frequency * (span // frequency), frequency
 
 
-def build_schedule(cfg: Mapping, steps_per_epoch: int,
-                   option_prefix: str = "prune") -> tfmot.sparsity.keras.PruningSchedule:
+def build_schedule(cfg: PruneConfig, steps_per_epoch: int) -> tfmot.sparsity.keras.PruningSchedule:
     """A TFMOT PolynomialDecay or ConstantSparsity schedule for the config.
 
     Args:
-      cfg: a pruning config (validated here).
+      cfg: the prune group.
       steps_per_epoch: training batches per epoch of the fine-tune.
 
     Returns:
       The schedule, with steps from `schedule_steps`. With m_by_n set TFMOT ignores it (the m-by-n mask
       is computed once, at step 1), but the wrapper still needs one.
     """
-    validate_prune_config(cfg, option_prefix)
-    begin, end, frequency = schedule_steps(cfg, steps_per_epoch, option_prefix)
-    if cfg["schedule"] == "polynomial":
-        initial = cfg.get("initial_sparsity") or 0.0
+    begin, end, frequency = schedule_steps(cfg, steps_per_epoch)
+    if cfg.schedule == "polynomial":
         return tfmot.sparsity.keras.PolynomialDecay(
-            initial_sparsity=float(initial), final_sparsity=float(cfg["final_sparsity"]),
+            initial_sparsity=float(cfg.initial_sparsity or 0.0), final_sparsity=float(cfg.final_sparsity),
             begin_step=begin, end_step=end, frequency=frequency)
     return tfmot.sparsity.keras.ConstantSparsity(
-        target_sparsity=float(cfg["target_sparsity"]), begin_step=begin, end_step=end, frequency=frequency)
+        target_sparsity=float(cfg.target_sparsity), begin_step=begin, end_step=end, frequency=frequency)
 
 
 def prunable_weights(layer: keras.layers.Layer) -> list | None:
@@ -213,9 +108,9 @@ def prunable_weights(layer: keras.layers.Layer) -> list | None:
     return None
 
 
-def final_sparsity(cfg: Mapping) -> float:
+def final_sparsity(cfg: PruneConfig) -> float:
     """The sparsity the schedule ends at: final_sparsity (polynomial) or target_sparsity (constant)."""
-    return float(cfg["final_sparsity"] if cfg["schedule"] == "polynomial" else cfg["target_sparsity"])
+    return float(cfg.final_sparsity if cfg.schedule == "polynomial" else cfg.target_sparsity)
 
 
 def unprunable_reason(layer: keras.layers.Layer, m_by_n: tuple[int, int] | None) -> str | None:
@@ -274,23 +169,22 @@ def wrap_for_pruning(model: keras.Model, layer_names, schedule, m_by_n) -> keras
     return keras.models.clone_model(copy_model(model), clone_function=wrap)
 
 
-def prune(model: keras.Model, cfg: Mapping, train: training.Split, val: training.Split, *,
+def prune(model: keras.Model, cfg: PruneConfig, train: training.Split, val: training.Split, *,
           batch_size: int, optimizer: str = "adam") -> PruneResult:
     """Prune the selected layers of `model` by magnitude while fine-tuning, then strip the wrappers.
 
     Args:
       model: a trained flat Keras model; it is not modified.
-      cfg: pruning config (see `validate_prune_config`; `layers` picks the layers).
+      cfg: the prune group (`layers` picks the layers; `auto` must have been resolved to names by then).
       train, val: (images, integer labels) for the fine-tune.
       batch_size, optimizer: fine-tuning knobs (epochs and learning_rate come from cfg).
 
     Returns:
       A PruneResult; its sparsity is measured in the stripped kernels, not taken from the schedule.
     """
-    validate_prune_config(cfg)
-    names = (xnnpack_layers(model) if cfg["layers"] == XNNPACK_LAYERS
-             else select_layers(model, cfg["layers"], "prune.layers"))
-    m_by_n = parse_m_by_n(cfg.get("m_by_n"))
+    names = (xnnpack_layers(model) if cfg.layers == XNNPACK_LAYERS
+             else select_layers(model, cfg.layers, "prune.layers"))
+    m_by_n = cfg.m_by_n
     steps_per_epoch = math.ceil(dataset.count(train) / int(batch_size))
     schedule = build_schedule(cfg, steps_per_epoch)
     skipped = {name: reason for name in names
@@ -299,7 +193,7 @@ def prune(model: keras.Model, cfg: Mapping, train: training.Split, val: training
     for name, reason in skipped.items():
         print(f"prune: skipping {name}: {reason}")
     if not pruned:
-        raise UserError(f"prune.layers={cfg['layers']!r} selects no layer TFMOT can prune "
+        raise UserError(f"prune.layers={cfg.layers!r} selects no layer TFMOT can prune "
                         f"({'; '.join(f'{n}: {r}' for n, r in skipped.items())}): select dense or conv layers")
     if m_by_n:
         target = m_by_n[0] / m_by_n[1]
@@ -308,13 +202,13 @@ def prune(model: keras.Model, cfg: Mapping, train: training.Split, val: training
     else:
         target = final_sparsity(cfg)
         config = schedule.get_config()["config"]
-        print(f"prune: {cfg['schedule']} schedule to {target:.0%} sparsity on {', '.join(pruned)}; masks updated "
+        print(f"prune: {cfg.schedule} schedule to {target:.0%} sparsity on {', '.join(pruned)}; masks updated "
               f"every {config['frequency']} steps from step {config['begin_step']} to {config['end_step']} "
-              f"of {int(cfg['epochs']) * steps_per_epoch}")
+              f"of {int(cfg.epochs) * steps_per_epoch}")
     wrapped = wrap_for_pruning(model, pruned, schedule, m_by_n)
     # No early stopping: restoring the "best" weights could bring back weights from before the final masks.
-    history = training.fit(wrapped, train, val, epochs=cfg["epochs"], batch_size=batch_size,
-                           learning_rate=cfg["learning_rate"], optimizer=optimizer,
+    history = training.fit(wrapped, train, val, epochs=cfg.epochs, batch_size=batch_size,
+                           learning_rate=cfg.learning_rate, optimizer=optimizer,
                            callbacks=[tfmot.sparsity.keras.UpdatePruningStep()])
     stripped = tfmot.sparsity.keras.strip_pruning(wrapped)
     report = weights.sparsity_report(stripped, pruned)

@@ -13,7 +13,6 @@ convert a reloaded PQAT model, never fine-tune it further.
 """
 
 import re
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,8 +21,9 @@ import tf_keras as keras
 from tensorflow_model_optimization.python.core.quantization.keras.quantize_layer import QuantizeLayer
 
 from compresslab import training
-from compresslab.techniques import weights
 from compresslab.errors import UserError
+from compresslab.settings import Budget, QuantizeConfig
+from compresslab.techniques import weights
 from compresslab.techniques.layers import has_weights, select_layers
 
 qk = tfmot.quantization.keras
@@ -67,23 +67,6 @@ class PqatResult:
     drift: dict
 
 
-def validate_qat_config(cfg: Mapping, option_prefix: str) -> None:
-    """Check a QAT or PQAT config before any training; raise UserError naming the key and the fix.
-
-    Args:
-      cfg: mapping with epochs, learning_rate and (QAT only) layers, checked when present.
-      option_prefix: 'quantize' or 'pqat', the config group named in errors.
-    """
-    training.check_budget(option_prefix, cfg)
-    if "layers" in cfg:
-        _require_layers(cfg, option_prefix)
-
-
-def _require_layers(cfg: Mapping, option_prefix: str) -> None:
-    if cfg.get("layers") is None:
-        raise UserError(f"{option_prefix}.layers is not set: use all, dense, conv or a list of layer names")
-
-
 def _copy_model(model: keras.Model) -> keras.Model:
     """A copy with its own layers: TFMOT's annotate wrappers would otherwise hold the caller's layers."""
     copy = keras.models.clone_model(model)
@@ -116,22 +99,20 @@ def _apply(annotated: keras.Model, scheme: qk.QuantizeScheme, model: keras.Model
         raise UserError(f"{option}: {what} is not supported by TFMOT's {type(scheme).__name__}: {fix}") from err
 
 
-def quantize_aware(model: keras.Model, cfg: Mapping, train: training.Split, val: training.Split, *,
+def quantize_aware(model: keras.Model, cfg: QuantizeConfig, train: training.Split, val: training.Split, *,
                    batch_size: int, optimizer: str = "adam") -> QatResult:
     """Quantization-aware fine-tuning of the selected layers with TFMOT's default 8-bit scheme.
 
     Args:
       model: a trained flat Keras model; it is not modified.
-      cfg: QAT config: layers ('all' | 'dense' | 'conv' | names), epochs, learning_rate.
+      cfg: the quantize group: layers ('all' | 'dense' | 'conv' | names), epochs, learning_rate.
       train, val: (images, integer labels) for the fine-tune.
       batch_size, optimizer: fine-tuning knobs.
 
     Returns:
       A QatResult holding the QAT-wrapped trained model.
     """
-    validate_qat_config(cfg, "quantize")
-    _require_layers(cfg, "quantize")
-    names = select_layers(model, cfg["layers"], "quantize.layers")
+    names = select_layers(model, cfg.layers, "quantize.layers")
     if not any(has_weights(model.get_layer(name)) for name in names):
         # TFMOT accepts it and wraps a neighbour, but no weight of the result is trained for int8.
         raise UserError(f"quantize.layers={list(names)} holds no layer with weights, so QAT would train nothing: "
@@ -139,8 +120,8 @@ def quantize_aware(model: keras.Model, cfg: Mapping, train: training.Split, val:
     qat = quantize_layers(model, names, "quantize.layers", "leave it out of quantize.layers")
     wrapped = [layer.layer.name for layer in qat.layers if isinstance(layer, qk.QuantizeWrapper)]
     print(f"quantize: 8-bit QAT of {', '.join(names)} (quantize wrappers on {', '.join(wrapped)})")
-    history = training.fit(qat, train, val, epochs=cfg["epochs"], batch_size=batch_size,
-                           learning_rate=cfg["learning_rate"], optimizer=optimizer)
+    history = training.fit(qat, train, val, epochs=cfg.epochs, batch_size=batch_size,
+                           learning_rate=cfg.learning_rate, optimizer=optimizer)
     return QatResult(model=qat, history=history, quantized_layers=names)
 
 
@@ -242,20 +223,19 @@ def sparsity_drift(before: dict, after: dict) -> dict:
             "overall": after["overall"] - before["overall"]}
 
 
-def pqat(pruned_model: keras.Model, cfg: Mapping, train: training.Split, val: training.Split, *,
+def pqat(pruned_model: keras.Model, cfg: Budget, train: training.Split, val: training.Split, *,
          batch_size: int, optimizer: str = "adam") -> PqatResult:
     """Pruning-preserving QAT of a whole pruned (stripped) model, measuring what happens to its zeros.
 
     Args:
       pruned_model: a pruned model with the pruning wrappers stripped; it is not modified.
-      cfg: PQAT config: epochs, learning_rate.
+      cfg: the pqat group: epochs, learning_rate.
       train, val: (images, integer labels) for the fine-tune.
       batch_size, optimizer: fine-tuning knobs.
 
     Returns:
       A PqatResult with the PQAT-wrapped trained model and the kernel sparsity before, after and its drift.
     """
-    validate_qat_config(cfg, "pqat")
     _check_flat(pruned_model, [layer.name for layer in pruned_model.layers], "pqat")
     parent = weights.sparsity_report(pruned_model)
     pruned_layers = [name for name, value in parent["layers"].items() if value > 0]
@@ -270,8 +250,8 @@ def pqat(pruned_model: keras.Model, cfg: Mapping, train: training.Split, val: tr
                    "pipeline, not in the model)")
     print(f"pqat: prune-preserving 8-bit QAT; tracking the zeros of {', '.join(pruned_layers)} "
           f"(sparsity {before['overall']:.3f})")
-    history = training.fit(model, train, val, epochs=cfg["epochs"], batch_size=batch_size,
-                           learning_rate=cfg["learning_rate"], optimizer=optimizer)
+    history = training.fit(model, train, val, epochs=cfg.epochs, batch_size=batch_size,
+                           learning_rate=cfg.learning_rate, optimizer=optimizer)
     after = weights.sparsity_report(model, pruned_layers)
     drift = sparsity_drift(before, after)
     print(f"pqat: sparsity {before['overall']:.4f} -> {after['overall']:.4f} (drift {drift['overall']:+.4f})")

@@ -17,7 +17,6 @@ relies on its small weights / full precision. With `epochs > 0` every variant ge
 fine-tuned just as long, never against one that trained less.
 """
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,6 +25,7 @@ import tf_keras as keras
 from compresslab import dataset, tfdata, training
 from compresslab.errors import UserError
 from compresslab.seeding import seed_everything
+from compresslab.settings import PruneConfig, SensitivityConfig
 from compresslab.techniques import pruning, quantization
 from compresslab.techniques.layers import layer_kind
 
@@ -83,35 +83,6 @@ class AutoChoice:
     sparsity: float
 
 
-def _is_whole(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def validate_config(cfg: Mapping, option_prefix: str = "sensitivity") -> None:
-    """Check a sensitivity config before any work; raise UserError naming the key and the fix.
-
-    Args:
-      cfg: mapping with sparsity, quantize, epochs, learning_rate, calibration_batches.
-    """
-    p = option_prefix
-    sparsity = cfg.get("sparsity")
-    if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)) or not 0 < sparsity < 1:
-        raise UserError(f"{p}.sparsity must be a fraction in (0, 1), got {sparsity!r}: set the sparsity each "
-                        f"layer is pruned to alone, e.g. 0.8")
-    if not isinstance(cfg.get("quantize"), bool):
-        raise UserError(f"{p}.quantize must be true or false, got {cfg.get('quantize')!r}: true also measures "
-                        f"each layer quantized alone to int8")
-    epochs = cfg.get("epochs")
-    if not _is_whole(epochs) or epochs < 0:
-        raise UserError(f"{p}.epochs must be a whole number of epochs >= 0, got {epochs!r}: 0 measures without "
-                        f"fine-tuning, a few epochs fine-tune every variant and the reference alike")
-    training.check_positive(f"{p}.learning_rate", cfg.get("learning_rate"))
-    batches = cfg.get("calibration_batches")
-    if not _is_whole(batches) or batches < 1:
-        raise UserError(f"{p}.calibration_batches must be a whole number >= 1, got {batches!r}: set how many "
-                        f"training batches calibrate the int8 ranges, e.g. 8")
-
-
 def prune_by_magnitude(values: np.ndarray, sparsity: float) -> np.ndarray:
     """`values` with only its k = max(1, round(n * (1 - sparsity))) largest magnitudes kept (ties kept too), as
     TFMOT's pruning mask does for one weight tensor."""
@@ -156,7 +127,7 @@ def prunable_layers(model: keras.Model, label: str) -> tuple[list[str], dict[str
     return [name for name in names if name not in unprunable], unprunable
 
 
-def measure(model: keras.Model, train: training.Split, val: training.Split, cfg: Mapping, *, batch_size: int,
+def measure(model: keras.Model, train: training.Split, val: training.Split, cfg: SensitivityConfig, *, batch_size: int,
             seed: int, label: str = "sensitivity") -> Sensitivity:
     """Prune (and int8-quantize) each prunable layer of `model` alone and measure the validation accuracy drop.
 
@@ -164,7 +135,7 @@ def measure(model: keras.Model, train: training.Split, val: training.Split, cfg:
       model: a trained flat Keras model; it is not modified.
       train: the training split: int8 calibration batches and, with epochs > 0, the fine-tune.
       val: the validation split every accuracy is measured on.
-      cfg: sparsity, quantize, epochs, learning_rate, calibration_batches (see `validate_config`).
+      cfg: the sensitivity group (sparsity, quantize, epochs, learning_rate, calibration_batches).
       batch_size: batch size of calibration passes and fine-tunes.
       seed: seeds the calibration images and every fine-tune alike, so results repeat byte for byte.
       label: the prefix of the progress line printed per layer.
@@ -172,11 +143,10 @@ def measure(model: keras.Model, train: training.Split, val: training.Split, cfg:
     Returns:
       A Sensitivity with one row per prunable layer, most sensitive to pruning first.
     """
-    validate_config(cfg)
     names, unprunable = prunable_layers(model, label)
     for name, reason in unprunable.items():
         print(f"{label}: no row for {name}: {reason}")
-    sparsity, epochs = float(cfg["sparsity"]), int(cfg["epochs"])
+    sparsity, epochs = float(cfg.sparsity), int(cfg.epochs)
     work = pruning.copy_model(model)
     original = work.get_weights()
 
@@ -184,12 +154,12 @@ def measure(model: keras.Model, train: training.Split, val: training.Split, cfg:
         if epochs:
             seed_everything(seed)  # every variant sees the same batches and dropout masks
             training.fit(target, train, val, epochs=epochs, batch_size=batch_size,
-                         learning_rate=cfg["learning_rate"], callbacks=callbacks)
+                         learning_rate=cfg.learning_rate, callbacks=callbacks)
 
     fine_tune(work)
     reference = correct_predictions(work, val)
     total = dataset.count(val)
-    calibration = calibration_images(train, int(cfg["calibration_batches"]), batch_size, seed)
+    calibration = calibration_images(train, int(cfg.calibration_batches), batch_size, seed)
     rows = []
     for name in names:
         work.set_weights(original)
@@ -202,7 +172,7 @@ def measure(model: keras.Model, train: training.Split, val: training.Split, cfg:
                                weights=sum(int(np.prod(w.shape)) for w in prunable),
                                pruned_accuracy=round(correct / total, 6),
                                pruned_drop_pp=round(100 * (reference - correct) / total, 4))
-        if cfg["quantize"]:
+        if cfg.quantize:
             _measure_int8(row, model, name, calibration, fine_tune, val, reference, batch_size)
         else:
             row.int8_skipped = "not measured (quantize is off)"
@@ -245,7 +215,7 @@ def _describe(row: LayerSensitivity, sparsity: float) -> str:
     return text + ("" if row.int8_skipped.startswith("not measured") else f"; int8 skipped: {row.int8_skipped}")
 
 
-def choose_layers_to_prune(model: keras.Model, train: training.Split, val: training.Split, prune_cfg: Mapping, *,
+def choose_layers_to_prune(model: keras.Model, train: training.Split, val: training.Split, prune_cfg: PruneConfig, *,
                            batch_size: int, seed: int) -> AutoChoice:
     """`prune.layers: auto`: measure every prunable layer pruned alone and keep those that cost little.
 
@@ -258,13 +228,13 @@ def choose_layers_to_prune(model: keras.Model, train: training.Split, val: train
     Returns:
       The chosen layers in model order and the measured rows; one line per layer is printed saying why.
     """
-    max_drop = float(prune_cfg["auto_max_drop"])
+    max_drop = float(prune_cfg.auto_max_drop)
     sparsity = pruning.final_sparsity(prune_cfg)
-    settings = {"sparsity": sparsity, "quantize": False, "epochs": 0,
-                "learning_rate": prune_cfg["learning_rate"], "calibration_batches": 1}
     if not 0 < sparsity < 1:
         raise UserError(f"prune.layers=auto needs a sparsity above 0 to measure, got {sparsity}: "
                         f"raise the prune schedule's final sparsity")
+    settings = SensitivityConfig(sparsity=sparsity, quantize=False, epochs=0, learning_rate=prune_cfg.learning_rate,
+                                 calibration_batches=1)
     result = measure(model, train, val, settings, batch_size=batch_size, seed=seed, label="prune: auto")
     order = [layer.name for layer in model.layers]
     rows = sorted(result.layers, key=lambda row: order.index(row.layer))

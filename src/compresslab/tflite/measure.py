@@ -10,28 +10,13 @@ import numpy as np
 
 from compresslab import dataset, variants
 from compresslab.errors import UserError
+from compresslab.settings import EvaluateConfig
 from compresslab.tflite import benchmark, flatbuffer, runtime, sparse
 
 
-def validate_evaluate_config(cfg: Mapping) -> list[int]:
-    """Check the `evaluate` group before any file is run; returns the thread counts."""
-    threads = list(cfg["threads"] or [])
-    if not threads or any(not isinstance(n, int) or isinstance(n, bool) or n < 1 for n in threads):
-        raise UserError(f"evaluate.threads={threads} must be a non-empty list of positive thread counts, "
-                        f"e.g. [1, 2]")
-    for key, least in (("warmup_runs", 0), ("min_runs", 1), ("ratio_rounds", 1)):
-        value = cfg.get(key, least)
-        if isinstance(value, bool) or not isinstance(value, int) or value < least:
-            raise UserError(f"evaluate.{key} must be a whole number ({least} or more), got {value!r}")
-    seconds = cfg.get("profile_seconds", 0)
-    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds < 0:
-        raise UserError(f"evaluate.profile_seconds must be a number of seconds >= 0 (0: no profile), got {seconds!r}")
-    return threads
-
-
-def check_positive_class(cfg: Mapping, class_names: Sequence[str]) -> None:
+def check_positive_class(cfg: EvaluateConfig, class_names: Sequence[str]) -> None:
     """The class whose precision and recall are reported must be one of the data set's classes."""
-    positive = cfg.get("positive_class")
+    positive = cfg.positive_class
     if positive is not None and positive not in class_names:
         raise UserError(f"evaluate.positive_class={positive!r} is not one of the classes {list(class_names)}: "
                         f"name a folder of data/raw, or null")
