@@ -26,7 +26,7 @@ def run(params) -> dict:
         for note in result.notes("cluster"):
             print(note)
         print(f"cluster: distinct values per layer {result.unique_values} (asked {result.requested_clusters})")
-        return stage.finish("cluster", params, ("seed", "train", "cluster"), result.model, "clustered", test,
+        return stage.finish("cluster", params, ("seed", "data", "train", "cluster"), result.model, "clustered", test,
                             measurements, result.history, strategy_name=train_cfg.strategy)
 
 

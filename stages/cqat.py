@@ -19,7 +19,7 @@ def run(params) -> dict:
         model, train, val, test = stage.begin(data, seed, "clustered")
         result = clustering.cqat(model, cfg, train, val, batch_size=train_cfg.batch_size)
         print(f"cqat: distinct values per layer {result.unique_values_before} -> {result.unique_values_after}")
-        return stage.finish("cqat", params, ("seed", "train", "cqat"), result.model, "cqat", test,
+        return stage.finish("cqat", params, ("seed", "data", "train", "cqat"), result.model, "cqat", test,
                             clustering_measurements(result), result.history, strategy_name=train_cfg.strategy)
 
 

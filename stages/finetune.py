@@ -21,7 +21,7 @@ def run(params) -> dict:
         model, train, val, test = stage.begin(data, seed, "baseline")
         history = training.fit(model, train, val, epochs=cfg.epochs, batch_size=train_cfg.batch_size,
                                learning_rate=cfg.learning_rate)
-        return stage.finish("finetune", params, ("seed", "train", "finetune"), model, "finetune", test, {}, history,
+        return stage.finish("finetune", params, ("seed", "data", "train", "finetune"), model, "finetune", test, {}, history,
                             strategy_name=train_cfg.strategy)
 
 

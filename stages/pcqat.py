@@ -31,7 +31,7 @@ def run(params) -> dict:
         history = {key: result.cluster.history.get(key, []) + values for key, values in result.cqat.history.items()}
         print(f"pcqat: sparsity {result.parent_sparsity['overall']:.4f} (pruned) -> "
               f"{result.cqat.sparsity_after['overall']:.4f}")
-        return stage.finish("pcqat", params, ("seed", "train", "cluster", "pcqat"), result.model,
+        return stage.finish("pcqat", params, ("seed", "data", "train", "cluster", "pcqat"), result.model,
                             "pcqat", test, measurements, history, strategy_name=train_cfg.strategy)
 
 

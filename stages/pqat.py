@@ -20,7 +20,7 @@ def run(params) -> dict:
         measurements = {"sparsity_before": result.sparsity_before["overall"],
                         "sparsity": result.sparsity_after["overall"], "sparsity_drift": result.drift["overall"],
                         "layer_sparsity": result.sparsity_after["layers"], "layer_drift": result.drift["layers"]}
-        return stage.finish("pqat", params, ("seed", "train", "pqat"), result.model, "pqat", test,
+        return stage.finish("pqat", params, ("seed", "data", "train", "pqat"), result.model, "pqat", test,
                             measurements, result.history, strategy_name=train_cfg.strategy)
 
 

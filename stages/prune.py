@@ -33,7 +33,7 @@ def run(params) -> dict:
         measurements = {"target_sparsity": result.target_sparsity, "sparsity": result.sparsity["overall"],
                         "layer_sparsity": result.sparsity["layers"], "pruned_layers": len(result.pruned_layers),
                         "skipped_layers": len(result.skipped_layers), **auto}
-        return stage.finish("prune", params, ("seed", "train", "prune"), result.model, "pruned", test,
+        return stage.finish("prune", params, ("seed", "data", "train", "prune"), result.model, "pruned", test,
                             measurements, result.history, strategy_name=train_cfg.strategy)
 
 

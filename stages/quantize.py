@@ -19,7 +19,7 @@ def run(params) -> dict:
     with stage.distributed(train_cfg.strategy):  # before any TensorFlow work: see train.strategy
         model, train, val, test = stage.begin(data, seed, "baseline")
         result = quantization.quantize_aware(model, cfg, train, val, batch_size=train_cfg.batch_size)
-        return stage.finish("quantize", params, ("seed", "train", "quantize"), result.model, "qat", test,
+        return stage.finish("quantize", params, ("seed", "data", "train", "quantize"), result.model, "qat", test,
                             {"quantized_layers": len(result.quantized_layers)}, result.history,
                             strategy_name=train_cfg.strategy)
 

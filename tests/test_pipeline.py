@@ -89,6 +89,10 @@ def test_mlflow_holds_one_parent_per_execution_with_every_stage_nested_and_the_s
         summary.info.run_id}
     assert summary.data.params["prune.final_sparsity"] == "0.5"
     assert summary.data.params["model.name"] == "firenet"
+    # Each training stage's run holds every group it reads: how the data was shuffled and augmented too.
+    (prune_run,) = mlflow_runs(project, stage="prune", dvc_exp_name="workspace")
+    assert {"data.shuffle_buffer", "data.augment.flip", "train.batch_size", "prune.final_sparsity"} <= \
+        set(prune_run.data.params)
     assert 0 <= summary.data.metrics["pruned.int8.accuracy"] <= 1
     assert summary.data.metrics["baseline.float32.gzip_ratio"] == 1.0
     assert 0 <= summary.data.metrics["pruned.int8.p_value"] <= 1

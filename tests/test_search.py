@@ -9,7 +9,7 @@ import pytest
 from compresslab import search
 from compresslab.errors import UserError
 
-import sandbox
+from compresslab import sandbox
 from conftest import REPO, mlflow_runs, read_json, restore_committed, run
 
 TRAINING_STAGES = {"train", "finetune", "prune", "quantize", "pqat", "cluster", "cqat", "pcqat"}

@@ -27,3 +27,11 @@ def load_model(path: str | Path) -> keras.Model:
     with tfmot.quantization.keras.quantize_scope(), tfmot.clustering.keras.cluster_scope(), \
             tfmot.sparsity.keras.prune_scope():
         return keras.models.load_model(path, compile=False)
+
+
+def copy_model(model: keras.Model) -> keras.Model:
+    """A copy with its own layers and the same weights: TFMOT's prune, quantize and cluster wrappers would
+    otherwise take (and change) the caller's layers."""
+    copy = keras.models.clone_model(model)
+    copy.set_weights(model.get_weights())
+    return copy

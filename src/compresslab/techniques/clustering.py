@@ -38,6 +38,7 @@ from tensorflow_model_optimization.python.core.quantization.keras.collab_opts.cl
 
 from compresslab import training
 from compresslab.errors import UserError
+from compresslab.model_io import copy_model
 from compresslab.settings import CENTROID_INITS, MIN_CLUSTERS_PRESERVING_SPARSITY, Budget, ClusterConfig, PcqatConfig
 from compresslab.techniques import weights
 from compresslab.techniques.layers import select_layers
@@ -287,8 +288,7 @@ def wrap_for_clustering(model: keras.Model, names: Sequence[str] | Mapping[str, 
     Returns:
       The wrapped copy.
     """
-    fresh = keras.models.clone_model(model)
-    fresh.set_weights(model.get_weights())
+    fresh = copy_model(model)
     plans = dict(names) if isinstance(names, Mapping) else dict.fromkeys(
         names, LayerClusters(int(cfg.number_of_clusters), bool(cfg.per_channel)))
     init = getattr(tfmot.clustering.keras.CentroidInitialization,

@@ -18,6 +18,7 @@ from tensorflow_model_optimization.python.core.sparsity.keras.prune_registry imp
 
 from compresslab import dataset, training
 from compresslab.errors import UserError
+from compresslab.model_io import copy_model
 from compresslab.settings import XNNPACK_LAYERS, PruneConfig
 from compresslab.techniques import weights
 from compresslab.techniques.layers import select_layers
@@ -149,13 +150,6 @@ def xnnpack_layers(model: keras.Model) -> list[str]:
     return [layer.name for layer in model.layers if policy.allow_pruning(layer)]
 
 
-def copy_model(model: keras.Model) -> keras.Model:
-    """A copy with its own layers and the same weights (TFMOT's wrappers otherwise share the caller's layers)."""
-    copy = keras.models.clone_model(model)
-    copy.set_weights(model.get_weights())
-    return copy
-
-
 def wrap_for_pruning(model: keras.Model, layer_names, schedule, m_by_n) -> keras.Model:
     """A new model whose `layer_names` layers are wrapped in prune_low_magnitude; `model` is left as is."""
     wanted = set(layer_names)
@@ -170,14 +164,14 @@ def wrap_for_pruning(model: keras.Model, layer_names, schedule, m_by_n) -> keras
 
 
 def prune(model: keras.Model, cfg: PruneConfig, train: training.Split, val: training.Split, *,
-          batch_size: int, optimizer: str = "adam") -> PruneResult:
+          batch_size: int) -> PruneResult:
     """Prune the selected layers of `model` by magnitude while fine-tuning, then strip the wrappers.
 
     Args:
       model: a trained flat Keras model; it is not modified.
       cfg: the prune group (`layers` picks the layers; `auto` must have been resolved to names by then).
       train, val: (images, integer labels) for the fine-tune.
-      batch_size, optimizer: fine-tuning knobs (epochs and learning_rate come from cfg).
+      batch_size: the fine-tuning batch size (epochs and learning_rate come from cfg).
 
     Returns:
       A PruneResult; its sparsity is measured in the stripped kernels, not taken from the schedule.
@@ -208,7 +202,7 @@ def prune(model: keras.Model, cfg: PruneConfig, train: training.Split, val: trai
     wrapped = wrap_for_pruning(model, pruned, schedule, m_by_n)
     # No early stopping: restoring the "best" weights could bring back weights from before the final masks.
     history = training.fit(wrapped, train, val, epochs=cfg.epochs, batch_size=batch_size,
-                           learning_rate=cfg.learning_rate, optimizer=optimizer,
+                           learning_rate=cfg.learning_rate,
                            callbacks=[tfmot.sparsity.keras.UpdatePruningStep()])
     stripped = tfmot.sparsity.keras.strip_pruning(wrapped)
     report = weights.sparsity_report(stripped, pruned)

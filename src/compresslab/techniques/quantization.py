@@ -22,6 +22,7 @@ from tensorflow_model_optimization.python.core.quantization.keras.quantize_layer
 
 from compresslab import training
 from compresslab.errors import UserError
+from compresslab.model_io import copy_model
 from compresslab.settings import Budget, QuantizeConfig
 from compresslab.techniques import weights
 from compresslab.techniques.layers import has_weights, select_layers
@@ -67,13 +68,6 @@ class PqatResult:
     drift: dict
 
 
-def _copy_model(model: keras.Model) -> keras.Model:
-    """A copy with its own layers: TFMOT's annotate wrappers would otherwise hold the caller's layers."""
-    copy = keras.models.clone_model(model)
-    copy.set_weights(model.get_weights())
-    return copy
-
-
 def _check_flat(model: keras.Model, names, option: str) -> None:
     for name in names:
         if isinstance(model.get_layer(name), keras.Model):
@@ -100,14 +94,14 @@ def _apply(annotated: keras.Model, scheme: qk.QuantizeScheme, model: keras.Model
 
 
 def quantize_aware(model: keras.Model, cfg: QuantizeConfig, train: training.Split, val: training.Split, *,
-                   batch_size: int, optimizer: str = "adam") -> QatResult:
+                   batch_size: int) -> QatResult:
     """Quantization-aware fine-tuning of the selected layers with TFMOT's default 8-bit scheme.
 
     Args:
       model: a trained flat Keras model; it is not modified.
       cfg: the quantize group: layers ('all' | 'dense' | 'conv' | names), epochs, learning_rate.
       train, val: (images, integer labels) for the fine-tune.
-      batch_size, optimizer: fine-tuning knobs.
+      batch_size: the fine-tuning batch size.
 
     Returns:
       A QatResult holding the QAT-wrapped trained model.
@@ -121,7 +115,7 @@ def quantize_aware(model: keras.Model, cfg: QuantizeConfig, train: training.Spli
     wrapped = [layer.layer.name for layer in qat.layers if isinstance(layer, qk.QuantizeWrapper)]
     print(f"quantize: 8-bit QAT of {', '.join(names)} (quantize wrappers on {', '.join(wrapped)})")
     history = training.fit(qat, train, val, epochs=cfg.epochs, batch_size=batch_size,
-                           learning_rate=cfg.learning_rate, optimizer=optimizer)
+                           learning_rate=cfg.learning_rate)
     return QatResult(model=qat, history=history, quantized_layers=names)
 
 
@@ -136,7 +130,7 @@ def quantize_layers(model: keras.Model, names, option: str, fix: str) -> keras.M
     _check_flat(model, names, option)
     wanted = set(names)
     annotated = keras.models.clone_model(
-        _copy_model(model),
+        copy_model(model),
         clone_function=lambda layer: qk.quantize_annotate_layer(layer) if layer.name in wanted else layer)
     return _apply(annotated, qk.default_8bit.Default8BitQuantizeScheme(), model, option, fix)
 
@@ -224,14 +218,14 @@ def sparsity_drift(before: dict, after: dict) -> dict:
 
 
 def pqat(pruned_model: keras.Model, cfg: Budget, train: training.Split, val: training.Split, *,
-         batch_size: int, optimizer: str = "adam") -> PqatResult:
+         batch_size: int) -> PqatResult:
     """Pruning-preserving QAT of a whole pruned (stripped) model, measuring what happens to its zeros.
 
     Args:
       pruned_model: a pruned model with the pruning wrappers stripped; it is not modified.
       cfg: the pqat group: epochs, learning_rate.
       train, val: (images, integer labels) for the fine-tune.
-      batch_size, optimizer: fine-tuning knobs.
+      batch_size: the fine-tuning batch size.
 
     Returns:
       A PqatResult with the PQAT-wrapped trained model and the kernel sparsity before, after and its drift.
@@ -243,7 +237,7 @@ def pqat(pruned_model: keras.Model, cfg: Budget, train: training.Split, val: tra
         raise UserError(f"pqat: no kernel of model {pruned_model.name!r} holds a zero, so there is no pruning "
                         f"to preserve: give pqat the output of the prune stage")
     before = weights.sparsity_report(pruned_model, pruned_layers)
-    annotated = qk.quantize_annotate_model(_copy_model(pruned_model))
+    annotated = qk.quantize_annotate_model(copy_model(pruned_model))
     scheme = qk.collab_opts.Default8BitPrunePreserveQuantizeScheme()
     model = _apply(annotated, scheme, pruned_model, "pqat",
                    "PQAT quantizes every layer, so remove it from the model (normalise pixels in the data "
@@ -251,7 +245,7 @@ def pqat(pruned_model: keras.Model, cfg: Budget, train: training.Split, val: tra
     print(f"pqat: prune-preserving 8-bit QAT; tracking the zeros of {', '.join(pruned_layers)} "
           f"(sparsity {before['overall']:.3f})")
     history = training.fit(model, train, val, epochs=cfg.epochs, batch_size=batch_size,
-                           learning_rate=cfg.learning_rate, optimizer=optimizer)
+                           learning_rate=cfg.learning_rate)
     after = weights.sparsity_report(model, pruned_layers)
     drift = sparsity_drift(before, after)
     print(f"pqat: sparsity {before['overall']:.4f} -> {after['overall']:.4f} (drift {drift['overall']:+.4f})")

@@ -24,6 +24,7 @@ import tf_keras as keras
 
 from compresslab import dataset, tfdata, training
 from compresslab.errors import UserError
+from compresslab.model_io import copy_model
 from compresslab.seeding import seed_everything
 from compresslab.settings import PruneConfig, SensitivityConfig
 from compresslab.techniques import pruning, quantization
@@ -147,7 +148,7 @@ def measure(model: keras.Model, train: training.Split, val: training.Split, cfg:
     for name, reason in unprunable.items():
         print(f"{label}: no row for {name}: {reason}")
     sparsity, epochs = float(cfg.sparsity), int(cfg.epochs)
-    work = pruning.copy_model(model)
+    work = copy_model(model)
     original = work.get_weights()
 
     def fine_tune(target: keras.Model, callbacks=()) -> None:

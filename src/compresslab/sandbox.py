@@ -1,5 +1,5 @@
 """A throwaway copy of the project as a fresh git repository, where the real `dvc` commands can run without
-touching the user's workspace: used by the end-to-end tests and the benchmark."""
+touching the user's workspace: used by the end-to-end tests and `make benchmark`."""
 
 import shutil
 import subprocess
