@@ -182,3 +182,10 @@ def test_the_control_is_evaluated_and_report_and_compare_carry_the_statistics(pr
     assert {"accuracy_ci_low", "p_value", "accuracy_delta_control_pp", "latency_ratio"} <= set(table.columns)
     control = table[(table.variant == "finetune") & (table["mode"] == "float32")]
     assert control["accuracy_delta_control_pp"].iloc[0] == 0
+
+
+def test_a_cpu_only_repro_logs_no_tensorflow_start_up_noise(pipeline_results):
+    """oneDNN notices and `failed call to cuInit` on a machine without a GPU, 16 times a run, read as failures."""
+    log = (pipeline_results / ".git" / "first_repro.log").read_text()
+    assert "Running stage 'pcqat'" in log and "pcqat: test accuracy" in log
+    assert [line for line in log.splitlines() if any(noise in line for noise in ("cuInit", "oneDNN", "cuda"))] == []
