@@ -1,8 +1,8 @@
 """The files a researcher reads after a compression study: a CSV of every figure, headline metrics for DVC,
 plots, and a markdown report tying them together.
 
-Input is the list of result rows, one per evaluated .tflite file, as `results.record.Record.to_row` encodes
-them (the CSV and metrics.json encodings live in `results` too). A row whose `error` is set could not be evaluated: it is
+Input is the list of result rows, one per evaluated .tflite file, as `results.record.Record.to_row`
+encodes them (the CSV and metrics.json encodings live in `results` too). A row whose `error` is set could not be evaluated: it is
 listed as failed and never drawn or tabulated. Any other figure may be None (a measurement that was skipped
 or failed on its own) and is then left out of plots and shown as a dash in tables.
 

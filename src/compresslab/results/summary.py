@@ -29,4 +29,5 @@ def records_from_summary(metrics: Mapping[str, float]) -> list[Record]:
         parts = key.split(SEPARATOR)
         if len(parts) == 3:
             files.setdefault((parts[0], parts[1]), {})[parts[2]] = as_number(value)
-    return [Record.from_row({"variant": variant, "mode": mode, **figures}) for (variant, mode), figures in files.items()]
+    return [Record.from_row({"variant": variant, "mode": mode, **figures})
+            for (variant, mode), figures in files.items()]
