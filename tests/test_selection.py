@@ -92,7 +92,8 @@ def test_compare_and_search_choose_the_same_file_by_validation_accuracy_against_
     lines = selection_lines(result.selection)
     assert lines[0] == "selection: the smallest file within 1 pp of its run's finetune-float32 accuracy on the " \
                        "validation split"
-    assert lines[1].startswith("chosen: sweep-0.5/pruned-int8: 96.20 % (-0.30 pp), 300.0 KB gzipped")
+    assert lines[1].startswith("chosen: sweep-0.5/pruned-int8: 96.20 % (-0.30 pp vs finetune-float32, held-out "
+                               "test), 300.0 KB gzipped")
     assert "  decided on the validation split: 95.40 % (-0.40 pp vs finetune-float32); the test figures above " \
            "are held out, so the choice does not inflate them" in lines
     assert result.selection.rule == "the smallest file within 1 pp of its run's finetune-float32 on the validation split"

@@ -578,10 +578,10 @@ def select(table: pd.DataFrame, max_drop: float, objective: str = "size") -> Sel
     rows = records(table)
     cost = rule.cost_figure(rows, objective)
     rule.check_max_drop(max_drop)
-    candidates = {id(row): rule.Candidate(file_name(row), row_drop(row), row[cost]) for row in rows
-                  if not rule.is_reference(row["variant"], row["mode"])}
-    chosen, rejected = rule.choose(list(candidates.values()), max_drop, cost)
-    row = next(row for row in rows if candidates.get(id(row)) is chosen)
+    pairs = [(row, rule.Candidate(file_name(row), row_drop(row), row[cost])) for row in rows
+             if not rule.is_reference(row["variant"], row["mode"])]
+    chosen, rejected = rule.choose([candidate for _, candidate in pairs], max_drop, cost)
+    row = next(row for row, candidate in pairs if candidate is chosen)
     return Selection(float(max_drop), objective, row, rejected, chosen.drop, cost)
 
 
@@ -676,7 +676,7 @@ def selection_lines(selection: Selection) -> list[str]:
     file, and one line per rejected file.
 
     A seed group's choice is made on means: its lines add the spread over seeds, and say so when the mean
-    drop is within it (|mean change| < its std): over seeds the file then differs from its reference by noise.
+    drop is within it (|mean change| < its std): over seeds the file then differs from its baseline by noise.
     """
     row, drop = selection.chosen, selection.drop
     seeds = row.get("seeds") or 1
@@ -691,21 +691,22 @@ def selection_lines(selection: Selection) -> list[str]:
     else:
         where = f"experiment {row['experiment']} (`dvc exp apply {row['experiment']}` restores it)"
     split = "" if drop.split == LEGACY_SPLIT else f" on the {rule.SPLIT_NAMES[drop.split]} split"
-    test_change = "" if drop.test_drop_pp is None else f" ({rule.pp(-drop.test_drop_pp, signed=True)} pp)"
+    against = "" if drop.split == LEGACY_SPLIT else f" vs {drop.reference}, held-out test"
+    test_change = "" if drop.test_drop_pp is None else f" ({rule.pp(-drop.test_drop_pp, signed=True)} pp{against})"
     lines = [f"selection: the {'smallest' if selection.objective == 'size' else 'fastest'} file within "
              f"{selection.max_drop:g} pp of its run's {drop.reference} accuracy{split}"
              f"{' (means over seeds)' if 'seeds' in row else ''}",
              f"chosen: {file_name(row)}: {row['accuracy'] * 100:.2f} %{test_change}, "
              f"{fmt(row['gzip_bytes'], '{:.1f}', 1 / KB)} KB gzipped{latency}"]
-    delta = None if drop.test_drop_pp is None else -drop.test_drop_pp
-    spread = row.get("accuracy_delta_pp_std")
+    # The spread over seeds is of the change against baseline-float32 (accuracy_delta_pp_std): so is this line.
+    delta, spread = row["accuracy_delta_pp"], row.get("accuracy_delta_pp_std")
     if seeds > 1 and spread is not None and row["accuracy_std"] is not None and delta is not None:
         lines.append(f"  mean of {seeds} seeds: accuracy {row['accuracy'] * 100:.2f} ± "
                      f"{row['accuracy_std'] * 100:.2f} % (95 % seed interval {row['accuracy_seed_ci_low'] * 100:.2f}"
                      f"–{row['accuracy_seed_ci_high'] * 100:.2f} %), change {delta:+.2f} ± {spread:.2f} pp")
         if abs(delta) < spread:
             lines.append(f"  the mean drop is within the spread: |{delta:+.2f}| pp < {spread:.2f} pp std between "
-                         f"seeds, so over seeds this file is not told apart from {drop.reference}")
+                         f"seeds, so over seeds this file is not told apart from baseline-float32")
     elif "seeds" in row:
         lines.append("  one seed only: no spread is known for this file")
     lines.append(_decided_on(drop))
