@@ -20,9 +20,12 @@ from compresslab.config import load_params
 from compresslab.errors import UserError, run_main
 from compresslab.outputs import write_json
 from compresslab.reporting import report, scoring
+from compresslab.results.headline import headline_metrics
+from compresslab.results.record import Record
+from compresslab.results.summary import summary_metrics
 
 
-def run(params) -> list[dict]:
+def run(params) -> list[Record]:
     cfg = params.evaluate
     missing = [v for v in variants.VARIANTS if not paths.evaluation(v).is_file()]
     if missing:
@@ -45,12 +48,13 @@ def run(params) -> list[dict]:
     write_json(paths.REPORTS / "fingerprint.json", fingerprint)
     profiles = {name: profile for evaluation in evaluations for name, profile in evaluation.get("profiles", {}).items()}
     write_json(paths.REPORTS / "profile.json", profiles)
-    write_outputs(params, rows, confusions, notes, fingerprint, profiles)
-    failed = [scoring.label(r) for r in rows if r.get("error")]
+    records = [Record.from_row(row) for row in rows]
+    write_outputs(params, records, confusions, notes, fingerprint, profiles)
+    failed = [record.label for record in records if record.failed]
     if failed:
         raise UserError(f"{len(failed)} file(s) could not be evaluated: {', '.join(failed)} (reasons in "
                         f"reports/report.md); the other files are reported")
-    return rows
+    return records
 
 
 def timing_fingerprint(evaluations: list[dict]) -> tuple[dict, list[str]]:
@@ -66,11 +70,11 @@ def timing_fingerprint(evaluations: list[dict]) -> tuple[dict, list[str]]:
                       f"compare their latency ratios to baseline-float32, not milliseconds."]
 
 
-def write_outputs(params, rows: list[dict], confusions: dict, notes: list[str], fingerprint: dict,
+def write_outputs(params, records: list[Record], confusions: dict, notes: list[str], fingerprint: dict,
                   profiles: dict) -> None:
-    headline = report.headline_metrics(rows)
-    write_json(paths.REPORTS / "metrics.json", headline)
-    report.write_variants_csv(rows, paths.REPORTS / "variants.csv")
+    write_json(paths.REPORTS / "metrics.json", headline_metrics(records))
+    report.write_variants_csv(records, paths.REPORTS / "variants.csv")
+    rows = [record.to_row() for record in records]
     report.write_plot_data(rows, paths.PLOTS)
     summary = {"model": params.model.name, "data": f"{params.data.name} ({params.data.image_size}px, "
                f"{params.data.channels} channel(s))", "prune": f"{params.prune.schedule} to "
@@ -84,10 +88,7 @@ def write_outputs(params, rows: list[dict], confusions: dict, notes: list[str], 
     shown = {name: c for name, c in confusions.items() if name == variants.BASELINE_FILE or name.endswith("-int8")}
     report_path = report.write_report(rows, shown, paths.REPORTS, title="compresslab report",
                                       config_summary=summary, notes=notes + report_notes(), profiles=profiles)
-    # Every figure of every file, `significant*` flags as 0/1, so the MLflow UI can sort and chart them.
-    metrics = {f"{r['variant']}.{r['mode']}.{key}": float(value) for r in rows if not r.get("error")
-               for key, value in r.items() if isinstance(value, (int, float))}
-    tracking.log_summary(params=params, metrics=metrics, description=report_path.read_text(),
+    tracking.log_summary(params=params, metrics=summary_metrics(records), description=report_path.read_text(),
                          tags={"files": str(len(rows)), "model": params.model.name,
                                **{f"fingerprint.{key}": value for key, value in fingerprint.items()}},
                          artifacts=[report_path, paths.REPORTS / "variants.csv", paths.REPORTS / "metrics.json",

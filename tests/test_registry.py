@@ -37,7 +37,10 @@ def test_the_chosen_file_is_registered_with_its_lineage_and_a_better_choice_move
     assert tags["dvc_exp_name"] == "reg-a" and tags["git_commit"] == head and tags["data_hash"] == data_md5
     assert any(key.startswith("dvc.dep.reports/evaluate/") for key in tags)   # the dvc.lock hashes it came from
     assert tags["param.evaluate.min_runs"] == "6" and "param.prune.final_sparsity" in tags
-    assert tags["selection.rule"] == "the smallest file within 100 pp of its run's baseline-float32"
+    # The rule compare and search share: the run's float control, on the validation split.
+    assert tags["selection.rule"] == "the smallest file within 100 pp of its run's finetune-float32 on the " \
+                                     "validation split"
+    assert tags["selection.reference"] == "finetune-float32" and tags["selection.split"] == "val"
     assert tags["selection.max_drop_pp"] == "100.0" and tags["selection.objective"] == "size"
     assert float(tags["gzip_bytes"]) == chosen["gzip_bytes"] and tags["file"] == f"{label}.tflite"
 

@@ -10,9 +10,10 @@ import pandas as pd
 import pytest
 
 from compresslab.errors import UserError
-from compresslab.reporting.report import (DPI, TRADEOFF_SIZE, csv_columns, headline_metrics, plot_confusion,
-                                plot_latency, plot_tradeoff, write_confusion_samples,
-                                write_plot_data, write_report, write_variants_csv)
+from compresslab.reporting.report import (DPI, TRADEOFF_SIZE, plot_confusion, plot_latency, plot_tradeoff,
+                                         write_confusion_samples, write_plot_data, write_report, write_variants_csv)
+from compresslab.results.headline import headline_metrics
+from compresslab.results.variants_csv import csv_columns
 
 THREADS = (1, 4)
 CLASSES = ["cat", "dog", "fox"]

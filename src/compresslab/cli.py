@@ -76,14 +76,14 @@ def compare(args: argparse.Namespace) -> None:
     result = run_compare(args.experiments, out=args.out, max_drop=args.max_drop, objective=objective)
     print("\n".join(summary_lines(result)))
     if args.register is not None:
-        chosen = result.selection.chosen
+        selection = result.selection
+        chosen = selection.chosen
         # A seed group's row names all its runs: the file registered is its first seed's.
         registered = registry.register(
             args.register, run_id=chosen["run_id"].split(",")[0], variant=chosen["variant"], mode=chosen["mode"],
             figures=chosen, objective=objective, alias=args.alias,
-            rule={"command": "compare", "max_drop_pp": args.max_drop, "reference": "baseline-float32",
-                  "rule": f"the {'smallest' if objective == 'size' else 'fastest'} file within "
-                          f"{args.max_drop:g} pp of its run's baseline-float32",
+            rule={"command": "compare", "max_drop_pp": args.max_drop, "reference": selection.drop.reference,
+                  "split": selection.drop.split, "rule": selection.rule,
                   "experiments": ",".join(result.experiments)})
         print(registered_line(registered))
 
@@ -149,10 +149,16 @@ def main(argv: list[str] | None = None) -> None:
                          "selection.json and, when some configuration ran on several seeds, compare_runs.csv "
                          "(default: reports/compare)")
     command.add_argument("--max-drop", type=float, metavar="POINTS",
-                         help="choose the smallest file whose accuracy is at most POINTS percentage points "
-                         "below its run's baseline-float32, and say why every other file lost")
+                         help="choose the smallest (see --objective) file whose validation accuracy is at most "
+                         "POINTS percentage points below that of its own run's float control, finetune-float32 "
+                         "(baseline-float32 in a run without a control; the test split only for runs logged "
+                         "without validation figures, as the output then says); the same rule as search "
+                         "--max-drop. Prints the file's held-out test accuracy beside the choice, and why every "
+                         "other file lost")
     command.add_argument("--objective", choices=["size", "latency"],
-                         help="what the choice minimises: gzipped size (default) or median latency")
+                         help="what the choice minimises: gzipped size (default) or the latency ratio to its "
+                         "run's baseline-float32, timed interleaved in one process (median milliseconds only "
+                         "when no run has a ratio, as the output then says)")
     add_register_options(command)
     command.set_defaults(func=compare)
     command = commands.add_parser("search", help="find the most compressed setting of a knob whose file stays "
@@ -160,8 +166,11 @@ def main(argv: list[str] | None = None) -> None:
     command.add_argument("knob", help="the parameter to search: " + ", ".join(searching.KNOBS) + ", or any numeric "
                          "key of params.yaml with --direction, --low, --high, --resolution and --file")
     command.add_argument("--max-drop", type=float, required=True, metavar="POINTS",
-                         help="the largest accuracy drop allowed, in percentage points below the float control "
-                         "(finetune-float32; baseline-float32 when there is none)")
+                         help="the largest accuracy drop allowed: the file's validation accuracy at most POINTS "
+                         "percentage points below that of its run's float control, finetune-float32 "
+                         "(baseline-float32 when there is none; the test split only for experiments without "
+                         "validation figures, as the output then says); the same rule as compare --max-drop. "
+                         "The held-out test accuracy is printed beside each probe")
     command.add_argument("--file", help="the file whose accuracy counts, <variant>-<mode> (default: the knob's "
                          "technique's int8 file, e.g. pruned-int8)")
     command.add_argument("--low", type=float, help="the least value searched (default: per knob)")

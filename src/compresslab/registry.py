@@ -22,14 +22,15 @@ from pathlib import Path
 
 from compresslab import variants
 from compresslab.errors import UserError
+from compresslab.results import selection as rule
 
 DEFAULT_ALIAS = "champion"
 ARTIFACT_DIR = "registry"
 LINEAGE_TAGS = ("data_hash", "git_commit", "git_dirty", "dvc_exp_name")
 LINEAGE_PREFIXES = ("dvc.dep.", "dvc.out.")
 FIGURES = ("accuracy", "accuracy_delta_pp", "val_accuracy", "gzip_bytes", "latency_ratio", "latency_median_ms")
-# What the alias compares, per objective: lower is better.
-COSTS = {"size": "gzip_bytes", "latency": "latency_ratio"}
+# What the alias compares, per objective (lower is better): the selection rule's own ranking.
+COSTS = rule.OBJECTIVES
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\- ]{0,254}$")
 
 

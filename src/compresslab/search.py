@@ -33,9 +33,11 @@ import yaml
 
 from compresslab import paths, variants
 from compresslab.errors import UserError
+from compresslab.results import selection as rule
+from compresslab.results.headline import records_from_headline
+from compresslab.results.record import by_file
 
 OUT_DIR = paths.REPORTS / "search"
-TOLERANCE_PP = 1e-9          # float differences: a drop of 1.0000000000000009 pp passes --max-drop 1
 POLL_SECONDS = 3.0
 # Polls with probes pending and no queue worker alive before the search starts the workers again (once), then
 # gives up, rather than wait forever for a probe that nobody will run (see `_wait_for_idle_workers`).
@@ -369,11 +371,6 @@ def _text(value: float) -> str:
     return f"{value:g}"
 
 
-def _pp(change: float) -> str:
-    """A signed change in pp; a float difference of -1e-15 prints as +0.00, not -0.00."""
-    return f"{round(change, 2) + 0.0:+.2f}"
-
-
 def _values_text(request: Request) -> str:
     grid = request.grid
     order = "higher" if request.knob.higher_compresses else "lower"
@@ -503,28 +500,27 @@ def queue_state(root: str | Path | None = None) -> tuple[dict[str, str], int]:
 
 def measure(request: Request, value: float, name: str, *, uri: str | None = None) -> Probe:
     """The probe's figures as DVC recorded them (the experiment's reports/metrics.json, which the evaluate and
-    report stages wrote): its file against the float control (else the baseline), and its MLflow summary run.
+    report stages wrote), decided by `results.selection`'s rule, and its MLflow summary run.
 
     A probe whose setting is the committed one re-runs no stage, so it has no summary run of its own: its
     figures are the commit's, and its run_id that of the newest summary of the commit, if this store has one.
     """
-    metrics = experiment_metrics(name)
-    reference = next((v for v in (variants.CONTROL, variants.BASELINE) if "float32" in metrics.get(v, {})), None)
-    variant, mode = variants.split_label(request.file)
-    figures = metrics.get(variant, {}).get(mode, {})
-    if figures.get("accuracy") is None or reference is None:
+    return decide(request, value, name, experiment_metrics(name), summary_run_id(name, uri=uri))
+
+
+def decide(request: Request, value: float, name: str, metrics: Mapping, run_id: str | None = None) -> Probe:
+    """Whether the probe's file passes: the rule every command shares (`results.selection`), on the figures of
+    one reports/metrics.json: the drop against the float control (else the baseline), on the validation split
+    (the test split for experiments from before the evaluate stage measured it), test figures beside it."""
+    file = variants.split_label(request.file)
+    files = by_file(records_from_headline(metrics))
+    drop = rule.measure_drop(files, file)
+    if drop is None or drop.test is None:
         raise UserError(f"probe {name} has no accuracy for {request.file} next to a float32 reference: check "
                         f"its convert.modes (`dvc exp show`)")
-    baseline = metrics[reference]["float32"]
-    # Experiments from before the evaluate stage measured the validation split decide on the test split.
-    split = "val" if figures.get("val_accuracy") is not None and baseline.get("val_accuracy") is not None \
-        else "test"
-    key = "val_accuracy" if split == "val" else "accuracy"
-    drop = (baseline[key] - figures[key]) * 100
-    return Probe(value, name, drop <= request.max_drop + TOLERANCE_PP, split, figures[key], baseline[key], drop,
-                 figures["accuracy"], variants.label(reference, "float32"), baseline["accuracy"],
-                 (baseline["accuracy"] - figures["accuracy"]) * 100, figures.get("gzip_bytes"),
-                 summary_run_id(name, uri=uri))
+    return Probe(value, name, drop.within(request.max_drop), drop.split, drop.decision, drop.reference_decision,
+                 drop.drop_pp, drop.test, drop.reference, drop.reference_test, drop.test_drop_pp,
+                 files[file].gzip_bytes, run_id)
 
 
 def experiment_metrics(name: str) -> dict:
@@ -573,8 +569,9 @@ def _probe_line(search: Search, probe: Probe) -> str:
     size = "" if probe.gzip_bytes is None else f", {probe.gzip_bytes / 1024:.1f} KB gzipped"
     return (f"probe {len(search.probes)}/{search.request.max_probes}: {search.request.knob.name}="
             f"{_text(probe.value)}  {search.request.file} {probe.split} {probe.decision_accuracy * 100:.2f} % "
-            f"({_pp(-probe.drop_pp)} pp vs {probe.reference}): {verdict} {search.request.max_drop:g} pp; test "
-            f"{probe.accuracy * 100:.2f} % ({_pp(-probe.test_drop_pp)} pp){size}  [{probe.experiment}, "
+            f"({rule.pp(-probe.drop_pp, signed=True)} pp vs {probe.reference}): {verdict} "
+            f"{search.request.max_drop:g} pp; test {probe.accuracy * 100:.2f} % "
+            f"({rule.pp(-probe.test_drop_pp, signed=True)} pp){size}  [{probe.experiment}, "
             f"done {probe.seconds:.0f} s into its round]")
 
 
@@ -582,11 +579,11 @@ def summary_lines(search: Search) -> list[str]:
     """The closing lines: the choice with its file, size, accuracy and drop, and what to be wary of."""
     request, outcome, chosen = search.request, search.outcome, search.chosen
     lines = [f"chosen: {request.knob.name}={_text(chosen.value)} -> {request.file}: test accuracy "
-             f"{chosen.accuracy * 100:.2f} % ({_pp(-chosen.test_drop_pp)} pp vs {chosen.reference} "
+             f"{chosen.accuracy * 100:.2f} % ({rule.pp(-chosen.test_drop_pp, signed=True)} pp vs {chosen.reference} "
              f"{chosen.reference_accuracy * 100:.2f} %), {chosen.gzip_bytes / 1024:.1f} KB gzipped; experiment "
              f"{chosen.experiment} (`dvc exp apply {chosen.experiment}` restores it)",
              f"  chosen on the {'validation' if chosen.split == 'val' else 'test'} split: "
-             f"{chosen.decision_accuracy * 100:.2f} % ({_pp(-chosen.drop_pp)} pp)"
+             f"{chosen.decision_accuracy * 100:.2f} % ({rule.pp(-chosen.drop_pp, signed=True)} pp)"
              + ("; the test split stays held out, so the test figures above are not inflated by the choice"
                 if chosen.split == "val" else "; no validation figures in these experiments, so the test "
                 "accuracy above took part in the choice and overstates what a new test set would show"),

@@ -12,10 +12,12 @@ seeds, the standard deviation and a Student-t interval (`statistics.seed_summary
 choice use those means; the per-run rows go to compare_runs.csv. With one run per configuration the table
 is per run, and the comparison says it is single-seed: one run is one sample, its spread unknown.
 
-The choice follows Intel Neural Compressor's accuracy-aware tuning: a file qualifies when its accuracy lies
-within a tolerated drop (percentage points) of its own run's float32 baseline, and the smallest (or fastest)
-qualifying file wins. Each run's baseline-float32 is the reference every drop is measured against, so it is
-never a candidate itself.
+The choice follows Intel Neural Compressor's accuracy-aware tuning, by the rule every command shares
+(`results.selection`): a file qualifies when its validation accuracy lies within a tolerated drop
+(percentage points) of its own run's float control, finetune-float32 (baseline-float32 in a run without a
+control; the test split only for runs logged without validation figures), and the smallest (or fastest, by
+the interleaved latency ratio) qualifying file wins; its held-out test figures are printed beside it. The
+float32 references are never candidates.
 
 Pure MLflow, pandas and matplotlib: this module must not import TensorFlow (comparing needs no model).
 """
@@ -38,22 +40,32 @@ from compresslab import paths, tracking, variants
 from compresslab.errors import UserError
 from compresslab.outputs import write_json, write_text
 from compresslab.reporting import statistics
-from compresslab.reporting.metrics import as_number, pareto_front
+from compresslab.reporting.metrics import pareto_front
+from compresslab.results import selection as rule
+from compresslab.results.record import Record, by_file, thread_counts, thread_key
+from compresslab.results.summary import records_from_summary
 from compresslab.reporting.report import (DPI, KB, TradeoffPoint, draw_tradeoff, fmt, mode_markers, save_figure,
                                          sort_rows)
 
 OUT_DIR = paths.REPORTS / "compare"
-REFERENCE = variants.split_label(variants.BASELINE_FILE)   # ('baseline', 'float32')
 FIGURE_COLUMNS = ("variant", "mode", "accuracy", "accuracy_delta_pp", "gzip_bytes", "gzip_ratio",
                   "latency_median_ms", "latency_threads", "latency_ratio", "pareto_size", "pareto_latency")
 # Carried from the report stage's scoring (Wilson interval, exact McNemar vs baseline-float32, change vs the
 # float control of the same mode); runs logged before it have none: empty cells.
 SCORING_COLUMNS = ("accuracy_ci_low", "accuracy_ci_high", "p_value", "significant", "accuracy_delta_control_pp")
+# What the selection rule decides on (`results.selection`): each run's reference (its float control, else its
+# baseline-float32), the split (validation, else test), the file's and the reference's figures and the drops
+# on the decision split and on the held-out test split. Present when some run has a control or validation
+# figures; for older runs the rule reads what accuracy_delta_pp already says (baseline-float32, test split).
+RULE_COLUMNS = ("reference", "split", "val_accuracy", "reference_val_accuracy", "reference_accuracy", "drop_pp",
+                "test_drop_pp")
+LEGACY_REFERENCE, LEGACY_SPLIT = variants.BASELINE_FILE, "test"
 # A seed group's row: how many runs it averages and how far they spread (empty for a single run).
 GROUP_COLUMNS = ("seeds", "accuracy_std", "accuracy_seed_ci_low", "accuracy_seed_ci_high", "accuracy_delta_pp_std")
 # Averaged over a group's seeds; the fronts and the choice are taken on these means.
 MEAN_COLUMNS = ("accuracy", "accuracy_delta_pp", "accuracy_delta_control_pp", "gzip_bytes", "gzip_ratio",
-                "latency_median_ms", "latency_ratio")
+                "latency_median_ms", "latency_ratio", "val_accuracy", "reference_val_accuracy", "reference_accuracy",
+                "drop_pp", "test_drop_pp")
 # Figures of one run's test split (its Wilson interval, its McNemar test): a mean of them means nothing, so a
 # group of several runs leaves them empty; compare_runs.csv has them per run, the seed interval replaces them.
 PER_RUN_COLUMNS = ("accuracy_ci_low", "accuracy_ci_high", "p_value", "significant")
@@ -61,14 +73,9 @@ SEED = "seed"
 GROUP_JOIN = "+"   # a group is named by its experiments: exp-a+exp-b+exp-c
 SINGLE_SEED_NOTE = ("single-seed comparison: every figure is one run, one sample; queue seeds "
                     "(`dvc exp run --queue -S 'seed=1,2,3'`) for means and spreads")
-OBJECTIVES = {"size": "gzip_bytes", "latency": "latency_median_ms"}
 # Latency compares across runs only as a ratio timed within each run (each file against its own run's
-# baseline-float32, interleaved): milliseconds drift 2x between runs and differ between machines. Runs
-# logged before the ratio existed fall back to milliseconds.
-LATENCY_RATIO = "latency_ratio"
-# accuracy_delta_pp comes from float differences: (0.95 - 0.96) * 100 is -1.0000000000000009, which must
-# still pass --max-drop 1.
-TOLERANCE_PP = 1e-9
+# baseline-float32, interleaved): milliseconds drift 2x between runs and differ between machines.
+LATENCY_RATIO = rule.OBJECTIVES["latency"]
 COMPARE_SIZE = (15.0, 6.0)   # inches: two panels side by side, legends outside on the right
 _SEARCH_PAGE = 1000
 SUMMARY_FILTER = "tags.summary = 'true' and attributes.status = 'FINISHED'"
@@ -79,12 +86,19 @@ class Selection:
     """The file an accuracy-aware selection chose, and why each other candidate lost.
 
     chosen: the winning table row (a dict); rejected: ('exp/variant-mode', reason) for every other file
-    except the baseline-float32 references.
+    except the float32 references; drop: the chosen file's drop by the rule; cost: the figure ranked.
     """
     max_drop: float
     objective: str
     chosen: dict
     rejected: list[tuple[str, str]]
+    drop: rule.Drop | None = None
+    cost: str = "gzip_bytes"
+
+    @property
+    def rule(self) -> str:
+        """The rule in words, with the chosen file's reference and split."""
+        return rule.describe(self.max_drop, self.objective, self.drop.reference, self.drop.split)
 
 
 @dataclass
@@ -140,7 +154,8 @@ def compare(experiments: Sequence[str] | None = None, *, out: str | Path = OUT_D
         max_drop (after compare.csv and compare.png are written).
     """
     if max_drop is not None:
-        _check_selection_args(max_drop, objective)
+        rule.check_objective(objective)
+        rule.check_max_drop(max_drop)
     runs, repeats = drop_repeats(summary_runs(experiments, uri=uri))
     varying = varying_params(runs)
     runs_table = build_table(runs, varying)
@@ -168,6 +183,7 @@ def compare(experiments: Sequence[str] | None = None, *, out: str | Path = OUT_D
         except UserError as err:
             raise UserError(f"{err} (the comparison is in {csv_path})") from None
         result.selection_path = write_selection(result.selection, varying, selection_path)
+        result.notes += rule.latency_note(result.selection.cost)
     return result
 
 
@@ -303,7 +319,8 @@ def build_table(runs: Sequence[Run], varying: Sequence[str] = ()) -> pd.DataFram
     (latency_median_ms, accuracy) over all rows; then SCORING_COLUMNS as the run logged them (empty for runs
     logged before the report stage scored files): accuracy_ci_low / accuracy_ci_high (95 % Wilson),
     p_value / significant (0/1, exact McNemar vs. baseline-float32) and accuracy_delta_control_pp (vs. the
-    float control of the same mode). Rows run by experiment (newest first), variant, mode.
+    float control of the same mode); then RULE_COLUMNS when some run has a control or validation figures
+    (what `select` decides on). Rows run by experiment (newest first), variant, mode.
 
     Args:
       runs: summary runs, in the order their rows should appear.
@@ -315,9 +332,16 @@ def build_table(runs: Sequence[Run], varying: Sequence[str] = ()) -> pd.DataFram
         raise UserError("the summary runs hold no `<variant>.<mode>.<figure>` metrics: were they logged by "
                         "an older pipeline? Run `dvc repro` again")
     _mark_fronts(rows)
-    columns = ["experiment", "run_id", *_param_columns(varying), *FIGURE_COLUMNS, *SCORING_COLUMNS]
+    columns = ["experiment", "run_id", *_param_columns(varying), *FIGURE_COLUMNS, *SCORING_COLUMNS,
+               *(RULE_COLUMNS if _rule_differs(rows) else ())]
     table = pd.DataFrame(rows, columns=columns)
     return table.astype({"gzip_bytes": "Int64", "latency_threads": "Int64", "significant": "Int64"})
+
+
+def _rule_differs(rows: Sequence[Mapping]) -> bool:
+    """Whether some row is decided otherwise than its accuracy_delta_pp says (another reference or split)."""
+    return any(row["reference"] is not None and (row["reference"], row["split"]) != (LEGACY_REFERENCE, LEGACY_SPLIT)
+               for row in rows)
 
 
 def build_group_table(table: pd.DataFrame, groups: Sequence[Sequence[Run]],
@@ -365,6 +389,8 @@ def _group_row(members: list[dict]) -> dict:
         return row   # one sample: its figures as they are, its spread unknown (not zero)
     for key in MEAN_COLUMNS:
         row[key] = _over_seeds(members, key)["mean"]
+    if len({(member.get("reference"), member.get("split")) for member in members}) > 1:
+        row.update(drop_pp=None, test_drop_pp=None)   # drops against different references do not average
     accuracy, delta = _over_seeds(members, "accuracy"), _over_seeds(members, "accuracy_delta_pp")
     row.update(accuracy_std=accuracy["std"], accuracy_seed_ci_low=accuracy["ci_low"],
                accuracy_seed_ci_high=accuracy["ci_high"], accuracy_delta_pp_std=delta["std"])
@@ -377,7 +403,7 @@ def _group_row(members: list[dict]) -> dict:
 
 def _over_seeds(members: list[dict], key: str) -> dict:
     """`statistics.seed_summary` of one figure over the runs that have it; all None when none has."""
-    values = [member[key] for member in members if member[key] is not None]
+    values = [member.get(key) for member in members if member.get(key) is not None]
     if not values:
         return {"mean": None, "std": None, "ci_low": None, "ci_high": None}
     summary = statistics.seed_summary(values)
@@ -386,35 +412,22 @@ def _over_seeds(members: list[dict], key: str) -> dict:
     return summary
 
 
-def latency_cost(rows: Sequence[Mapping]) -> str:
-    """The latency figure that compares across these rows: the ratio when every timed row has one."""
-    timed = [row for row in rows if row.get("latency_median_ms") is not None]
-    if timed and all(row.get(LATENCY_RATIO) is not None for row in timed):
-        return LATENCY_RATIO
-    return OBJECTIVES["latency"]
-
-
 def _mark_fronts(rows: list[dict]) -> None:
     """Set pareto_size / pareto_latency on every row: on the front of (cost, accuracy) over all rows."""
-    for flag, cost in (("pareto_size", "gzip_bytes"), ("pareto_latency", latency_cost(rows))):
+    for flag, cost in (("pareto_size", "gzip_bytes"), ("pareto_latency", rule.cost_figure(rows, "latency"))):
         on_front = pareto_front([(row[cost], row["accuracy"]) for row in rows])
         for row, keep in zip(rows, on_front):
             row[flag] = keep
 
 
 def _param_columns(varying: Sequence[str]) -> list[str]:
-    taken = {"experiment", "run_id", *FIGURE_COLUMNS, *SCORING_COLUMNS, *GROUP_COLUMNS}
+    taken = {"experiment", "run_id", *FIGURE_COLUMNS, *SCORING_COLUMNS, *RULE_COLUMNS, *GROUP_COLUMNS}
     return [f"params.{key}" if key in taken else key for key in varying]
 
 
-def file_figures(run: Run) -> dict[tuple[str, str], dict[str, float]]:
-    """{(variant, mode): {figure: value}} from the run's `<variant>.<mode>.<figure>` metrics."""
-    files: dict[tuple[str, str], dict[str, float]] = {}
-    for key, value in run.data.metrics.items():
-        parts = key.split(".")
-        if len(parts) == 3:
-            files.setdefault((parts[0], parts[1]), {})[parts[2]] = as_number(value)
-    return files
+def run_records(run: Run) -> dict[tuple[str, str], Record]:
+    """{(variant, mode): record} from the run's `<variant>.<mode>.<figure>` summary metrics."""
+    return by_file(records_from_summary(run.data.metrics))
 
 
 def _latency_threads(runs: Sequence[Run]) -> dict[str, int | None]:
@@ -423,11 +436,7 @@ def _latency_threads(runs: Sequence[Run]) -> dict[str, int | None]:
     Latencies only compare at one thread count, so the lowest count every run measured is used; runs that
     share none fall back to their own lowest.
     """
-    measured = {run.info.run_id: {int(figure.removeprefix("latency_median_ms_t"))
-                                  for figures in file_figures(run).values() for figure in figures
-                                  if figure.startswith("latency_median_ms_t")
-                                  and figure.removeprefix("latency_median_ms_t").isdigit()}
-                for run in runs}
+    measured = {run.info.run_id: set(thread_counts(run_records(run).values())) for run in runs}
     common = set.intersection(*measured.values()) if measured else set()
     if common:
         return {run_id: min(common) for run_id in measured}
@@ -435,38 +444,48 @@ def _latency_threads(runs: Sequence[Run]) -> dict[str, int | None]:
 
 
 def _run_rows(run: Run, varying: Sequence[str], threads: int | None) -> list[dict]:
-    files = file_figures(run)
-    reference = files.get(REFERENCE, {})
+    files = run_records(run)
+    reference = files.get(variants.split_label(variants.BASELINE_FILE))
     params = {column: run.data.params.get(key) for column, key in zip(_param_columns(varying), varying)}
     rows = []
-    for (variant, mode), figures in files.items():
-        accuracy, gzip_bytes = figures.get("accuracy"), figures.get("gzip_bytes")
-        control = files.get((variants.CONTROL, mode), {})
-        significant = figures.get("significant")
+    for (variant, mode), record in files.items():
+        control = files.get((variants.CONTROL, mode))
+        latency = record.at(threads) if threads is not None else None
+        drop = rule.measure_drop(files, (variant, mode))
         rows.append({
             "experiment": experiment_name(run), "run_id": run.info.run_id, **params,
-            "variant": variant, "mode": mode, "accuracy": accuracy,
-            "accuracy_delta_pp": _delta_pp(accuracy, reference.get("accuracy"), figures),
-            "gzip_bytes": None if gzip_bytes is None else int(round(gzip_bytes)),
-            "gzip_ratio": _ratio(gzip_bytes, reference.get("gzip_bytes"), figures.get("gzip_ratio")),
-            "latency_median_ms": None if threads is None else figures.get(f"latency_median_ms_t{threads}"),
+            "variant": variant, "mode": mode, "accuracy": record.accuracy,
+            "accuracy_delta_pp": _delta_pp(record.accuracy, reference and reference.accuracy,
+                                           record.accuracy_delta_pp),
+            "gzip_bytes": None if record.gzip_bytes is None else int(round(record.gzip_bytes)),
+            "gzip_ratio": _ratio(record.gzip_bytes, reference and reference.gzip_bytes, record.gzip_ratio),
+            "latency_median_ms": None if latency is None else latency.median_ms,
             "latency_threads": threads,
-            "latency_ratio": figures.get(f"latency_ratio_t{threads}", figures.get(LATENCY_RATIO)),
-            "accuracy_ci_low": figures.get("accuracy_ci_low"), "accuracy_ci_high": figures.get("accuracy_ci_high"),
-            "p_value": figures.get("p_value"),
-            "significant": None if significant is None else round(significant),
-            "accuracy_delta_control_pp": _delta_pp(accuracy, control.get("accuracy"), figures,
-                                                   "accuracy_delta_control_pp"),
+            "latency_ratio": latency.ratio if latency is not None and latency.ratio is not None
+            else record.latency_ratio,
+            "accuracy_ci_low": record.accuracy_ci_low, "accuracy_ci_high": record.accuracy_ci_high,
+            "p_value": record.p_value,
+            "significant": None if record.significant is None else round(record.significant),
+            "accuracy_delta_control_pp": _delta_pp(record.accuracy, control and control.accuracy,
+                                                   record.accuracy_delta_control_pp),
+            "reference": drop and drop.reference, "split": drop and drop.split,
+            "val_accuracy": record.val_accuracy,
+            "reference_val_accuracy": drop and _reference(files).val_accuracy,
+            "reference_accuracy": drop and drop.reference_test,
+            "drop_pp": drop and drop.drop_pp, "test_drop_pp": drop and drop.test_drop_pp,
         })
     return sort_rows(rows)
 
 
-def _delta_pp(accuracy: float | None, reference: float | None, figures: Mapping,
-              logged: str = "accuracy_delta_pp") -> float | None:
+def _reference(files: Mapping[tuple[str, str], Record]) -> Record:
+    return files[rule.reference_file(files)]
+
+
+def _delta_pp(accuracy: float | None, reference: float | None, logged: float | None) -> float | None:
     # Recomputed from the accuracies so the reference is certainly this run's baseline-float32 (or control);
     # the logged figure only stands in when the run lacks that file.
     if accuracy is None or reference is None:
-        return figures.get(logged)
+        return logged
     return (accuracy - reference) * 100.0
 
 
@@ -486,7 +505,7 @@ def _notes(runs: Sequence[Run], table: pd.DataFrame) -> list[str]:
                     if len({other.data.tags.get(key) for other in runs}) > 1}
     if fingerprints:
         compared = ("latency is compared as each file's ratio to its own run's baseline-float32 (timed in the same "
-                    "process)" if latency_cost(records(table)) == LATENCY_RATIO
+                    "process)" if rule.cost_figure(records(table), "latency") == LATENCY_RATIO
                     else "their milliseconds do not compare directly")
         notes.append(f"the runs were timed on different machines or software ({', '.join(sorted(fingerprints))} "
                      f"differ): {compared}")
@@ -539,103 +558,46 @@ def file_name(row: Mapping) -> str:
 # ------------------------------------------------------------------------------------------ selection
 
 def select(table: pd.DataFrame, max_drop: float, objective: str = "size") -> Selection:
-    """Accuracy-aware choice: the smallest (or fastest) file within max_drop pp of its run's baseline-float32.
+    """Accuracy-aware choice by `results.selection`'s rule: the smallest (or fastest) file within max_drop pp of
+    its run's float control (else baseline-float32), on the validation split (else test).
 
-    Ties on the objective go to the more accurate file, then to the one listed first (the newest run).
+    Ties on the objective go to the more accurate file (on the decision split), then to the one listed first
+    (the newest run).
 
     Args:
       table: the comparison table (`build_table`).
       max_drop: the tolerated accuracy drop in percentage points (>= 0).
-      objective: 'size' (gzip_bytes) or 'latency' (latency_ratio, or latency_median_ms for runs without).
+      objective: 'size' (gzip_bytes) or 'latency' (latency_ratio; milliseconds only when no row has a ratio).
 
     Returns:
-      A Selection; every file but the choice and the baseline-float32 references gets a rejection reason.
+      A Selection; every file but the choice and the float32 references gets a rejection reason.
 
     Raises:
       UserError: when no file qualifies, naming the smallest drop found and the --max-drop that admits it.
     """
-    _check_selection_args(max_drop, objective)
     rows = records(table)
-    cost = latency_cost(rows) if objective == "latency" else OBJECTIVES[objective]
-    candidates = [row for row in rows if (row["variant"], row["mode"]) != REFERENCE]
-    if not candidates:
-        raise UserError("the runs hold no compressed file, only baseline-float32: run the whole pipeline "
-                        "(`dvc repro`) before selecting")
-    qualified = [row for row in candidates if _within(row, max_drop) and row[cost] is not None]
-    if not qualified:
-        raise _nothing_qualifies(candidates, max_drop, objective)
-    chosen = min(qualified, key=lambda row: (row[cost], -(row["accuracy"] or 0.0)))
-    rejected = [(file_name(row), _rejection(row, chosen, cost, max_drop)) for row in candidates
-                if row is not chosen]
-    return Selection(float(max_drop), objective, chosen, rejected)
+    cost = rule.cost_figure(rows, objective)
+    rule.check_max_drop(max_drop)
+    pairs = [(row, rule.Candidate(file_name(row), row_drop(row), row[cost])) for row in rows
+             if not rule.is_reference(row["variant"], row["mode"])]
+    chosen, rejected = rule.choose([candidate for _, candidate in pairs], max_drop, cost)
+    row = next(row for row, candidate in pairs if candidate is chosen)
+    return Selection(float(max_drop), objective, row, rejected, chosen.drop, cost)
 
 
-def _check_selection_args(max_drop, objective: str) -> None:
-    if objective not in OBJECTIVES:
-        raise UserError(f"--objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
-    if isinstance(max_drop, bool) or not isinstance(max_drop, (int, float)) or not math.isfinite(max_drop) \
-            or max_drop < 0:
-        raise UserError(f"--max-drop must be a number of percentage points >= 0 (e.g. 1 for 1 pp), got {max_drop}")
-
-
-def _within(row: Mapping, max_drop: float) -> bool:
+def row_drop(row: Mapping) -> rule.Drop | None:
+    """The rule's figures of one table row: its rule columns, or for runs logged without a control or
+    validation figures what accuracy_delta_pp says (against baseline-float32, on the test split)."""
+    if row.get("reference") is not None:
+        val = row["split"] == "val"
+        return rule.Drop(row["reference"], row["split"], row["val_accuracy"] if val else row["accuracy"],
+                         row["reference_val_accuracy"] if val else row["reference_accuracy"], row["drop_pp"],
+                         row["accuracy"], row["reference_accuracy"], row["test_drop_pp"])
+    if "reference" in row:   # the table has rule columns, but this run has no float32 reference
+        return None
     delta = row["accuracy_delta_pp"]
-    return delta is not None and delta >= -max_drop - TOLERANCE_PP
-
-
-def _nothing_qualifies(candidates: list[dict], max_drop: float, objective: str) -> UserError:
-    scored = [row for row in candidates if row["accuracy_delta_pp"] is not None]
-    if not scored:
-        return UserError("no file has an accuracy next to a baseline-float32 of its run: check that every "
-                         "file was evaluated and scored (reports/report.md)")
-    best = max(scored, key=lambda row: row["accuracy_delta_pp"])
-    drop = -best["accuracy_delta_pp"]
-    if drop <= max_drop + TOLERANCE_PP:   # within the drop, but the objective was never measured
-        return UserError(f"no file within {max_drop:g} pp has a measured {objective}: check "
-                         f"evaluate.threads and the evaluate stage's output")
-    needed = math.ceil(round(drop * 100, 6)) / 100
-    return UserError(f"no compressed file is within {max_drop:g} pp of its run's baseline-float32 accuracy: "
-                     f"the smallest drop is {drop:.2f} pp ({file_name(best)}); pass --max-drop {needed:g} "
-                     f"or more")
-
-
-def _rejection(row: Mapping, chosen: Mapping, cost: str, max_drop: float) -> str:
-    delta = row["accuracy_delta_pp"]
-    if delta is None:
-        return "no accuracy against a baseline-float32 of its run"
-    if not _within(row, max_drop):
-        drop, limit = _pp(-delta), _pp(max_drop)
-        if drop == limit:   # 1.004 must not read "1.00 pp > 1.00 pp"
-            drop = f"{-delta:.4f}"
-        return f"accuracy drop {drop} pp > {limit} pp"
-    if row[cost] is None:
-        return f"no {'gzip size' if cost == 'gzip_bytes' else 'latency'} measured"
-    show = {"gzip_bytes": _size_text, LATENCY_RATIO: _ratio_text}.get(cost, _latency_text)
-    mine, theirs = show(row[cost]), show(chosen[cost])
-    if row[cost] > chosen[cost]:
-        if mine == theirs:   # a difference the rounding hides
-            mine, theirs = show(row[cost], exact=True), show(chosen[cost], exact=True)
-        return f"{'larger' if cost == 'gzip_bytes' else 'slower'}: {mine} vs {theirs} chosen"
-    if (row["accuracy"] or 0.0) < (chosen["accuracy"] or 0.0):
-        return (f"as {'small' if cost == 'gzip_bytes' else 'fast'} as the choice ({mine}) but less accurate: "
-                f"{row['accuracy'] * 100:.2f} % vs {chosen['accuracy'] * 100:.2f} %")
-    return f"ties with the choice ({mine}, same accuracy): the newer run's file was taken"
-
-
-def _pp(value: float) -> str:
-    return f"{value:.2f}"
-
-
-def _size_text(size: float, exact: bool = False) -> str:
-    return f"{size:,.0f} B" if exact else f"{size / KB:.1f} KB"
-
-
-def _latency_text(ms: float, exact: bool = False) -> str:
-    return f"{ms:.5f} ms" if exact else f"{ms:.3f} ms"
-
-
-def _ratio_text(ratio: float, exact: bool = False) -> str:
-    return f"{ratio:.5f}x baseline-float32 latency" if exact else f"{ratio:.3f}x baseline-float32 latency"
+    drop = None if delta is None else -delta
+    return rule.Drop(LEGACY_REFERENCE, LEGACY_SPLIT, row["accuracy"], None, drop, row["accuracy"], None, drop)
 
 
 def write_selection(selection: Selection, varying: Sequence[str], path: str | Path) -> Path:
@@ -648,9 +610,14 @@ def write_selection(selection: Selection, varying: Sequence[str], path: str | Pa
     figures = {key: chosen.get(key) for key in ("accuracy", "accuracy_delta_pp", "gzip_bytes", "gzip_ratio",
                                                 "latency_median_ms", "latency_threads", LATENCY_RATIO)}
     figures.update({key: chosen[key] for key in (*SCORING_COLUMNS, *GROUP_COLUMNS) if key in chosen})
+    drop = selection.drop
+    figures.update(reference=drop.reference, split=drop.split, drop_pp=drop.drop_pp, test_drop_pp=drop.test_drop_pp,
+                   decision_accuracy=drop.decision, reference_decision_accuracy=drop.reference_decision)
     write_json(path, {
         "max_drop_pp": selection.max_drop,
         "objective": selection.objective,
+        "rule": selection.rule,
+        "ranked_by": selection.cost,
         "chosen": {"experiment": chosen["experiment"], "run_id": chosen["run_id"], "variant": chosen["variant"],
                    "mode": chosen["mode"], "file": str(paths.tflite_file(chosen["variant"], chosen["mode"])),
                    **figures, "params": params},
@@ -705,28 +672,35 @@ def _spread(std: float | None, scale: float = 1.0) -> str:
 
 
 def selection_lines(selection: Selection) -> list[str]:
-    """The choice, where to get its file, and one line per rejected file.
+    """The choice, the split it was decided on with the held-out test figures beside it, where to get its
+    file, and one line per rejected file.
 
     A seed group's choice is made on means: its lines add the spread over seeds, and say so when the mean
     drop is within it (|mean change| < its std): over seeds the file then differs from its baseline by noise.
     """
-    row = selection.chosen
+    row, drop = selection.chosen, selection.drop
     seeds = row.get("seeds") or 1
     latency = "" if row["latency_median_ms"] is None else \
         f", {row['latency_median_ms']:.3f} ms at {row['latency_threads']} thread(s)"
+    if row.get(LATENCY_RATIO) is not None and selection.cost == LATENCY_RATIO:
+        latency += f" ({row[LATENCY_RATIO]:.3f}x baseline-float32)"
     if seeds > 1:
         where = f"any of the {seeds} seed runs {row['experiment']} (`dvc exp apply NAME` restores that seed's)"
     elif row["experiment"] == "workspace":
         where = "the workspace run"
     else:
         where = f"experiment {row['experiment']} (`dvc exp apply {row['experiment']}` restores it)"
+    split = "" if drop.split == LEGACY_SPLIT else f" on the {rule.SPLIT_NAMES[drop.split]} split"
+    against = "" if drop.split == LEGACY_SPLIT else f" vs {drop.reference}, held-out test"
+    test_change = "" if drop.test_drop_pp is None else f" ({rule.pp(-drop.test_drop_pp, signed=True)} pp{against})"
     lines = [f"selection: the {'smallest' if selection.objective == 'size' else 'fastest'} file within "
-             f"{selection.max_drop:g} pp of its run's baseline-float32 accuracy"
+             f"{selection.max_drop:g} pp of its run's {drop.reference} accuracy{split}"
              f"{' (means over seeds)' if 'seeds' in row else ''}",
-             f"chosen: {file_name(row)}: {row['accuracy'] * 100:.2f} % ({row['accuracy_delta_pp']:+.2f} pp), "
+             f"chosen: {file_name(row)}: {row['accuracy'] * 100:.2f} %{test_change}, "
              f"{fmt(row['gzip_bytes'], '{:.1f}', 1 / KB)} KB gzipped{latency}"]
+    # The spread over seeds is of the change against baseline-float32 (accuracy_delta_pp_std): so is this line.
     delta, spread = row["accuracy_delta_pp"], row.get("accuracy_delta_pp_std")
-    if seeds > 1 and spread is not None and row["accuracy_std"] is not None:
+    if seeds > 1 and spread is not None and row["accuracy_std"] is not None and delta is not None:
         lines.append(f"  mean of {seeds} seeds: accuracy {row['accuracy'] * 100:.2f} ± "
                      f"{row['accuracy_std'] * 100:.2f} % (95 % seed interval {row['accuracy_seed_ci_low'] * 100:.2f}"
                      f"–{row['accuracy_seed_ci_high'] * 100:.2f} %), change {delta:+.2f} ± {spread:.2f} pp")
@@ -735,8 +709,19 @@ def selection_lines(selection: Selection) -> list[str]:
                          f"seeds, so over seeds this file is not told apart from baseline-float32")
     elif "seeds" in row:
         lines.append("  one seed only: no spread is known for this file")
+    lines.append(_decided_on(drop))
     return [*lines, f"  file {paths.tflite_file(row['variant'], row['mode'])} of {where}",
             *(f"rejected {name}: {reason}" for name, reason in selection.rejected)]
+
+
+def _decided_on(drop: rule.Drop) -> str:
+    """Which split chose the file: the validation split keeps the test figures above held out."""
+    if drop.split == "val":
+        return (f"  decided on the validation split: {drop.decision * 100:.2f} % "
+                f"({rule.pp(-drop.drop_pp, signed=True)} pp vs {drop.reference}); the test figures above are held "
+                f"out, so the choice does not inflate them")
+    return (f"  decided on the test split (pp vs {drop.reference}): these runs hold no validation figures, so the "
+            f"test accuracy above took part in the choice and overstates what a new test set would show")
 
 
 def plot_comparison(table: pd.DataFrame, path: str | Path) -> Path:
@@ -763,7 +748,7 @@ def plot_comparison(table: pd.DataFrame, path: str | Path) -> Path:
     at = f"at {threads[0]} thread{'s' * (threads[0] > 1)}, " if len(threads) == 1 else ""
     _panel(size_ax, rows, "gzip_bytes", 1 / KB, "pareto_size", colours, markers,
            "gzipped size (KB, smaller is better)", "Accuracy vs. size")
-    if latency_cost(rows) == LATENCY_RATIO:
+    if rule.cost_figure(rows, "latency") == LATENCY_RATIO:
         _panel(latency_ax, rows, LATENCY_RATIO, 1.0, "pareto_latency", colours, markers,
                f"latency / its run's baseline-float32 ({at}timed interleaved; lower is better)",
                "Accuracy vs. latency")

@@ -10,6 +10,7 @@ import numpy as np
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 from compresslab.errors import UserError
+from compresslab.results.record import as_number
 
 # Keys `ratios` reads from a results row; the comparison command can pass its own names instead.
 GZIP_KEY = "gzip_bytes"
@@ -150,17 +151,6 @@ def _positive_metrics(y_true: np.ndarray, y_pred: np.ndarray, index: int) -> dic
         y_true, y_pred, labels=[index], average=None, zero_division=0)
     return {"positive_precision": float(precision[0]), "positive_recall": float(recall[0]),
             "positive_f1": float(f1[0])}
-
-
-def as_number(value) -> float | None:
-    """A float, or None for None, NaN and values that are not numbers (text, empty cells)."""
-    if value is None or isinstance(value, (str, bytes)):
-        return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return None if math.isnan(number) else number
 
 
 def _pair(row: Mapping, baseline: Mapping, key: str) -> tuple[float, float] | None:

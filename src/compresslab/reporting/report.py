@@ -1,8 +1,8 @@
 """The files a researcher reads after a compression study: a CSV of every figure, headline metrics for DVC,
 plots, and a markdown report tying them together.
 
-Input is the list of result rows the evaluation stage builds, one per evaluated .tflite file (keys in
-`BASE_COLUMNS` plus the per-thread latency keys). A row whose `error` is set could not be evaluated: it is
+Input is the list of result rows, one per evaluated .tflite file, as `results.record.Record.to_row`
+encodes them (the CSV and metrics.json encodings live in `results` too). A row whose `error` is set could not be evaluated: it is
 listed as failed and never drawn or tabulated. Any other figure may be None (a measurement that was skipped
 or failed on its own) and is then left out of plots and shown as a dash in tables.
 
@@ -11,8 +11,6 @@ Pure Python, pandas and matplotlib: this module must not import TensorFlow, so t
 no GUI backend is ever touched (headless machines, CI) and no global figure state leaks between calls.
 """
 
-import csv
-import io
 import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -28,29 +26,10 @@ from matplotlib.ticker import FuncFormatter, LogFormatter
 
 from compresslab import variants
 from compresslab.errors import UserError
-from compresslab.reporting.metrics import as_number, pareto_front
+from compresslab.reporting.metrics import pareto_front
+from compresslab.results.record import as_number, label, thread_counts, thread_key
+from compresslab.results.variants_csv import variants_csv
 from compresslab.outputs import atomic_path, write_text
-
-# Column order of variants.csv; the per-thread latency columns go in after `macs`, the unknown keys last.
-BASE_COLUMNS = (
-    "variant", "mode", "file", "accuracy", "macro_precision", "macro_recall", "macro_f1", "positive_class",
-    "positive_precision", "positive_recall", "positive_f1", "file_bytes", "gzip_bytes", "parameters",
-    "nonzero_parameters", "sparsity", "macs",
-)
-# How far each accuracy can be trusted and how it compares on the same images (see reporting.scoring); these
-# follow `accuracy` when the rows hold them.
-STATISTICS_COLUMNS = (
-    "test_images", "accuracy_ci_low", "accuracy_ci_high", "accuracy_delta_pp", "p_value", "significant",
-    "accuracy_delta_control_pp", "p_value_control", "significant_control", "keras_agreement",
-    "baseline_agreement",
-)
-TAIL_COLUMNS = ("peak_rss_mb", "model_rss_mb", "gzip_ratio", "latency_ratio", "error")
-# How much of each file XNNPACK runs (from its execution plan), when the rows hold it: where the time goes.
-DELEGATION_COLUMNS = ("xnnpack_partitions", "xnnpack_operator_share", "operators_outside_xnnpack", "sparse_inference",
-                      "time_in_xnnpack_share")
-THREAD_METRICS = ("latency_median_ms", "latency_p25_ms", "latency_p75_ms", "latency_p90_ms", "latency_mean_ms",
-                  "latency_std_ms", "fps", "latency_ratio", "latency_ratio_p25", "latency_ratio_p75")
-_THREAD_KEY = re.compile(r"^latency_median_ms_t(\d+)$")
 
 # Reading order of the study (each variant builds on the ones before); names not listed sort after, by name.
 VARIANT_ORDER = ("baseline", "finetune", "pruned", "qat", "pqat", "clustered", "cqat", "pcqat")
@@ -67,114 +46,10 @@ DASH = "—"
 # ----------------------------------------------------------------------------------------------- CSV
 
 def write_variants_csv(rows: Sequence[Mapping], path: str | Path) -> Path:
-    """Every figure of every evaluated file, one CSV row per file, numbers unrounded.
-
-    Args:
-      rows: result rows (see the module docstring).
-      path: the CSV to write (atomically: a killed stage never leaves half a file).
-
-    Returns:
-      The path written. Columns follow `csv_columns`; None and NaN become empty cells; floats are written
-      with repr, so reading the file back gives the same numbers.
-    """
-    columns = csv_columns(rows)
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(columns)
-    for row in rows:
-        writer.writerow([_csv_cell(row.get(column)) for column in columns])
-    write_text(path, buffer.getvalue())
+    """Every figure of every evaluated file, one CSV row per file, numbers unrounded (`results.variants_csv`),
+    written atomically: a killed stage never leaves half a file."""
+    write_text(path, variants_csv(rows))
     return Path(path)
-
-
-def csv_columns(rows: Sequence[Mapping]) -> list[str]:
-    """Stable column order: BASE_COLUMNS with the STATISTICS_COLUMNS the rows hold after `accuracy`, the
-    per-thread latency keys the rows hold by thread count, TAIL_COLUMNS, then any other key in the order first
-    seen."""
-    def held(keys):
-        return [key for key in keys if any(key in row for row in rows)]
-
-    threads = thread_counts(rows)
-    at = BASE_COLUMNS.index("accuracy") + 1
-    columns = [*BASE_COLUMNS[:at], *held(STATISTICS_COLUMNS), *BASE_COLUMNS[at:],
-               *held(f"{metric}_t{n}" for n in threads for metric in THREAD_METRICS), *held(DELEGATION_COLUMNS),
-               *TAIL_COLUMNS]
-    known = set(columns)
-    extras = [key for row in rows for key in row if key not in known]
-    return columns + list(dict.fromkeys(extras))
-
-
-def thread_counts(rows: Sequence[Mapping]) -> list[int]:
-    """The thread counts the rows hold a median latency key for, ascending."""
-    found = {int(match.group(1)) for row in rows for key in row if (match := _THREAD_KEY.match(key))}
-    return sorted(found)
-
-
-def _csv_cell(value) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, (bool, np.bool_)):
-        return str(bool(value))
-    if isinstance(value, (int, np.integer)):
-        return str(int(value))
-    if isinstance(value, (float, np.floating)):
-        return "" if math.isnan(value) else repr(float(value))
-    return str(value)
-
-
-# ----------------------------------------------------------------------------------------- metrics.json
-
-def headline_metrics(rows: Sequence[Mapping]) -> dict:
-    """The DVC metrics for reports/metrics.json, nested {variant: {mode: {...}}}.
-
-    Rounded so `dvc exp show` columns stay readable: accuracy, its interval, ratios, sparsity and latency
-    to 4 significant digits, bytes to ints, accuracy changes to 0.01 pp (the resolution of a 4-digit
-    accuracy), p-values to 3 digits. Figures that are None or NaN are left out rather than written as null.
-
-    Args:
-      rows: result rows.
-
-    Returns:
-      {variant: {mode: {accuracy, accuracy_ci_low, accuracy_ci_high, gzip_bytes, gzip_ratio, sparsity,
-      latency_median_ms_t<n> for every thread count, accuracy_delta_pp, p_value, accuracy_delta_control_pp,
-      val_accuracy (validation split, for choices)}}},
-      plus 'failed': ['variant-mode', ...] when any row has an error.
-    """
-    latency_keys = [f"latency_median_ms_t{n}" for n in thread_counts(rows)]
-    rounders = {"accuracy": _significant, "accuracy_ci_low": _significant, "accuracy_ci_high": _significant,
-                "gzip_bytes": _whole, "gzip_ratio": _significant, "sparsity": _significant,
-                **{key: _significant for key in latency_keys}, "accuracy_delta_pp": _hundredths,
-                "p_value": lambda value: _significant(value, 3), "accuracy_delta_control_pp": _hundredths,
-                "val_accuracy": _significant}
-    metrics: dict = {}
-    failed = []
-    for row in rows:
-        if _failed(row):
-            failed.append(label(row))
-            continue
-        figures = {}
-        for key, rounder in rounders.items():
-            value = as_number(row.get(key))
-            if value is not None:
-                figures[key] = rounder(value)
-        metrics.setdefault(str(row["variant"]), {})[str(row["mode"])] = figures
-    if failed:
-        metrics["failed"] = failed
-    return metrics
-
-
-def _significant(value: float, digits: int = 4) -> float:
-    if value == 0 or math.isinf(value):
-        return float(value)
-    return round(value, digits - 1 - math.floor(math.log10(abs(value))))
-
-
-def _whole(value: float) -> int:
-    return int(round(value))
-
-
-def _hundredths(value: float) -> float:
-    return round(value, 2)
 
 
 # ------------------------------------------------------------------------------------------ plots
@@ -289,7 +164,7 @@ def plot_latency(rows: Sequence[Mapping], path: str | Path) -> Path:
     """
     threads = thread_counts(rows)
     files = [row for row in sort_rows(_drawable(rows))
-             if any(as_number(row.get(f"latency_median_ms_t{n}")) is not None for n in threads)]
+             if any(as_number(row.get(thread_key("median_ms", n))) is not None for n in threads)]
     height = max(3.0, 1.2 + 0.28 * max(1, len(files)) * max(1, len(threads)))
     fig = Figure(figsize=(PLOT_WIDTH, height), dpi=DPI, layout="constrained")
     ax = fig.add_subplot()
@@ -301,13 +176,13 @@ def plot_latency(rows: Sequence[Mapping], path: str | Path) -> Path:
     longest = 0.0
     for j, n in enumerate(threads):
         for i, row in enumerate(files):
-            median = as_number(row.get(f"latency_median_ms_t{n}"))
+            median = as_number(row.get(thread_key("median_ms", n)))
             if median is None:
                 continue
             y = i - 0.4 + (j + 0.5) * bar
             ax.barh(y, median, height=bar * 0.9, color=colours[j], label=f"{n} thread{'s' * (n > 1)}"
                     if i == _first_with(files, n) else None)
-            low, high = (as_number(row.get(f"latency_{q}_ms_t{n}")) for q in ("p25", "p75"))
+            low, high = (as_number(row.get(thread_key(f"{q}_ms", n))) for q in ("p25", "p75"))
             end = median
             if low is not None and high is not None and low <= median <= high:
                 ax.errorbar(median, y, xerr=[[median - low], [high - median]], fmt="none", ecolor="black",
@@ -328,7 +203,7 @@ def plot_latency(rows: Sequence[Mapping], path: str | Path) -> Path:
 
 def _first_with(files: list[Mapping], n: int) -> int:
     """Index of the first file with a median at n threads: the bar that carries the legend label."""
-    return next(i for i, row in enumerate(files) if as_number(row.get(f"latency_median_ms_t{n}")) is not None)
+    return next(i for i, row in enumerate(files) if as_number(row.get(thread_key("median_ms", n))) is not None)
 
 
 def plot_confusion(confusion: Mapping, title: str, path: str | Path) -> Path:
@@ -391,9 +266,9 @@ def write_plot_data(rows: Sequence[Mapping], out_dir: str | Path) -> list[Path]:
                  "gzip_kb": as_number(row.get("gzip_bytes")) / KB, "accuracy": as_number(row.get("accuracy"))}
                 for row in drawable
                 if as_number(row.get("gzip_bytes")) is not None and as_number(row.get("accuracy")) is not None]
-    latency = [{"label": label(row), "threads": n, "median_ms": as_number(row.get(f"latency_median_ms_t{n}"))}
+    latency = [{"label": label(row), "threads": n, "median_ms": as_number(row.get(thread_key("median_ms", n)))}
                for row in drawable for n in threads
-               if as_number(row.get(f"latency_median_ms_t{n}")) is not None]
+               if as_number(row.get(thread_key("median_ms", n))) is not None]
     tradeoff_columns = ["label", "variant", "mode", "gzip_kb", "accuracy"]
     return [_write_frame(tradeoff, tradeoff_columns, out_dir / "tradeoff.csv"),
             _write_frame(latency, ["label", "threads", "median_ms"], out_dir / "latency.csv")]
@@ -482,7 +357,7 @@ def results_table(rows: Sequence[Mapping]) -> str:
                ("Δ ctrl pp", True), ("agree Keras %", True), ("gzip KB", True), ("×smaller", True),
                ("sparsity %", True), ("MACs", True),
                *((f"ms t{n}", True) for n in threads),
-               *((f"× base t{n}", True) for n in threads if any(f"latency_ratio_t{n}" in row for row in rows)),
+               *((f"× base t{n}", True) for n in threads if any(thread_key("ratio", n) in row for row in rows)),
                *(((f"FPS t{fps_threads}", True),) if fps_threads is not None else ()), ("peak MB", True)]
     body = [_table_cells(row, threads, fps_threads, rows) for row in sort_rows(_drawable(rows))]
     return _markdown_table(columns, body)
@@ -499,18 +374,18 @@ def _table_cells(row: Mapping, threads: list[int], fps_threads: int | None,
              fmt(1 / gzip_ratio if gzip_ratio else None, "{:.2f}×"),
              fmt(row.get("sparsity"), "{:.1f}", scale=100),
              _count(row.get("macs")),
-             *(_ms(row.get(f"latency_median_ms_t{n}")) for n in threads),
-             *(_ratio_cell(row, n) for n in threads if any(f"latency_ratio_t{n}" in r for r in all_rows))]
+             *(_ms(row.get(thread_key("median_ms", n))) for n in threads),
+             *(_ratio_cell(row, n) for n in threads if any(thread_key("ratio", n) in r for r in all_rows))]
     if fps_threads is not None:
-        cells.append(fmt(row.get(f"fps_t{fps_threads}"), "{:.1f}"))
+        cells.append(fmt(row.get(thread_key("fps", fps_threads)), "{:.1f}"))
     cells.append(fmt(row.get("peak_rss_mb"), "{:.1f}"))
     return cells
 
 
 def _ratio_cell(row: Mapping, threads: int) -> str:
     """Latency against baseline-float32, timed interleaved, with the interquartile range of its rounds."""
-    ratio = as_number(row.get(f"latency_ratio_t{threads}"))
-    low, high = (as_number(row.get(f"latency_ratio_{q}_t{threads}")) for q in ("p25", "p75"))
+    ratio = as_number(row.get(thread_key("ratio", threads)))
+    low, high = (as_number(row.get(thread_key(f"ratio_{q}", threads))) for q in ("p25", "p75"))
     if ratio is None:
         return DASH
     spread = f" [{low:.2f}–{high:.2f}]" if low is not None and high is not None and low != high else ""
@@ -663,11 +538,6 @@ def _confusion_order(rows: Sequence[Mapping], confusions: Mapping[str, Mapping])
 
 
 # ------------------------------------------------------------------------------------------ helpers
-
-def label(row: Mapping) -> str:
-    """The 'variant-mode' name of a row, as used in metrics.json, plots and `confusions`."""
-    return variants.label(row["variant"], row["mode"])
-
 
 def sort_rows(rows: Iterable[Mapping]) -> list[Mapping]:
     """Rows by variant (VARIANT_ORDER, then others by name), then mode (variants.MODES, then others by name)."""

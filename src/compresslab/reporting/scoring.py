@@ -13,6 +13,7 @@ import numpy as np
 
 from compresslab import variants
 from compresslab.reporting import metrics, statistics
+from compresslab.results.record import label, thread_key
 
 QUALITY_KEYS = ("accuracy", "macro_precision", "macro_recall", "macro_f1", "positive_class",
                 "positive_precision", "positive_recall", "positive_f1")
@@ -55,11 +56,11 @@ def score_rows(rows: list[dict], predictions: Mapping[str, np.ndarray], y_true: 
         if baseline is not None:
             row.update(paired(y_true, y_pred, predictions[label(baseline)], "baseline"))
             row["baseline_agreement"] = statistics.agreement(y_pred, predictions[label(baseline)])
-            row.update(metrics.ratios(row, baseline, latency_key=f"latency_median_ms_t{latency_threads}"))
+            row.update(metrics.ratios(row, baseline, latency_key=thread_key("median_ms", latency_threads)))
             # Timed against baseline-float32 in alternating rounds by evaluate: holds across runs and machines,
             # where a ratio of two medians timed at different moments does not.
-            if row.get(f"latency_ratio_t{latency_threads}") is not None:
-                row["latency_ratio"] = row[f"latency_ratio_t{latency_threads}"]
+            if row.get(thread_key("ratio", latency_threads)) is not None:
+                row["latency_ratio"] = row[thread_key("ratio", latency_threads)]
         control = controls.get(row["mode"])
         if control is not None:
             row.update(paired(y_true, y_pred, predictions[label(control)], "control"))
@@ -114,7 +115,7 @@ def latency_notes(rows: Sequence[Mapping], threads: int) -> list[str]:
     """Why int8 files are not much faster than float32 (when they are not): the operators XNNPACK leaves to
     LiteRT's reference kernels, read from each file's execution plan (LiteRT 2.3.0's Python API has no
     per-operator profiler); and which file is fastest instead."""
-    key = f"latency_ratio_t{threads}"
+    key = thread_key("ratio", threads)
     slow = [row for row in rows if row.get("mode") == "int8" and (row.get(key) or 0) > 0.5
             and row.get("operators_outside_xnnpack")]
     if not slow:
@@ -129,6 +130,3 @@ def latency_notes(rows: Sequence[Mapping], threads: int) -> list[str]:
             f"baseline-float32 runs as one, and every hand-over costs time (with several threads, a wake-up of "
             f"the workers). The fastest file here is {label(fastest)} at {fastest[key]:.2f}x."]
 
-
-def label(row: Mapping) -> str:
-    return variants.label(row["variant"], row["mode"])
