@@ -21,10 +21,10 @@ DEFAULT = (REPO / "models/tflite/baseline/baseline-int8.tflite",
            REPO / "models/tflite/baseline/baseline-float32.tflite")
 ONE_RUN = """
 import json, sys
-from compresslab.tflite import benchmark
+from compresslab.tflite import timing
 path, reference, threads = sys.argv[1], sys.argv[2], int(sys.argv[3])
-ratio = benchmark.interleaved_ratio(path, reference, threads, rounds=20)
-alone = benchmark.measure_latency(path, threads)
+ratio = timing.interleaved_ratio(path, reference, threads, rounds=20)
+alone = timing.measure_latency(path, threads)
 print(json.dumps({"ratio": ratio["ratio"], "p25": ratio["ratio_p25"], "p75": ratio["ratio_p75"],
                   "median_ms": alone["median_ms"]}))
 """
@@ -36,10 +36,10 @@ def random_firenet(folder: Path) -> tuple[Path, Path]:
     from omegaconf import OmegaConf
 
     import compresslab  # noqa: F401  (prepares the environment before TensorFlow is imported)
-    from compresslab import models
+    from compresslab.models import zoo
     from compresslab.tflite import converter
 
-    model = models.build_model(OmegaConf.create({"name": "firenet"}), (64, 64, 3), 10)
+    model = zoo.build_model(OmegaConf.create({"name": "firenet"}), (64, 64, 3), 10)
     samples = np.random.default_rng(0).random((100, 64, 64, 3), dtype=np.float32)
     files = (folder / "firenet-int8.tflite", folder / "firenet-float32.tflite")
     files[0].write_bytes(converter.convert(model, "int8", representative=samples))

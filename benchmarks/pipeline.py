@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from compresslab import sandbox  # a throwaway copy of the project, as the end-to-end tests make
+from compresslab.tools import sandbox  # a throwaway copy of the project, as the end-to-end tests make
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -18,9 +18,10 @@ import numpy as np
 import compresslab  # noqa: F401  (sets the Keras flavour before TensorFlow is imported)
 import tf_keras as keras
 
-from compresslab import models
-from compresslab.fingerprint import machine_fingerprint
-from compresslab.tflite import benchmark, converter, sparse
+from compresslab.models import zoo
+from compresslab.tflite.fingerprint import machine_fingerprint
+from compresslab.tflite import converter, sparse
+from compresslab.tflite import timing
 
 
 def main() -> None:
@@ -30,8 +31,8 @@ def main() -> None:
     parser.add_argument("--sparsity", type=float, default=0.8)
     args = parser.parse_args()
     keras.utils.set_random_seed(0)
-    model = models.mobilenetv2((args.size, args.size, 3), 1000, {"alpha": args.alpha})
-    print(f"MobileNetV2 alpha {args.alpha} at {args.size}x{args.size}x3: {models.count_parameters(model):,} parameters")
+    model = zoo.mobilenetv2((args.size, args.size, 3), 1000, {"alpha": args.alpha})
+    print(f"MobileNetV2 alpha {args.alpha} at {args.size}x{args.size}x3: {zoo.count_parameters(model):,} parameters")
     folder = Path(tempfile.mkdtemp(prefix="compresslab-sparse-"))
     dense = folder / "dense-float32.tflite"
     dense.write_bytes(converter.convert(model, "float32"))
@@ -49,7 +50,7 @@ def main() -> None:
     print(f"this CPU: {'XNNPACK can run sparse kernels' if here else 'x86 with AVX: XNNPACK keeps dense kernels'}")
     sample = np.random.default_rng(0).random((1, args.size, args.size, 3), dtype=np.float32)
     for threads in (1, 2):
-        ratio = benchmark.interleaved_ratio(pruned, dense, threads, rounds=20, input_sample=sample)
+        ratio = timing.interleaved_ratio(pruned, dense, threads, rounds=20, input_sample=sample)
         print(f"  {threads} thread(s): pruned / dense latency {ratio['ratio']:.3f} "
               f"[{ratio['ratio_p25']:.3f}-{ratio['ratio_p75']:.3f}] (goal <= 0.7 at 1 thread)")
 

@@ -17,10 +17,12 @@ import sys
 import numpy as np
 
 import compresslab  # noqa: F401  (prepares the environment before TensorFlow is imported)
-from compresslab import dataset, paths, settings, tfdata, variants
+from compresslab import paths, settings, variants
+from compresslab.data import shards
+from compresslab.data import tfdata
 from compresslab.config import load_params
 from compresslab.errors import UserError, run_main
-from compresslab.model_io import load_model
+from compresslab.models.saving import load_model
 from compresslab.outputs import write_bytes, write_json
 from compresslab.tflite import converter
 
@@ -33,7 +35,7 @@ def validate_variant(variant: str) -> None:
 def run(params, variant: str) -> dict:
     validate_variant(variant)
     seed, cfg = settings.read(params, "seed", "convert")
-    splits = dataset.open_splits()
+    splits = shards.open_splits()
     representative = converter.calibration_samples(splits["train"], cfg.calibration_samples, seed)
     model = load_model(paths.keras_model(variant))
     # Start from an empty folder: a file left from an earlier mode list must not be evaluated as current.

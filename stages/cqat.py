@@ -7,7 +7,8 @@ drift from the clustered parent) and history.csv.
 """
 
 import compresslab  # noqa: F401  (prepares the environment before TensorFlow is imported)
-from compresslab import settings, stage
+from compresslab import settings
+from compresslab.models import training_stage
 from compresslab.techniques import clustering
 from compresslab.config import load_params
 from compresslab.errors import run_main
@@ -15,11 +16,11 @@ from compresslab.errors import run_main
 
 def run(params) -> dict:
     seed, data, train_cfg, cfg = settings.read(params, "seed", "data", "train", "cqat")
-    with stage.distributed(train_cfg.strategy):  # before any TensorFlow work: see train.strategy
-        model, train, val, test = stage.begin(data, seed, "clustered")
+    with training_stage.distributed(train_cfg.strategy):  # before any TensorFlow work: see train.strategy
+        model, train, val, test = training_stage.begin(data, seed, "clustered")
         result = clustering.cqat(model, cfg, train, val, batch_size=train_cfg.batch_size)
         print(f"cqat: distinct values per layer {result.unique_values_before} -> {result.unique_values_after}")
-        return stage.finish("cqat", params, ("seed", "data", "train", "cqat"), result.model, "cqat", test,
+        return training_stage.finish("cqat", params, ("seed", "data", "train", "cqat"), result.model, "cqat", test,
                             clustering_measurements(result), result.history, strategy_name=train_cfg.strategy)
 
 

@@ -21,10 +21,11 @@ import os
 import sys
 
 import compresslab  # noqa: F401  (prepares the environment)
-from compresslab import dataset, paths, settings, variants
+from compresslab import paths, settings, variants
+from compresslab.data import shards
 from compresslab.config import load_params
 from compresslab.errors import UserError, run_main
-from compresslab.fingerprint import machine_fingerprint
+from compresslab.tflite.fingerprint import machine_fingerprint
 from compresslab.outputs import write_json
 from compresslab.tflite import measure, profile
 
@@ -38,7 +39,7 @@ def run(params, variant: str) -> dict:
     if max(threads) > cores:
         print(f"evaluate: evaluate.threads={threads} asks for more threads than the {cores} core(s) this process "
               "may use: timings at that count measure the threads queueing, not a speed-up")
-    splits = dataset.open_splits()
+    splits = shards.open_splits()
     measure.check_positive_class(cfg, splits["test"].meta["class_names"])
     record_path = paths.conversion_record(variant)
     if not record_path.is_file():
@@ -62,7 +63,7 @@ def run(params, variant: str) -> dict:
             print(f"evaluate [{number}/{len(converted)}] {path.name}: FAILED: {err}")
             continue
         if cfg.profile_seconds > 0:
-            profiles[path.stem] = profile.try_profile(path, threads[0], next(dataset.image_batches(splits["test"], 1)),
+            profiles[path.stem] = profile.try_profile(path, threads[0], next(shards.image_batches(splits["test"], 1)),
                                                       cfg.profile_seconds)
             row["time_in_xnnpack_share"] = profiles[path.stem].get("delegated_share")
         rows.append(row)

@@ -7,7 +7,8 @@ distinct values per layer) and history.csv (clustering then QAT epochs).
 """
 
 import compresslab  # noqa: F401  (prepares the environment before TensorFlow is imported)
-from compresslab import settings, stage
+from compresslab import settings
+from compresslab.models import training_stage
 from compresslab.techniques import clustering
 from compresslab.config import load_params
 from compresslab.errors import run_main
@@ -15,8 +16,8 @@ from compresslab.errors import run_main
 
 def run(params) -> dict:
     seed, data, train_cfg, cluster_cfg, cfg = settings.read(params, "seed", "data", "train", "cluster", "pcqat")
-    with stage.distributed(train_cfg.strategy):  # before any TensorFlow work: see train.strategy
-        model, train, val, test = stage.begin(data, seed, "pruned")
+    with training_stage.distributed(train_cfg.strategy):  # before any TensorFlow work: see train.strategy
+        model, train, val, test = training_stage.begin(data, seed, "pruned")
         result = clustering.pcqat(model, cluster_cfg, cfg, train, val, batch_size=train_cfg.batch_size)
         measurements = {"parent_sparsity": result.parent_sparsity["overall"],
                         "clustered_sparsity": result.cluster.sparsity["overall"],
@@ -31,7 +32,7 @@ def run(params) -> dict:
         history = {key: result.cluster.history.get(key, []) + values for key, values in result.cqat.history.items()}
         print(f"pcqat: sparsity {result.parent_sparsity['overall']:.4f} (pruned) -> "
               f"{result.cqat.sparsity_after['overall']:.4f}")
-        return stage.finish("pcqat", params, ("seed", "data", "train", "cluster", "pcqat"), result.model,
+        return training_stage.finish("pcqat", params, ("seed", "data", "train", "cluster", "pcqat"), result.model,
                             "pcqat", test, measurements, history, strategy_name=train_cfg.strategy)
 
 

@@ -6,7 +6,8 @@ Outputs: models/pqat.keras; reports/pqat/metrics.json (sparsity before and after
 """
 
 import compresslab  # noqa: F401  (prepares the environment before TensorFlow is imported)
-from compresslab import settings, stage
+from compresslab import settings
+from compresslab.models import training_stage
 from compresslab.techniques import quantization
 from compresslab.config import load_params
 from compresslab.errors import run_main
@@ -14,13 +15,13 @@ from compresslab.errors import run_main
 
 def run(params) -> dict:
     seed, data, train_cfg, cfg = settings.read(params, "seed", "data", "train", "pqat")
-    with stage.distributed(train_cfg.strategy):  # before any TensorFlow work: see train.strategy
-        model, train, val, test = stage.begin(data, seed, "pruned")
+    with training_stage.distributed(train_cfg.strategy):  # before any TensorFlow work: see train.strategy
+        model, train, val, test = training_stage.begin(data, seed, "pruned")
         result = quantization.pqat(model, cfg, train, val, batch_size=train_cfg.batch_size)
         measurements = {"sparsity_before": result.sparsity_before["overall"],
                         "sparsity": result.sparsity_after["overall"], "sparsity_drift": result.drift["overall"],
                         "layer_sparsity": result.sparsity_after["layers"], "layer_drift": result.drift["layers"]}
-        return stage.finish("pqat", params, ("seed", "data", "train", "pqat"), result.model, "pqat", test,
+        return training_stage.finish("pqat", params, ("seed", "data", "train", "pqat"), result.model, "pqat", test,
                             measurements, result.history, strategy_name=train_cfg.strategy)
 
 

@@ -5,11 +5,12 @@
 The split is decided on file names and labels; images are then decoded and written a batch at a time, so memory
 stays bounded whatever the data set's size.
 Outputs: data/prepared/ (GZIP TFRecord shards of at most data.images_per_shard images per split, labels.npz and
-meta.json: see compresslab.dataset); class counts per split in reports/prepare/metrics.json.
+meta.json: see compresslab.data.shards); class counts per split in reports/prepare/metrics.json.
 """
 
 import compresslab  # noqa: F401  (prepares the environment before anything else is imported)
-from compresslab import data, paths, settings
+from compresslab import paths, settings
+from compresslab.data import prepare
 from compresslab.config import load_params
 from compresslab.errors import run_main
 from compresslab.outputs import write_json
@@ -18,7 +19,7 @@ from compresslab.outputs import write_json
 def run(params) -> dict:
     """Prepare the data set that params.yaml's `data` group describes; returns the metrics written."""
     (cfg,) = settings.read(params, "data")
-    metrics = data.prepare(paths.RAW, paths.PREPARED, cfg)
+    metrics = prepare.prepare(paths.RAW, paths.PREPARED, cfg)
     write_json(paths.stage_reports("prepare") / "metrics.json", metrics)
     print(f"prepare: {sum(metrics['images'].values())} images of {len(metrics['classes']['train'])} classes -> "
           + ", ".join(f"{name} {n}" for name, n in metrics["images"].items()))

@@ -10,17 +10,18 @@ also holds each layer's measured drop (auto_drop_pp) and whether it was chosen (
 """
 
 import compresslab  # noqa: F401  (prepares the environment before TensorFlow is imported)
-from compresslab import settings, stage
+from compresslab import settings
+from compresslab.models import training_stage
 from compresslab.techniques import pruning, sensitivity
 from compresslab.config import load_params
 from compresslab.errors import run_main
-from compresslab.seeding import seed_everything
+from compresslab.models.seeding import seed_everything
 
 
 def run(params) -> dict:
     seed, data, train_cfg, cfg = settings.read(params, "seed", "data", "train", "prune")
-    with stage.distributed(train_cfg.strategy):  # before any TensorFlow work: see train.strategy
-        model, train, val, test = stage.begin(data, seed, "baseline")
+    with training_stage.distributed(train_cfg.strategy):  # before any TensorFlow work: see train.strategy
+        model, train, val, test = training_stage.begin(data, seed, "baseline")
         auto = {}
         if cfg.layers == settings.AUTO_LAYERS:
             choice = sensitivity.choose_layers_to_prune(model, train, val, cfg, batch_size=train_cfg.batch_size,
@@ -33,7 +34,7 @@ def run(params) -> dict:
         measurements = {"target_sparsity": result.target_sparsity, "sparsity": result.sparsity["overall"],
                         "layer_sparsity": result.sparsity["layers"], "pruned_layers": len(result.pruned_layers),
                         "skipped_layers": len(result.skipped_layers), **auto}
-        return stage.finish("prune", params, ("seed", "data", "train", "prune"), result.model, "pruned", test,
+        return training_stage.finish("prune", params, ("seed", "data", "train", "prune"), result.model, "pruned", test,
                             measurements, result.history, strategy_name=train_cfg.strategy)
 
 

@@ -8,7 +8,8 @@ reports/quantize/metrics.json and history.csv.
 """
 
 import compresslab  # noqa: F401  (prepares the environment before TensorFlow is imported)
-from compresslab import settings, stage
+from compresslab import settings
+from compresslab.models import training_stage
 from compresslab.techniques import quantization
 from compresslab.config import load_params
 from compresslab.errors import run_main
@@ -16,10 +17,10 @@ from compresslab.errors import run_main
 
 def run(params) -> dict:
     seed, data, train_cfg, cfg = settings.read(params, "seed", "data", "train", "quantize")
-    with stage.distributed(train_cfg.strategy):  # before any TensorFlow work: see train.strategy
-        model, train, val, test = stage.begin(data, seed, "baseline")
+    with training_stage.distributed(train_cfg.strategy):  # before any TensorFlow work: see train.strategy
+        model, train, val, test = training_stage.begin(data, seed, "baseline")
         result = quantization.quantize_aware(model, cfg, train, val, batch_size=train_cfg.batch_size)
-        return stage.finish("quantize", params, ("seed", "data", "train", "quantize"), result.model, "qat", test,
+        return training_stage.finish("quantize", params, ("seed", "data", "train", "quantize"), result.model, "qat", test,
                             {"quantized_layers": len(result.quantized_layers)}, result.history,
                             strategy_name=train_cfg.strategy)
 

@@ -15,7 +15,9 @@ A file that could not be produced or evaluated is reported with its reason; the 
 import json
 
 import compresslab  # noqa: F401  (prepares the environment)
-from compresslab import dataset, paths, tracking, variants
+from compresslab import paths, variants
+from compresslab.data import shards
+from compresslab.tracking import mlflow_log
 from compresslab.config import load_params
 from compresslab.errors import UserError, run_main
 from compresslab.outputs import write_json
@@ -34,8 +36,8 @@ def run(params) -> list[Record]:
     evaluations = [json.loads(paths.evaluation(v).read_text()) for v in variants.VARIANTS]
     rows = [row for evaluation in evaluations for row in evaluation["rows"]]
     fingerprint, fingerprint_notes = timing_fingerprint(evaluations)
-    meta = dataset.load_meta()
-    y_true = dataset.load_labels("test")
+    meta = shards.load_meta()
+    y_true = shards.load_labels("test")
     predictions = scoring.take_predictions(rows)
     confusions = scoring.score_rows(rows, predictions, y_true, meta["class_names"], cfg.get("positive_class"),
                                     latency_threads=cfg.threads[0])
@@ -88,7 +90,7 @@ def write_outputs(params, records: list[Record], confusions: dict, notes: list[s
     shown = {name: c for name, c in confusions.items() if name == variants.BASELINE_FILE or name.endswith("-int8")}
     report_path = report.write_report(rows, shown, paths.REPORTS, title="compresslab report",
                                       config_summary=summary, notes=notes + report_notes(), profiles=profiles)
-    tracking.log_summary(params=params, metrics=summary_metrics(records), description=report_path.read_text(),
+    mlflow_log.log_summary(params=params, metrics=summary_metrics(records), description=report_path.read_text(),
                          tags={"files": str(len(rows)), "model": params.model.name,
                                **{f"fingerprint.{key}": value for key, value in fingerprint.items()}},
                          artifacts=[report_path, paths.REPORTS / "variants.csv", paths.REPORTS / "metrics.json",

@@ -12,20 +12,22 @@ Outputs: reports/sensitivity/layers.json (one row per prunable layer, most sensi
 import compresslab  # noqa: F401  (prepares the environment before TensorFlow is imported)
 from dataclasses import asdict
 
-from compresslab import paths, settings, stage, tracking
+from compresslab import paths, settings
+from compresslab.models import training_stage
+from compresslab.tracking import mlflow_log
 from compresslab.config import load_params, section
 from compresslab.errors import run_main
-from compresslab.reporting import sensitivity as report
+from compresslab.reporting import sensitivity_files as report
 from compresslab.techniques import sensitivity
 
 
 def run(params) -> dict:
     seed, data, train_cfg, cfg = settings.read(params, "seed", "data", "train", "sensitivity")
-    model, train, val, _ = stage.begin(data, seed, "baseline")
+    model, train, val, _ = training_stage.begin(data, seed, "baseline")
     result = asdict(sensitivity.measure(model, train, val, cfg, batch_size=train_cfg.batch_size, seed=seed))
     written = report.write_outputs(result, paths.stage_reports("sensitivity"))
     print(f"sensitivity: wrote {', '.join(map(str, written))}")
-    tracking.log_run("sensitivity", params=section(params, "seed", "train", "sensitivity"),
+    mlflow_log.log_run("sensitivity", params=section(params, "seed", "train", "sensitivity"),
                      metrics=report.headline_metrics(result), artifacts=written)
     return result
 

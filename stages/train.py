@@ -11,23 +11,27 @@ stopped at and the epoch kept) and reports/train/history.csv (per-epoch curves, 
 """
 
 import compresslab  # noqa: F401  (prepares the environment before TensorFlow is imported)
-from compresslab import dataset, models, settings, stage, training
+from compresslab import settings
+from compresslab.data import shards
+from compresslab.models import zoo
+from compresslab.models import training_stage
+from compresslab.models import training
 from compresslab.config import load_params
 from compresslab.errors import run_main
-from compresslab.seeding import seed_everything
+from compresslab.models.seeding import seed_everything
 
 
 def run(params) -> dict:
     seed, data, model_cfg, cfg = settings.read(params, "seed", "data", "model", "train")
-    with stage.distributed(cfg.strategy) as strategy:  # before any TensorFlow work: see train.strategy
-        meta = dataset.load_meta()
+    with training_stage.distributed(cfg.strategy) as strategy:  # before any TensorFlow work: see train.strategy
+        meta = shards.load_meta()
         input_shape = (meta["image_size"], meta["image_size"], meta["channels"])
         seed_everything(seed)  # before building: the initial weights are drawn from the seeded state
         # The zoo's builders take their options as a mapping (tests and benchmarks build models without a
         # params.yaml); the options left unset keep each builder's default.
-        model = models.build_model(model_cfg.model_dump(exclude_none=True), input_shape, len(meta["class_names"]))
-        train, val, test = stage.load_splits(data)
-        print(f"train: {model_cfg.name} ({models.count_parameters(model):,} parameters) on {len(train)} "
+        model = zoo.build_model(model_cfg.model_dump(exclude_none=True), input_shape, len(meta["class_names"]))
+        train, val, test = training_stage.load_splits(data)
+        print(f"train: {model_cfg.name} ({zoo.count_parameters(model):,} parameters) on {len(train)} "
               f"images for up to {cfg.epochs} epochs, {strategy.num_replicas_in_sync} replica(s) "
               f"({cfg.strategy} strategy)")
         history = training.fit(model, train, val, epochs=cfg.epochs, batch_size=cfg.batch_size,
@@ -37,8 +41,8 @@ def run(params) -> dict:
         why = (f"val_loss did not improve for {cfg.patience} epochs" if stopped["stopped_early"]
                else "reached train.epochs: raise it if val_loss was still falling")
         print(f"train: stopped after epoch {stopped['epochs_run']} ({why}); kept epoch {stopped['best_epoch']}")
-        measurements = {**stopped, "parameters": models.count_parameters(model)}
-        return stage.finish("train", params, ("seed", "data", "model", "train"), model, "baseline", test,
+        measurements = {**stopped, "parameters": zoo.count_parameters(model)}
+        return training_stage.finish("train", params, ("seed", "data", "model", "train"), model, "baseline", test,
                             measurements, history, strategy_name=cfg.strategy)
 
 

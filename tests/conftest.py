@@ -23,7 +23,7 @@ from filelock import FileLock
 from PIL import Image
 
 import compresslab  # noqa: F401  (prepares the environment before TensorFlow is imported)
-from compresslab import sandbox
+from compresslab.tools import sandbox
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

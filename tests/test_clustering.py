@@ -9,7 +9,9 @@ import tf_keras as keras
 from ai_edge_litert.interpreter import Interpreter
 from omegaconf import OmegaConf
 
-from compresslab import model_io, settings, training
+from compresslab import settings
+from compresslab.models import saving
+from compresslab.models import training
 from compresslab.techniques import clustering
 from compresslab.techniques import weights
 from compresslab.errors import UserError
@@ -78,8 +80,8 @@ def prune_half(model, name):
 def convert_and_run(model, path, quantized, shape=(1, 8, 8, 1)):
     """Save, reload, convert to TFLite (written beside `path` as .tflite) and run one input through LiteRT;
     returns the reloaded model and the output."""
-    model_io.save_model(model, path)
-    loaded = model_io.load_model(path)
+    saving.save_model(model, path)
+    loaded = saving.load_model(path)
     converter = tf.lite.TFLiteConverter.from_keras_model(loaded)
     if quantized:
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -263,9 +265,9 @@ def test_capacity_follows_tfmots_split_of_centroids_between_signs():
 def test_pcqat_of_a_two_class_firenet_pruned_to_95_percent_caps_the_head_instead_of_crashing(data, tmp_path):
     # The crash of issue 24: the 256-weight head keeps 13 non-zero weights at 95 %, fewer on one side of zero
     # than TFMOT's kmeans++ wants centroids ("Expected num_to_sample <= points.rows()").
-    from compresslab import models  # noqa: PLC0415
+    from compresslab.models import zoo  # noqa: PLC0415
     keras.utils.set_random_seed(3)
-    pruned = models.firenet((32, 32, 3), 2, {})
+    pruned = zoo.firenet((32, 32, 3), 2, {})
     prune_to(pruned, 0.95)
     rng = np.random.default_rng(3)
     images, labels = rng.random((32, 32, 32, 3), dtype=np.float32), rng.integers(0, 2, 32)

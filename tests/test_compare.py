@@ -26,9 +26,9 @@ import pytest
 from scipy import stats
 from mlflow.tracking import MlflowClient
 
-from compresslab import tracking
+from compresslab.tracking import mlflow_log
 from compresslab.cli import main
-from compresslab.reporting.compare import (SINGLE_SEED_NOTE, compare, file_name, select, selection_lines,
+from compresslab.tools.compare import (SINGLE_SEED_NOTE, compare, file_name, select, selection_lines,
                                           summary_lines)
 from compresslab.errors import UserError
 
@@ -81,14 +81,14 @@ def store(tmp_path_factory):
         patch.setenv("DVC_EXP_NAME", "exp-a")
         stale = {key: value - 0.1 if key.endswith("accuracy") else value
                  for key, value in summary_metrics(FILES["exp-a"]).items()}
-        tracking.log_run("report", params=params(0.5, model="mlp"), metrics=stale,
+        mlflow_log.log_run("report", params=params(0.5, model="mlp"), metrics=stale,
                          tags={"summary": "true"}, run_name="exp-a: mlp")
         for name in SPARSITY:
             patch.setenv("DVC_EXP_NAME", name)
-            ids[name] = tracking.log_run("report", params=params(SPARSITY[name]),
+            ids[name] = mlflow_log.log_run("report", params=params(SPARSITY[name]),
                                          metrics=summary_metrics(FILES[name]), tags={"summary": "true"},
                                          run_name=f"{name}: firenet")
-        tracking.log_run("prune", params=params(0.95), metrics={"pruned.int8.accuracy": 0.99})
+        mlflow_log.log_run("prune", params=params(0.95), metrics={"pruned.int8.accuracy": 0.99})
     return root, ids
 
 
@@ -243,15 +243,15 @@ def test_no_summary_runs_tells_to_run_the_pipeline(tmp_path, monkeypatch, capsys
     assert stop.value.code == 2 and len(err.splitlines()) == 1
     assert "no summary runs" in err and "dvc repro" in err and "dvc exp run" in err
     assert not (tmp_path / "mlflow.db").exists()  # looking must not create a store
-    tracking.log_run("prune", params={"a": 1}, metrics={"m": 1.0})  # a store with no summary run
-    assert MlflowClient(tracking.tracking_uri()).get_experiment_by_name(tracking.EXPERIMENT)
+    mlflow_log.log_run("prune", params={"a": 1}, metrics={"m": 1.0})  # a store with no summary run
+    assert MlflowClient(mlflow_log.tracking_uri()).get_experiment_by_name(mlflow_log.EXPERIMENT)
     with pytest.raises(UserError, match="no summary runs"):
         compare()
 
 
 def test_cli_stays_light_and_compare_needs_no_tensorflow():
     code = ("import sys, compresslab.cli; assert 'mlflow' not in sys.modules and 'matplotlib' not in "
-            "sys.modules, 'cli imports too much'; import compresslab.reporting.compare; "
+            "sys.modules, 'cli imports too much'; import compresslab.tools.compare; "
             "assert 'tensorflow' not in sys.modules, 'compare imports tensorflow'")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
@@ -302,7 +302,7 @@ def seeded_store(tmp_path_factory):
         use_store(patch, root, root)
         for name, (seed, sparsity, files) in SEEDED.items():
             patch.setenv("DVC_EXP_NAME", name)
-            ids[name] = tracking.log_run("report", params={**params(sparsity), "seed": seed},
+            ids[name] = mlflow_log.log_run("report", params={**params(sparsity), "seed": seed},
                                          metrics=scored_metrics(files), tags={"summary": "true"})
     return root, ids
 
@@ -449,7 +449,7 @@ def test_a_repeat_of_a_configuration_and_seed_is_not_counted_as_another_seed(tmp
     files = SEEDED["exp-s1"][2]
     for name, seed in (("rep-a", 1), ("rep-b", 1), ("rep-c", 2)):   # rep-b repeats rep-a
         monkeypatch.setenv("DVC_EXP_NAME", name)
-        tracking.log_run("report", params={**params(0.8), "seed": seed}, metrics=scored_metrics(files),
+        mlflow_log.log_run("report", params={**params(0.8), "seed": seed}, metrics=scored_metrics(files),
                          tags={"summary": "true"})
     result = compare(out="out")
     assert result.groups == [["rep-b", "rep-c"]]   # the newer of the two seed-1 runs, and seed 2
@@ -470,7 +470,7 @@ def test_runs_timed_on_different_machines_compare_by_latency_ratio(tmp_path, mon
             prefix = f"{variant}.{mode}."
             metrics.update({prefix + "accuracy": accuracy, prefix + "gzip_bytes": 1000.0,
                             prefix + "latency_median_ms_t1": ms, prefix + "latency_ratio_t1": ratio})
-        tracking.log_run("report", params=params(sparsity), metrics=metrics,
+        mlflow_log.log_run("report", params=params(sparsity), metrics=metrics,
                          tags={"summary": "true", "fingerprint.cpu": cpu})
     result = compare(out=tmp_path / "cmp", max_drop=1, objective="latency")
     # In milliseconds the fast machine's file wins; as a ratio, the file that halves its own baseline does.

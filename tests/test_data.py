@@ -1,11 +1,13 @@
-"""Reading, validating and splitting image folders (data.py), the prepared shards (dataset.py, tfdata.py) and their
-errors."""
+"""Reading, validating and splitting image folders (data/prepare.py), the prepared shards (data/shards.py,
+data/tfdata.py) and their errors."""
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from compresslab import data, dataset, settings
+from compresslab import settings
+from compresslab.data import prepare
+from compresslab.data import shards
 from compresslab.errors import UserError
 
 CFG = {"image_size": 16, "channels": 3, "val_fraction": 0.2, "test_fraction": 0.2, "seed": 1,
@@ -13,7 +15,7 @@ CFG = {"image_size": 16, "channels": 3, "val_fraction": 0.2, "test_fraction": 0.
 
 
 def prepared(image_folder, out, **cfg):
-    return data.prepare(image_folder, out, settings.parse("data", {**CFG, **cfg}))
+    return prepare.prepare(image_folder, out, settings.parse("data", {**CFG, **cfg}))
 
 
 def read_all(split) -> tuple[np.ndarray, np.ndarray]:
@@ -24,23 +26,23 @@ def read_all(split) -> tuple[np.ndarray, np.ndarray]:
 def test_reads_every_format_resized_to_the_asked_channels(image_folder, tmp_path):
     metrics = prepared(image_folder, tmp_path / "rgb", image_size=16, channels=3)
     assert sum(metrics["images"].values()) == 72 and metrics["skipped_files"] == 0
-    splits = dataset.open_splits(tmp_path / "rgb")
+    splits = shards.open_splits(tmp_path / "rgb")
     x, y = read_all(splits["train"])
     assert x.shape == (len(splits["train"]), 16, 16, 3) and x.dtype == np.float32
     assert 0.0 <= x.min() and x.max() <= 1.0 and np.allclose(x * 255, np.round(x * 255))
     assert splits["train"].meta["class_names"] == ["fire", "no_fire", "smoke"]
     assert sum(np.bincount(read_all(s)[1]).tolist() == [len(s) // 3] * 3 for s in splits.values()) == 3
     prepared(image_folder, tmp_path / "gray", image_size=12, channels=1, max_images_per_class=5)
-    gray = dataset.open_splits(tmp_path / "gray")
+    gray = shards.open_splits(tmp_path / "gray")
     assert sum(len(s) for s in gray.values()) == 15 and gray["test"].image_shape == (12, 12, 1)
 
 
 def test_split_is_stratified_seeded_and_disjoint(image_folder):
-    _, labels, names = data.list_labelled(image_folder)
-    first = data.split_indices(labels, len(names), 0.25, 0.25, seed=3)
-    again = data.split_indices(labels, len(names), 0.25, 0.25, seed=3)
-    other = data.split_indices(labels, len(names), 0.25, 0.25, seed=4)
-    for name in data.SPLITS:
+    _, labels, names = prepare.list_labelled(image_folder)
+    first = prepare.split_indices(labels, len(names), 0.25, 0.25, seed=3)
+    again = prepare.split_indices(labels, len(names), 0.25, 0.25, seed=3)
+    other = prepare.split_indices(labels, len(names), 0.25, 0.25, seed=4)
+    for name in prepare.SPLITS:
         assert np.array_equal(first[name], again[name])
         assert set(np.bincount(labels[first[name]]).tolist()) == {len(first[name]) // 3}
     assert not np.array_equal(first["test"], other["test"])
@@ -50,7 +52,7 @@ def test_split_is_stratified_seeded_and_disjoint(image_folder):
 def test_shards_are_bounded_repeat_byte_for_byte_and_read_alike_by_numpy_and_tf_data(image_folder, tmp_path):
     prepared(image_folder, tmp_path / "a", image_size=8, images_per_shard=10)
     prepared(image_folder, tmp_path / "b", image_size=8, images_per_shard=10)
-    meta = dataset.load_meta(tmp_path / "a")
+    meta = shards.load_meta(tmp_path / "a")
     train = meta["splits"]["train"]
     assert [shard["images"] for shard in train["shards"]] == [10] * (train["images"] // 10) + (
         [train["images"] % 10] if train["images"] % 10 else [])
@@ -58,10 +60,10 @@ def test_shards_are_bounded_repeat_byte_for_byte_and_read_alike_by_numpy_and_tf_
     for path in sorted((tmp_path / "a").iterdir()):
         assert path.read_bytes() == (tmp_path / "b" / path.name).read_bytes(), path.name
     assert not (tmp_path / "a.partial").exists()
-    splits = dataset.open_splits(tmp_path / "a")
+    splits = shards.open_splits(tmp_path / "a")
     x, y = read_all(splits["train"])
-    assert np.array_equal(y, splits["train"].labels()) and np.array_equal(y, dataset.load_labels("train", tmp_path / "a"))
-    from compresslab import tfdata
+    assert np.array_equal(y, splits["train"].labels()) and np.array_equal(y, shards.load_labels("train", tmp_path / "a"))
+    from compresslab.data import tfdata
 
     streamed = [(images.numpy(), labels.numpy()) for images, labels in tfdata.pipeline(splits["train"], 16)]
     assert np.array_equal(np.concatenate([b[0] for b in streamed]), x)   # bit for bit the same model input
@@ -74,10 +76,10 @@ def test_a_training_pipeline_shuffles_and_augments_the_same_way_from_the_same_se
 
     import tf_keras as keras
 
-    from compresslab import tfdata
+    from compresslab.data import tfdata
 
     prepared(image_folder, tmp_path, image_size=8)
-    train = dataset.open_splits(tmp_path)["train"]
+    train = shards.open_splits(tmp_path)["train"]
     x, _ = read_all(train)
 
     def epoch(split, seed):
@@ -103,16 +105,16 @@ def test_a_training_pipeline_shuffles_and_augments_the_same_way_from_the_same_se
 def test_a_bad_shard_is_one_line_naming_the_fix_before_any_work(image_folder, tmp_path, damage, message):
     prepared(image_folder, tmp_path / "mine", image_size=8)
     prepared(image_folder, tmp_path / "other", image_size=8, seed=9)
-    shard = tmp_path / "mine" / dataset.shard_name("test", 0, 1)
+    shard = tmp_path / "mine" / shards.shard_name("test", 0, 1)
     damage(shard, tmp_path / "other" / shard.name)
     with pytest.raises(UserError, match=message) as err:
-        dataset.open_splits(tmp_path / "mine")
+        shards.open_splits(tmp_path / "mine")
     assert "dvc checkout data/prepared" in str(err.value) and "\n" not in str(err.value)
 
 
 def test_an_unreadable_shard_is_a_user_error_for_the_numpy_reader_too(image_folder, tmp_path):
     prepared(image_folder, tmp_path, image_size=8)
-    test = dataset.open_splits(tmp_path)["test"]
+    test = shards.open_splits(tmp_path)["test"]
     test.shards[0].write_bytes(test.shards[0].read_bytes()[:-40])  # after the check: read fails cleanly
     with pytest.raises(UserError, match="cannot be read"):
         read_all(test)
@@ -142,7 +144,7 @@ def test_bad_folders_give_one_line_errors(tmp_path, setup, message):
     root = tmp_path / "raw"
     setup(root)
     with pytest.raises(UserError, match=message) as err:
-        data.list_images(root)
+        prepare.list_images(root)
     assert "\n" not in str(err.value)
 
 
@@ -151,9 +153,9 @@ def test_a_split_too_small_for_every_class_is_refused(tmp_path):
         (tmp_path / name).mkdir()
         for i in range(4):
             Image.new("L", (8, 8), color=i * 40).save(tmp_path / name / f"{i}.png")
-    _, labels, names = data.list_labelled(tmp_path)
+    _, labels, names = prepare.list_labelled(tmp_path)
     with pytest.raises(UserError, match="fewer than the 3 classes"):
-        data.split_indices(labels, len(names), 0.1, 0.2, seed=0)
+        prepare.split_indices(labels, len(names), 0.1, 0.2, seed=0)
 
 
 @pytest.mark.parametrize("key, value, message", [
@@ -174,13 +176,13 @@ def test_a_class_too_small_for_a_stratified_split_is_named_instead_of_a_scikit_l
     # one for train and val, which the second stratified split refuses with a ValueError.
     labels = np.array([0, 0, 0, 1, 1, 1, 2, 2, 2])
     with pytest.raises(UserError, match=r"class '[abc]' has 3 images, too few to give each of train, val and test one"):
-        data.split_indices(labels, 3, 0.34, 0.34, seed=0, class_names=["a", "b", "c"])
+        prepare.split_indices(labels, 3, 0.34, 0.34, seed=0, class_names=["a", "b", "c"])
 
 
 def test_a_split_left_without_a_class_says_so_rather_than_blame_corrupt_files():
     # 15 % of 51 images: the stratified split rounds the 3-image class's share of val down to none.
     labels = np.array([0] * 24 + [1] * 24 + [2] * 3)
     with pytest.raises(UserError, match=r"gives the val split no image of class\(es\) \['c'\] \(3 image\(s\)\)"):
-        data.split_indices(labels, 3, 0.15, 0.15, seed=0, class_names=["a", "b", "c"])
-    positions = data.split_indices(labels, 3, 0.25, 0.25, seed=0, class_names=["a", "b", "c"])
+        prepare.split_indices(labels, 3, 0.15, 0.15, seed=0, class_names=["a", "b", "c"])
+    positions = prepare.split_indices(labels, 3, 0.25, 0.25, seed=0, class_names=["a", "b", "c"])
     assert all(set(labels[held].tolist()) == {0, 1, 2} for held in positions.values())

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from compresslab import data, paths
+from compresslab import paths
+from compresslab.data import prepare
 from conftest import BIN, REPO, free_port, mlflow_runs
 
 pytestmark = pytest.mark.slow
@@ -28,7 +29,7 @@ def workspace(tmp_path):
         labels = np.arange(n) % 2
         return [((rng.random((n, 24, 24, 3)) * 80 + 120 * labels[:, None, None, None]).astype(np.uint8), labels)]
 
-    data.write_prepared(tmp_path / paths.PREPARED, {"train": split(TRAIN_IMAGES), "val": split(32),
+    prepare.write_prepared(tmp_path / paths.PREPARED, {"train": split(TRAIN_IMAGES), "val": split(32),
                                                     "test": split(32)}, ["dark", "bright"],
                         image_size=24, channels=3, images_per_shard=40)
     params = OmegaConf.load(REPO / "params.yaml")

@@ -23,10 +23,12 @@ from ai_edge_litert.interpreter import Interpreter
 from omegaconf import OmegaConf
 from PIL import Image
 
-from compresslab import data as prepare_data
-from compresslab import models, settings, training
+from compresslab.data import prepare as prepare_data
+from compresslab import settings
+from compresslab.models import zoo
+from compresslab.models import training
 from compresslab.errors import UserError
-from compresslab.seeding import seed_everything
+from compresslab.models.seeding import seed_everything
 from compresslab.techniques import clustering, pruning, quantization, sensitivity, weights
 from compresslab.tflite import converter, flatbuffer, measure, runtime
 
@@ -90,7 +92,7 @@ def baseline(spec: str) -> keras.Model:
     """A briefly trained model of the spec; the techniques copy it, never change it."""
     name, shape, classes, cfg, epochs = SPECS[spec]
     seed_everything(0)
-    model = models.build_model({"name": name, **cfg}, shape, classes)
+    model = zoo.build_model({"name": name, **cfg}, shape, classes)
     training.fit(model, *splits(spec), epochs=epochs, batch_size=BATCH, learning_rate=3e-3)
     return model
 

@@ -14,9 +14,11 @@ import pytest
 import tf_keras as keras
 from omegaconf import OmegaConf
 
-from compresslab import data, dataset, paths, variants
+from compresslab import paths, variants
+from compresslab.data import prepare
+from compresslab.data import shards
 from compresslab.errors import UserError
-from compresslab.model_io import save_model
+from compresslab.models.saving import save_model
 
 REPO = Path(__file__).resolve().parents[1]
 EVALUATE = {"name": "default", "threads": [1, 2], "positive_class": "fire", "warmup_runs": 1, "min_runs": 3,
@@ -47,8 +49,8 @@ def workspace(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     rng = np.random.default_rng(0)
     splits = {name: ((rng.random((TEST_IMAGES, 8, 8, 1)) * 255).astype(np.uint8), np.arange(TEST_IMAGES) % 2)
-              for name in dataset.SPLITS}
-    data.write_prepared(paths.PREPARED, {name: [split] for name, split in splits.items()}, ["fire", "no_fire"],
+              for name in shards.SPLITS}
+    prepare.write_prepared(paths.PREPARED, {name: [split] for name, split in splits.items()}, ["fire", "no_fire"],
                         image_size=8, channels=1)
     save_model(tiny_model(8), paths.keras_model("baseline"))
     OmegaConf.save(OmegaConf.create({
@@ -104,7 +106,7 @@ def test_evaluate_measures_every_file_of_a_variant_without_tensorflow(workspace)
     # Each file's validation accuracy (what compresslab search decides on) is its own, on the val split.
     from compresslab.tflite import runtime
 
-    val = dataset.open_split("val")
+    val = shards.open_split("val")
     x_val, y_val = next(val.batches(len(val)))
     for row in rows.values():
         predicted = np.argmax(runtime.predict(runtime.load_interpreter(Path(row["file"])), x_val), axis=1)

@@ -11,7 +11,7 @@ import tf_keras as keras
 from ai_edge_litert.interpreter import Interpreter
 
 from compresslab.errors import UserError
-from compresslab.tflite.benchmark import (_run_child, interleaved_ratio, latency_by_threads, load_interpreter,
+from compresslab.tflite.timing import (_run_child, interleaved_ratio, latency_by_threads, load_interpreter,
                                           make_input, measure_latency, peak_memory, peak_memory_mb)
 
 SHAPE = (16, 16, 3)

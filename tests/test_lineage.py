@@ -10,7 +10,8 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from compresslab import lineage, tracking
+from compresslab.tracking import lineage
+from compresslab.tracking import mlflow_log
 from conftest import run
 
 DATA_MD5 = "c80d4a4c802818dd55c3aa6b38df342f.dir"
@@ -86,8 +87,8 @@ def project(tmp_path, monkeypatch):
 
 
 def test_a_run_carries_locked_dep_hashes_and_computed_out_hashes(project):
-    run_id = tracking.log_run("prune", params={"prune": {"final_sparsity": 0.5}}, metrics={"test_accuracy": 0.9})
-    tags = MlflowClient(tracking.tracking_uri()).get_run(run_id).data.tags
+    run_id = mlflow_log.log_run("prune", params={"prune": {"final_sparsity": 0.5}}, metrics={"test_accuracy": 0.9})
+    tags = MlflowClient(mlflow_log.tracking_uri()).get_run(run_id).data.tags
     dvc_tags = {k: v for k, v in tags.items() if k.startswith("dvc.")}
     assert dvc_tags == {
         "dvc.dep.models/baseline.keras": hashlib.md5(BASELINE).hexdigest(),  # the file, not prune's stale entry
@@ -99,9 +100,9 @@ def test_a_run_carries_locked_dep_hashes_and_computed_out_hashes(project):
 
 
 def test_the_summary_run_has_the_raw_data_as_a_dataset_input(project):
-    run_id = tracking.log_run("evaluate", params={"evaluate": {"threads": [1]}}, metrics={"m": 1.0},
+    run_id = mlflow_log.log_run("evaluate", params={"evaluate": {"threads": [1]}}, metrics={"m": 1.0},
                               tags={"summary": "true"})
-    inputs = MlflowClient(tracking.tracking_uri()).get_run(run_id).inputs.dataset_inputs
+    inputs = MlflowClient(mlflow_log.tracking_uri()).get_run(run_id).inputs.dataset_inputs
     assert len(inputs) == 1
     dataset = inputs[0].dataset
     assert (dataset.name, dataset.digest, dataset.source_type) == ("data/raw", DATA_MD5, "local")
@@ -113,8 +114,8 @@ def test_a_run_outside_a_dvc_project_has_no_dvc_tags_or_dataset(tmp_path, monkey
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv("DVC_ROOT", str(tmp_path))
     monkeypatch.chdir(tmp_path)
-    run_id = tracking.log_run("prune", params={"a": 1}, metrics={"m": 2.0})
-    run_ = MlflowClient(tracking.tracking_uri()).get_run(run_id)
+    run_id = mlflow_log.log_run("prune", params={"a": 1}, metrics={"m": 2.0})
+    run_ = MlflowClient(mlflow_log.tracking_uri()).get_run(run_id)
     assert run_.data.metrics == {"m": 2.0} and run_.data.tags["stage"] == "prune"
     assert not [k for k in run_.data.tags if k.startswith("dvc.") or k == "data_hash"]
     assert run_.inputs.dataset_inputs == [] and run_.info.status == "FINISHED"
@@ -131,7 +132,7 @@ def test_unknown_stage_and_odd_paths(project):
 
 STAGE_SCRIPT = """
 import json, os, pathlib, sys
-from compresslab import lineage
+from compresslab.tracking import lineage
 pathlib.Path("models").mkdir(exist_ok=True)
 pathlib.Path("plots/sub").mkdir(parents=True, exist_ok=True)
 pathlib.Path("models/out.bin").write_bytes(pathlib.Path("models/in.bin").read_bytes()[::-1])

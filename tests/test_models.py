@@ -3,33 +3,34 @@
 import numpy as np
 import pytest
 
-from compresslab import models, training
+from compresslab.models import zoo
+from compresslab.models import training
 from compresslab.errors import UserError
 
 
 def build(name, shape, classes, **cfg):
-    return models.build_model({"name": name, **cfg}, shape, classes)
+    return zoo.build_model({"name": name, **cfg}, shape, classes)
 
 
 def test_firenet_has_the_reported_646818_parameters():
     model = build("firenet", (64, 64, 3), 2)
-    assert models.count_parameters(model) == 646_818
+    assert zoo.count_parameters(model) == 646_818
     assert [layer.__class__.__name__ for layer in model.layers][:3] == ["Conv2D", "AveragePooling2D", "Dropout"]
 
 
 def test_resnet8_matches_the_mlperf_tiny_reference():
-    assert models.count_parameters(build("resnet8", (32, 32, 3), 10)) == 78_666
+    assert zoo.count_parameters(build("resnet8", (32, 32, 3), 10)) == 78_666
 
 
 def test_mlp_is_the_mnist_reports_model():
     model = build("mlp", (28, 28, 1), 10)
     assert [getattr(layer, "units", None) for layer in model.layers if layer.weights] == [80, 60, 10]
-    assert models.count_parameters(model) == 784 * 80 + 80 + 80 * 60 + 60 + 60 * 10 + 10
+    assert zoo.count_parameters(model) == 784 * 80 + 80 + 80 * 60 + 60 + 60 * 10 + 10
 
 
 def test_mobilenetv2_alpha_changes_the_width():
-    small = models.count_parameters(build("mobilenetv2", (32, 32, 3), 4, alpha=0.35))
-    large = models.count_parameters(build("mobilenetv2", (32, 32, 3), 4, alpha=0.5))
+    small = zoo.count_parameters(build("mobilenetv2", (32, 32, 3), 4, alpha=0.35))
+    large = zoo.count_parameters(build("mobilenetv2", (32, 32, 3), 4, alpha=0.5))
     assert small < large
 
 
@@ -65,7 +66,7 @@ def test_training_variables_are_created_up_front_so_each_function_traces_once_wi
     that creates variables is traced twice; compile_model creates them first. The fitted weights must not change."""
     import tf_keras as keras
 
-    from compresslab.seeding import seed_everything
+    from compresslab.models.seeding import seed_everything
 
     rng = np.random.default_rng(1)
     y = rng.integers(0, 2, 40)

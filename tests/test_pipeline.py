@@ -9,7 +9,8 @@ import json
 import pytest
 from mlflow.tracking import MlflowClient
 
-from compresslab import tracking, variants
+from compresslab import variants
+from compresslab.tracking import mlflow_log
 from conftest import mlflow_runs, read_json, run, stages_ran
 
 pytestmark = pytest.mark.slow
@@ -46,7 +47,7 @@ def test_repro_runs_every_stage_and_writes_every_output(project):
 def test_int8_files_are_smaller_and_pruned_sparsity_survives_conversion(project):
     import pandas as pd
 
-    from compresslab.model_io import load_model
+    from compresslab.models.saving import load_model
     from compresslab.techniques.weights import sparsity_report
 
     rows = pd.read_csv(project / "reports/variants.csv").set_index(["variant", "mode"])
@@ -99,7 +100,7 @@ def test_mlflow_holds_one_parent_per_execution_with_every_stage_nested_and_the_s
     assert "finetune.float32.accuracy_delta_pp" in summary.data.metrics
     assert summary.data.tags["git_commit"] and summary.data.tags["data_hash"].endswith(".dir")
     report = (project / "reports/report.md").read_text()
-    assert summary.data.tags["mlflow.note.content"] == tracking.fit_description(report)
+    assert summary.data.tags["mlflow.note.content"] == mlflow_log.fit_description(report)
     assert summary.data.tags["mlflow.note.content"].startswith("# compresslab report\n\n## Configuration")
     assert summary.data.tags["mlflow.source.name"] == "stages/report.py"
     (train,) = mlflow_runs(project, stage="train", dvc_exp_name="workspace")

@@ -8,7 +8,8 @@ import tensorflow as tf
 import tf_keras as keras
 from ai_edge_litert.interpreter import Interpreter
 
-from compresslab import model_io, settings
+from compresslab import settings
+from compresslab.models import saving
 from compresslab.techniques import quantization
 from compresslab.techniques import weights
 from compresslab.errors import UserError
@@ -186,8 +187,8 @@ def int8_weight(interpreter, shape):
 @pytest.mark.parametrize("which", ["qat", "pqat"])
 def test_trained_model_round_trips_and_converts_to_int8(qat_results, pqat_result, data, tmp_path, which):
     model = qat_results[2]["all"].model if which == "qat" else pqat_result[1].model
-    model_io.save_model(model, tmp_path / "model.keras")
-    loaded = model_io.load_model(tmp_path / "model.keras")
+    saving.save_model(model, tmp_path / "model.keras")
+    loaded = saving.load_model(tmp_path / "model.keras")
     np.testing.assert_allclose(loaded.predict(data[0][:4], verbose=0), model.predict(data[0][:4], verbose=0),
                                atol=1e-6)
     interpreter, output = run_one(convert_int8(loaded), data[0])

@@ -7,7 +7,7 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from compresslab import registry
+from compresslab.tools import registry
 from compresslab.errors import UserError
 from conftest import REPO, read_json, restore_committed, run
 

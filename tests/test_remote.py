@@ -4,7 +4,7 @@ import pytest
 from dvc.repo import Repo
 
 from compresslab.errors import UserError
-from compresslab.remote import check_remote
+from compresslab.tools.remote import check_remote
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from compresslab.model_io import load_model
+from compresslab.models.saving import load_model
 from conftest import BIN, copy_project, mlflow_runs, read_json, restore_committed, run
 
 pytestmark = pytest.mark.slow

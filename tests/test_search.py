@@ -6,10 +6,10 @@ import math
 
 import pytest
 
-from compresslab import search
+from compresslab.tools import search
 from compresslab.errors import UserError
 
-from compresslab import sandbox
+from compresslab.tools import sandbox
 from conftest import REPO, mlflow_runs, read_json, restore_committed, run
 
 TRAINING_STAGES = {"train", "finetune", "prune", "quantize", "pqat", "cluster", "cqat", "pcqat"}

@@ -13,13 +13,13 @@ Measured against the baseline on the test split, 0.7 would win; by the rule, 0.5
 
 import pytest
 
-from compresslab import search
-from compresslab.reporting.compare import compare, selection_lines
+from compresslab.tools import search
+from compresslab.tools.compare import compare, selection_lines
 from compresslab.results import selection as rule
 from compresslab.results.headline import headline_metrics
 from compresslab.results.record import Record
 from compresslab.results.summary import summary_metrics
-from compresslab import tracking
+from compresslab.tracking import mlflow_log
 
 from conftest import REPO
 
@@ -53,7 +53,7 @@ def sweep(tmp_path, monkeypatch):
 def log_sweep(monkeypatch, **kwargs) -> None:
     for sparsity in PRUNED:
         monkeypatch.setenv("DVC_EXP_NAME", experiment(sparsity))
-        tracking.log_run("report", params={"prune": {"final_sparsity": sparsity}, "seed": 42},
+        mlflow_log.log_run("report", params={"prune": {"final_sparsity": sparsity}, "seed": 42},
                          metrics=summary_metrics(run_records(sparsity, **kwargs)), tags={"summary": "true"})
 
 

@@ -12,9 +12,13 @@ import tensorflow_model_optimization as tfmot
 import tf_keras as keras
 from omegaconf import OmegaConf
 
-from compresslab import data, dataset, paths, seeding, settings, training
+from compresslab import paths, settings
+from compresslab.data import prepare
+from compresslab.data import shards
+from compresslab.models import seeding
+from compresslab.models import training
 from compresslab.errors import UserError
-from compresslab.model_io import load_model, save_model
+from compresslab.models.saving import load_model, save_model
 from compresslab.techniques import sensitivity, weights
 from conftest import REPO, mlflow_runs, read_json, restore_committed, run, stages_ran
 
@@ -45,7 +49,7 @@ def noisy_images(n, seed):
 
 
 def as_input(split):
-    return split[0].astype(np.float32) * np.float32(dataset.PIXEL_SCALE), split[1]
+    return split[0].astype(np.float32) * np.float32(shards.PIXEL_SCALE), split[1]
 
 
 def fragile_model():
@@ -193,7 +197,7 @@ def workspace(tmp_path, monkeypatch, splits, trained):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("DVC_ROOT", str(tmp_path))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    data.write_prepared(paths.PREPARED, {name: [split] for name, split in splits.items()}, ["a", "b", "c"],
+    prepare.write_prepared(paths.PREPARED, {name: [split] for name, split in splits.items()}, ["a", "b", "c"],
                         image_size=4, channels=1)
     save_model(trained, paths.keras_model("baseline"))
     params = OmegaConf.load(REPO / "params.yaml")

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import tf_keras as keras
 
-from compresslab import models, settings
+from compresslab import settings
+from compresslab.models import zoo
 from compresslab.errors import UserError
 from compresslab.techniques import pruning
 from compresslab.tflite import converter, flatbuffer, sparse
@@ -18,7 +19,7 @@ from conftest import firenet_like
 @pytest.fixture(scope="module")
 def mobilenet():
     keras.utils.set_random_seed(0)
-    return models.mobilenetv2((64, 64, 3), 4, {"alpha": 0.35})  # 2x2 before pooling: the converter keeps MEAN
+    return zoo.mobilenetv2((64, 64, 3), 4, {"alpha": 0.35})  # 2x2 before pooling: the converter keeps MEAN
 
 
 def pointwise(model):
@@ -41,8 +42,8 @@ def pruned_copy(model, sparsity):
 @pytest.mark.parametrize("shape, alpha, classes", [((64, 64, 3), 0.35, 10), ((32, 32, 3), 1.0, 2)])
 def test_the_zoo_mobilenetv2_has_keras_applications_parameter_count(shape, alpha, classes):
     reference = keras.applications.MobileNetV2(input_shape=shape, alpha=alpha, weights=None, classes=classes)
-    ours = models.mobilenetv2(shape, classes, {"alpha": alpha})
-    assert models.count_parameters(ours) == models.count_parameters(reference)
+    ours = zoo.mobilenetv2(shape, classes, {"alpha": alpha})
+    assert zoo.count_parameters(ours) == zoo.count_parameters(reference)
     assert ours.output_shape == reference.output_shape
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from mlflow.tracking import MlflowClient
 
-from compresslab import search
+from compresslab.tools import search
 from conftest import restore_committed, run
 
 pytestmark = pytest.mark.slow

@@ -158,8 +158,8 @@ def test_one_saved_model_converts_every_mode_to_the_same_bytes_as_the_keras_path
 
 def test_stages_never_load_keras_3():
     """TFMOT and the TFLite converter probe for Keras 3 (a second of start-up in every stage): refused."""
-    code = ("import compresslab.stage, compresslab.tflite.converter, sys, tensorflow as tf; "
-            "from compresslab.models import build_model; from omegaconf import OmegaConf; "
+    code = ("import compresslab.models.training_stage, compresslab.tflite.converter, sys, tensorflow as tf; "
+            "from compresslab.models.zoo import build_model; from omegaconf import OmegaConf; "
             "m = build_model(OmegaConf.create({'name': 'mlp', 'hidden_units': [8], 'dropout': 0.0}), (8, 8, 1), 2); "
             "compresslab.tflite.converter.convert(m, 'dynamic'); "
             "import tensorflow_model_optimization as tfmot; tfmot.sparsity.keras.prune_low_magnitude(m); "

@@ -15,12 +15,12 @@ import sys
 from pathlib import Path
 
 import compresslab  # noqa: F401  (prepares the environment)
-from compresslab import registry, search as searching  # both light: MLflow and DVC load when they work
 from compresslab.errors import UserError, run_main
+from compresslab.tools import registry, search as searching  # both light: MLflow and DVC load when they work
 
 
 def sample_data(args: argparse.Namespace) -> None:
-    from compresslab.sample_data import write_mnist_sample
+    from compresslab.data.sample import write_mnist_sample
 
     out = Path(args.out)
     if out.exists() and any(p.name[0] not in "0123456789." for p in out.iterdir()):
@@ -64,7 +64,7 @@ def params(args: argparse.Namespace) -> None:
 
 def compare(args: argparse.Namespace) -> None:
     # Imported here: MLflow, pandas and matplotlib would slow every other sub-command down.
-    from compresslab.reporting.compare import compare as run_compare, summary_lines
+    from compresslab.tools.compare import compare as run_compare, summary_lines
 
     if args.objective is not None and args.max_drop is None:
         raise UserError("--objective only steers the choice: pass --max-drop POINTS with it")
@@ -127,7 +127,7 @@ def add_register_options(command: argparse.ArgumentParser) -> None:
 
 
 def remote_check(args: argparse.Namespace) -> None:
-    from compresslab.remote import check_remote
+    from compresslab.tools.remote import check_remote
 
     print(check_remote(args.remote))
 

@@ -36,9 +36,9 @@ from tensorflow_model_optimization.python.core.clustering.keras.clustering_regis
 from tensorflow_model_optimization.python.core.quantization.keras.collab_opts.cluster_preserve import (
     cluster_preserve_quantize_registry as cluster_preserve)
 
-from compresslab import training
+from compresslab.models import training
 from compresslab.errors import UserError
-from compresslab.model_io import copy_model
+from compresslab.models.saving import copy_model
 from compresslab.settings import CENTROID_INITS, MIN_CLUSTERS_PRESERVING_SPARSITY, Budget, ClusterConfig, PcqatConfig
 from compresslab.techniques import weights
 from compresslab.techniques.layers import select_layers

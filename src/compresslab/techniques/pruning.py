@@ -16,9 +16,10 @@ import tensorflow_model_optimization as tfmot
 import tf_keras as keras
 from tensorflow_model_optimization.python.core.sparsity.keras.prune_registry import PruneRegistry
 
-from compresslab import dataset, training
+from compresslab.data import shards
+from compresslab.models import training
 from compresslab.errors import UserError
-from compresslab.model_io import copy_model
+from compresslab.models.saving import copy_model
 from compresslab.settings import XNNPACK_LAYERS, PruneConfig
 from compresslab.techniques import weights
 from compresslab.techniques.layers import select_layers
@@ -179,7 +180,7 @@ def prune(model: keras.Model, cfg: PruneConfig, train: training.Split, val: trai
     names = (xnnpack_layers(model) if cfg.layers == XNNPACK_LAYERS
              else select_layers(model, cfg.layers, "prune.layers"))
     m_by_n = cfg.m_by_n
-    steps_per_epoch = math.ceil(dataset.count(train) / int(batch_size))
+    steps_per_epoch = math.ceil(shards.count(train) / int(batch_size))
     schedule = build_schedule(cfg, steps_per_epoch)
     skipped = {name: reason for name in names
                if (reason := unprunable_reason(model.get_layer(name), m_by_n)) is not None}

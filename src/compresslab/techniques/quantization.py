@@ -20,9 +20,9 @@ import tensorflow_model_optimization as tfmot
 import tf_keras as keras
 from tensorflow_model_optimization.python.core.quantization.keras.quantize_layer import QuantizeLayer
 
-from compresslab import training
+from compresslab.models import training
 from compresslab.errors import UserError
-from compresslab.model_io import copy_model
+from compresslab.models.saving import copy_model
 from compresslab.settings import Budget, QuantizeConfig
 from compresslab.techniques import weights
 from compresslab.techniques.layers import has_weights, select_layers

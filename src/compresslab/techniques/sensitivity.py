@@ -22,10 +22,12 @@ from dataclasses import dataclass
 import numpy as np
 import tf_keras as keras
 
-from compresslab import dataset, tfdata, training
+from compresslab.data import shards
+from compresslab.data import tfdata
+from compresslab.models import training
 from compresslab.errors import UserError
-from compresslab.model_io import copy_model
-from compresslab.seeding import seed_everything
+from compresslab.models.saving import copy_model
+from compresslab.models.seeding import seed_everything
 from compresslab.settings import PruneConfig, SensitivityConfig
 from compresslab.techniques import pruning, quantization
 from compresslab.techniques.layers import layer_kind
@@ -159,7 +161,7 @@ def measure(model: keras.Model, train: training.Split, val: training.Split, cfg:
 
     fine_tune(work)
     reference = correct_predictions(work, val)
-    total = dataset.count(val)
+    total = shards.count(val)
     calibration = calibration_images(train, int(cfg.calibration_batches), batch_size, seed)
     rows = []
     for name in names:
@@ -186,8 +188,8 @@ def measure(model: keras.Model, train: training.Split, val: training.Split, cfg:
 
 def calibration_images(train: training.Split, batches: int, batch_size: int, seed: int) -> np.ndarray:
     """A fixed, seeded sample of `batches` training batches (fewer when the split is smaller)."""
-    order = np.random.default_rng(seed).permutation(dataset.count(train))
-    return dataset.take(train, order[:batches * int(batch_size)])
+    order = np.random.default_rng(seed).permutation(shards.count(train))
+    return shards.take(train, order[:batches * int(batch_size)])
 
 
 def _measure_int8(row: LayerSensitivity, model: keras.Model, name: str, calibration: np.ndarray, fine_tune,
@@ -204,8 +206,8 @@ def _measure_int8(row: LayerSensitivity, model: keras.Model, name: str, calibrat
     quantization.calibrate_ranges(quantized, calibration, batch_size)
     fine_tune(quantized)
     correct = correct_predictions(quantized, val)
-    row.int8_accuracy = round(correct / dataset.count(val), 6)
-    row.int8_drop_pp = round(100 * (reference - correct) / dataset.count(val), 4)
+    row.int8_accuracy = round(correct / shards.count(val), 6)
+    row.int8_drop_pp = round(100 * (reference - correct) / shards.count(val), 4)
 
 
 def _describe(row: LayerSensitivity, sparsity: float) -> str:

@@ -32,7 +32,7 @@ from tensorflow.lite.python.convert_phase import ConverterError
 from tensorflow_model_optimization.python.core.clustering.keras.cluster_wrapper import ClusterWeights
 from tensorflow_model_optimization.python.core.sparsity.keras.pruning_wrapper import PruneLowMagnitude
 
-from compresslab.dataset import StoredSplit
+from compresslab.data.shards import StoredSplit
 from compresslab.errors import UserError
 from compresslab.variants import MODES
 

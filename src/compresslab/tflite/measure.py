@@ -8,10 +8,12 @@ from pathlib import Path
 
 import numpy as np
 
-from compresslab import dataset, variants
+from compresslab import variants
+from compresslab.data import shards
 from compresslab.errors import UserError
 from compresslab.settings import EvaluateConfig
-from compresslab.tflite import benchmark, flatbuffer, runtime, sparse
+from compresslab.tflite import flatbuffer, runtime, sparse
+from compresslab.tflite import timing
 
 
 def check_positive_class(cfg: EvaluateConfig, class_names: Sequence[str]) -> None:
@@ -29,7 +31,7 @@ def measure_file(path: Path, x_test, cfg: Mapping,
 
     Args:
       path: models/tflite/<variant>/<variant>-<mode>.tflite.
-      x_test: the test images: a `dataset.StoredSplit` (read in batches), or model-input floats in memory.
+      x_test: the test images: a `shards.StoredSplit` (read in batches), or model-input floats in memory.
       cfg: the `evaluate` group (threads, warmup_runs, min_runs, min_seconds, ratio_rounds, measure_memory).
       keras_predictions: the predicted classes of the Keras model the file was converted from.
       reference: baseline-float32's file, timed against this one in alternating rounds (None: no ratio).
@@ -47,7 +49,7 @@ def measure_file(path: Path, x_test, cfg: Mapping,
     """
     variant, mode = variants.split_label(path.stem)
     interpreter = runtime.load_interpreter(path)
-    runtime.check_input_shape(interpreter, dataset.image_shape(x_test))
+    runtime.check_input_shape(interpreter, shards.image_shape(x_test))
     y_pred = predicted_classes(interpreter, x_test)
     delegated = runtime.delegation(interpreter)
     stats = flatbuffer.weight_stats(path)
@@ -61,24 +63,24 @@ def measure_file(path: Path, x_test, cfg: Mapping,
            "xnnpack_operator_share": delegated["delegated"] / max(delegated["operators"], 1),
            "operators_outside_xnnpack": counted(delegated["outside"]),
            "sparse_inference": sparse.sparse_inference(path)}
-    if validation is not None and dataset.count(validation):
-        x_val, y_val = (validation, validation.labels()) if isinstance(validation, dataset.StoredSplit) else validation
+    if validation is not None and shards.count(validation):
+        x_val, y_val = (validation, validation.labels()) if isinstance(validation, shards.StoredSplit) else validation
         row["val_accuracy"] = float(np.mean(predicted_classes(interpreter, x_val) == y_val))
-    sample = next(dataset.image_batches(x_test, 1))
-    timings = benchmark.latency_by_threads(path, list(cfg["threads"]), warmup=cfg["warmup_runs"],
+    sample = next(shards.image_batches(x_test, 1))
+    timings = timing.latency_by_threads(path, list(cfg["threads"]), warmup=cfg["warmup_runs"],
                                            min_runs=cfg["min_runs"], min_seconds=cfg["min_seconds"],
                                            input_sample=sample)
-    for threads, timing in timings.items():
+    for threads, measured in timings.items():
         for key in ("median_ms", "p25_ms", "p75_ms", "p90_ms", "mean_ms", "std_ms"):
-            row[f"latency_{key}_t{threads}"] = timing[key]
-        row[f"fps_t{threads}"] = timing["fps"]
+            row[f"latency_{key}_t{threads}"] = measured[key]
+        row[f"fps_t{threads}"] = measured["fps"]
         if reference is not None:
             ratio = ({"ratio": 1.0, "ratio_p25": 1.0, "ratio_p75": 1.0} if reference.resolve() == path.resolve()
-                     else benchmark.interleaved_ratio(path, reference, threads, rounds=cfg.get("ratio_rounds", 20),
+                     else timing.interleaved_ratio(path, reference, threads, rounds=cfg.get("ratio_rounds", 20),
                                                       warmup=cfg["warmup_runs"], input_sample=sample))
             for key in ("ratio", "ratio_p25", "ratio_p75"):
                 row[f"latency_{key}_t{threads}"] = ratio[key]
-    memory = benchmark.peak_memory(path, sample) if cfg.get("measure_memory", True) else {}
+    memory = timing.peak_memory(path, sample) if cfg.get("measure_memory", True) else {}
     row["peak_rss_mb"], row["model_rss_mb"] = memory.get("peak_rss_mb"), memory.get("model_rss_mb")
     return row
 
@@ -86,7 +88,7 @@ def measure_file(path: Path, x_test, cfg: Mapping,
 def predicted_classes(interpreter, images) -> np.ndarray:
     """The class the file predicts for each image, read a batch at a time (a split is never held whole)."""
     return np.concatenate([np.argmax(runtime.predict(interpreter, batch), axis=1)
-                           for batch in dataset.image_batches(images)])
+                           for batch in shards.image_batches(images)])
 
 
 def counted(names: Sequence[str]) -> str:

@@ -23,7 +23,7 @@ from ai_edge_litert.interpreter import Interpreter
 
 from compresslab.errors import UserError
 from compresslab.tflite import runtime
-from compresslab.tflite.benchmark import feed_inputs
+from compresslab.tflite.timing import feed_inputs
 
 MIN_ROUNDS = 5
 RUNS_PER_ROUND = 5

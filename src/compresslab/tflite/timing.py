@@ -224,7 +224,7 @@ def _baseline_rss_mb() -> float:
 
 def _run_child(args: list[str]) -> dict:
     """Run this module in a fresh interpreter and read back the JSON line it prints last."""
-    done = subprocess.run([sys.executable, "-m", "compresslab.tflite.benchmark", *args],
+    done = subprocess.run([sys.executable, "-m", "compresslab.tflite.timing", *args],
                           capture_output=True, text=True, check=False)
     lines = done.stdout.strip().splitlines()
     if done.returncode != 0 or not lines:
@@ -252,7 +252,7 @@ def _max_rss_mb() -> float:
 
 
 def _child_main() -> None:
-    """Child entry: `python -m compresslab.tflite.benchmark [MODEL [SAMPLE.npy]]`; no MODEL measures the baseline."""
+    """Child entry: `python -m compresslab.tflite.timing [MODEL [SAMPLE.npy]]`; no MODEL measures the baseline."""
     args = sys.argv[1:]
     if args:
         sample = np.load(args[1]) if len(args) > 1 else None

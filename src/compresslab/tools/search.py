@@ -537,7 +537,7 @@ def experiment_metrics(name: str) -> dict:
 def summary_run_id(name: str, *, uri: str | None = None) -> str | None:
     """The MLflow summary run of experiment `name`; for a probe that re-ran nothing, the run that logged the
     committed results (its reports/metrics.json hash, as HEAD's dvc.lock records it); None if none is here."""
-    from compresslab.reporting.compare import SUMMARY_FILTER, summary_store
+    from compresslab.tools.compare import SUMMARY_FILTER, summary_store
 
     store = summary_store(uri)
     if store is None:

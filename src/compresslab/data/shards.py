@@ -8,8 +8,8 @@
 Each record is one image: its integer label as 8 little-endian bytes, then its uint8 pixels (H, W, C). A fixed
 raw layout instead of `tf.train.Example` lets this module read the shards with NumPy and `gzip` alone, so the
 stages that run .tflite files (LiteRT, no TensorFlow) read exactly the input the training stages read
-(`compresslab.tfdata` reads the same records with tf.data). Nothing here holds a whole split in memory: readers
-get batches. `prepare` (`compresslab.data`) writes what this reads.
+(`compresslab.data.tfdata` reads the same records with tf.data). Nothing here holds a whole split in memory: readers
+get batches. `prepare` (`compresslab.data.prepare`) writes what this reads.
 """
 
 import gzip

@@ -20,7 +20,7 @@ two queue workers that open a new mlflow.db at once both try to create its table
 outright). So writes to a SQLite store are serialised across processes by a lock file beside the database;
 should a reader (the MLflow UI) still cause "database is locked", the write is tried again. No run is lost.
 
-Lineage (`compresslab.lineage`): every run is tagged with the md5 of the data and model files its stage read
+Lineage (`compresslab.tracking.lineage`): every run is tagged with the md5 of the data and model files its stage read
 and wrote (`dvc.dep.<path>`, `dvc.out.<path>`, the values dvc.lock holds once the stage has finished), and
 carries the data set that data.dvc tracks as an MLflow dataset input (digest = its DVC md5).
 """
@@ -44,7 +44,7 @@ from mlflow.utils.mlflow_tags import (MLFLOW_GIT_COMMIT, MLFLOW_PARENT_RUN_ID, M
 from mlflow.utils.validation import (MAX_ENTITIES_PER_BATCH, MAX_METRICS_PER_BATCH, MAX_PARAMS_TAGS_PER_BATCH,
                                      MAX_TAG_VAL_LENGTH)
 
-from compresslab import lineage
+from compresslab.tracking import lineage
 from compresslab.config import flatten
 
 EXPERIMENT = "compresslab"

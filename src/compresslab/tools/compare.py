@@ -36,7 +36,8 @@ from matplotlib.lines import Line2D
 from mlflow.entities import Run, ViewType
 from mlflow.tracking import MlflowClient
 
-from compresslab import paths, tracking, variants
+from compresslab import paths, variants
+from compresslab.tracking import mlflow_log
 from compresslab.errors import UserError
 from compresslab.outputs import write_json, write_text
 from compresslab.reporting import statistics
@@ -141,7 +142,7 @@ def compare(experiments: Sequence[str] | None = None, *, out: str | Path = OUT_D
         run's baseline-float32, and write out/selection.json. When None, a selection.json left by an earlier
         call is removed so the folder never mixes two comparisons.
       objective: 'size' (smallest gzip_bytes) or 'latency' (smallest median latency) for the choice.
-      uri: the MLflow tracking URI; `tracking.tracking_uri()` when None.
+      uri: the MLflow tracking URI; `mlflow_log.tracking_uri()` when None.
 
     Returns:
       A Comparison: the table (see `build_table`; `build_group_table` when some configuration ran on several
@@ -194,13 +195,13 @@ def summary_runs(experiments: Sequence[str] | None = None, *, uri: str | None = 
 
     Args:
       experiments: names to keep (None: all); every name must have a run.
-      uri: the tracking URI; `tracking.tracking_uri()` when None.
+      uri: the tracking URI; `mlflow_log.tracking_uri()` when None.
 
     Returns:
       MLflow Run objects.
     """
-    uri = uri or tracking.tracking_uri()
-    name = os.environ.get("MLFLOW_EXPERIMENT_NAME", tracking.EXPERIMENT)
+    uri = uri or mlflow_log.tracking_uri()
+    name = os.environ.get("MLFLOW_EXPERIMENT_NAME", mlflow_log.EXPERIMENT)
     no_runs = UserError(f"no summary runs in MLflow experiment '{name}' at {uri}: run `dvc repro` or "
                         f"`dvc exp run` first (the report stage logs one per pipeline run)")
     store = summary_store(uri)
@@ -223,12 +224,12 @@ def summary_runs(experiments: Sequence[str] | None = None, *, uri: str | None = 
 
 def summary_store(uri: str | None = None) -> tuple[MlflowClient, str] | None:
     """(client, experiment id) where the summary runs live; None when nothing has been logged there yet."""
-    uri = uri or tracking.tracking_uri()
+    uri = uri or mlflow_log.tracking_uri()
     # Opening a SQLite URI creates the database: a missing file simply means nothing ran here yet.
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
         return None
     client = MlflowClient(uri)
-    found = client.get_experiment_by_name(os.environ.get("MLFLOW_EXPERIMENT_NAME", tracking.EXPERIMENT))
+    found = client.get_experiment_by_name(os.environ.get("MLFLOW_EXPERIMENT_NAME", mlflow_log.EXPERIMENT))
     return None if found is None else (client, found.experiment_id)
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from compresslab import variants
 from compresslab.errors import UserError
-from compresslab.results import selection as rule
+from compresslab.results.selection import OBJECTIVES
 
 DEFAULT_ALIAS = "champion"
 ARTIFACT_DIR = "registry"
@@ -30,7 +30,7 @@ LINEAGE_TAGS = ("data_hash", "git_commit", "git_dirty", "dvc_exp_name")
 LINEAGE_PREFIXES = ("dvc.dep.", "dvc.out.")
 FIGURES = ("accuracy", "accuracy_delta_pp", "val_accuracy", "gzip_bytes", "latency_ratio", "latency_median_ms")
 # What the alias compares, per objective (lower is better): the selection rule's own ranking.
-COSTS = rule.OBJECTIVES
+COSTS = OBJECTIVES
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\- ]{0,254}$")
 
 
@@ -68,10 +68,10 @@ def register(name: str, *, run_id: str, variant: str, mode: str, figures: Mappin
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    from compresslab import tracking
+    from compresslab.tracking import mlflow_log
 
     check_name(name, alias)
-    client = MlflowClient(uri or tracking.tracking_uri())
+    client = MlflowClient(uri or mlflow_log.tracking_uri())
     run = client.get_run(run_id)
     label = variants.label(variant, mode)
     source = _log_file(client, run, variant, label)

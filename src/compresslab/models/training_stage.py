@@ -14,20 +14,24 @@ from pathlib import Path
 
 import numpy as np
 
-from compresslab import dataset, distribute, paths, training, tracking
+from compresslab import paths
+from compresslab.data import shards
+from compresslab.models import distribute
+from compresslab.models import training
+from compresslab.tracking import mlflow_log
 from compresslab.config import section
-from compresslab.model_io import load_model, save_model
+from compresslab.models.saving import load_model, save_model
 from compresslab.outputs import write_history, write_json
-from compresslab.seeding import seed_everything
+from compresslab.models.seeding import seed_everything
 from compresslab.settings import DataConfig
 
-Splits = tuple[dataset.StoredSplit, dataset.StoredSplit, dataset.StoredSplit]
+Splits = tuple[shards.StoredSplit, shards.StoredSplit, shards.StoredSplit]
 
 
 def load_splits(data: DataConfig) -> Splits:
     """(train, val, test), streamed from the checked shards; the train split is shuffled in a buffer of
     `data.shuffle_buffer` images and augmented as `data.augment` says."""
-    splits = dataset.open_splits()
+    splits = shards.open_splits()
     train = dataclasses.replace(splits["train"], shuffle_buffer=data.shuffle_buffer, augment=data.augment)
     return train, splits["val"], splits["test"]
 
@@ -127,7 +131,7 @@ def finish(stage: str, params, groups: tuple[str, ...], model, variant: str, tes
         write_json(outputs["layers"], per_layer)
     print(f"{stage}: test accuracy {scores['accuracy']:.4f}; saved {model_path}")
     training_setup = distribute.describe(strategy_name, strategy)
-    tracking.log_run(stage, params=section(params, *groups), metrics=flat_metrics({**metrics, **per_layer}),
+    mlflow_log.log_run(stage, params=section(params, *groups), metrics=flat_metrics({**metrics, **per_layer}),
                      history=history, artifacts=[path for path in outputs.values() if path.exists()],
                      tags={f"distribute.{key}": ", ".join(value) if isinstance(value, list) else str(value)
                            for key, value in training_setup.items()})

@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from sklearn.model_selection import train_test_split
 
-from compresslab.dataset import LABEL_BYTES, PIXEL_SCALE, SPLITS, file_md5, shard_name
+from compresslab.data.shards import LABEL_BYTES, PIXEL_SCALE, SPLITS, file_md5, shard_name
 from compresslab.errors import UserError
 from compresslab.settings import DEFAULT_IMAGES_PER_SHARD, DataConfig
 

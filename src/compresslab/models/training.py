@@ -7,8 +7,8 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from compresslab import tfdata
-from compresslab.dataset import StoredSplit
+from compresslab.data import tfdata
+from compresslab.data.shards import StoredSplit
 from compresslab.errors import UserError
 from compresslab.settings import OPTIMIZERS, POSITIVE
 

@@ -9,17 +9,17 @@ global state (`seeding.seed_everything` runs before), and every map keeps elemen
 import numpy as np
 import tensorflow as tf
 
-from compresslab import dataset
+from compresslab.data import shards
 from compresslab.settings import AugmentConfig
 
 
 def pipeline(split, batch_size: int, *, training: bool = False) -> tf.data.Dataset:
-    """Batches of (float32 images in [0, 1], int64 labels) from a `dataset.StoredSplit` or an (x, y) pair.
+    """Batches of (float32 images in [0, 1], int64 labels) from a `shards.StoredSplit` or an (x, y) pair.
 
     With `training`, elements are shuffled in a buffer of the split's `shuffle_buffer` (reshuffled each
     epoch) and augmented as its `augment` says; otherwise they come in stored order, untouched.
     """
-    if isinstance(split, dataset.StoredSplit):
+    if isinstance(split, shards.StoredSplit):
         shape = split.image_shape
         records = tf.data.TFRecordDataset([str(path) for path in split.shards], compression_type="GZIP")
         elements = records.map(lambda record: decode_record(record, shape), num_parallel_calls=tf.data.AUTOTUNE)
@@ -29,7 +29,7 @@ def pipeline(split, batch_size: int, *, training: bool = False) -> tf.data.Datas
         elements = tf.data.Dataset.from_tensor_slices((np.asarray(x, np.float32), np.asarray(y, np.int64)))
         buffer, augment = len(y), None
     if training:
-        elements = elements.shuffle(min(buffer, max(dataset.count(split), 1)), reshuffle_each_iteration=True)
+        elements = elements.shuffle(min(buffer, max(shards.count(split), 1)), reshuffle_each_iteration=True)
         if augment is not None and augment.augmenting:
             randoms = tf.data.Dataset.random(rerandomize_each_iteration=True)
             elements = tf.data.Dataset.zip((elements, randoms)).map(
@@ -45,9 +45,9 @@ def pipeline(split, batch_size: int, *, training: bool = False) -> tf.data.Datas
 
 def decode_record(record: tf.Tensor, shape: tuple[int, int, int]) -> tuple[tf.Tensor, tf.Tensor]:
     """One record (see `dataset`) to (float32 image in [0, 1], int64 label), the same numbers NumPy reads."""
-    label = tf.io.decode_raw(tf.strings.substr(record, 0, dataset.LABEL_BYTES), tf.int64, little_endian=True)[0]
-    pixels = tf.io.decode_raw(tf.strings.substr(record, dataset.LABEL_BYTES, -1), tf.uint8)
-    image = tf.cast(tf.reshape(pixels, shape), tf.float32) * np.float32(dataset.PIXEL_SCALE)
+    label = tf.io.decode_raw(tf.strings.substr(record, 0, shards.LABEL_BYTES), tf.int64, little_endian=True)[0]
+    pixels = tf.io.decode_raw(tf.strings.substr(record, shards.LABEL_BYTES, -1), tf.uint8)
+    image = tf.cast(tf.reshape(pixels, shape), tf.float32) * np.float32(shards.PIXEL_SCALE)
     return image, label
 
 

@@ -1,0 +1,1 @@
+"""Commands that work across experiments: search, compare, the registry, remote checks, throwaway project copies."""
