@@ -8,17 +8,19 @@ the number asked for) and history.csv.
 """
 
 import compresslab  # noqa: F401  (prepares the environment before TensorFlow is imported)
-from compresslab import settings
+from compresslab import settings, variants
 from compresslab.models import training_stage
 from compresslab.techniques import clustering
 from compresslab.config import load_params
 from compresslab.errors import run_main
 
+MAKES = variants.made_by("cluster")   # its variant and parent, declared in compresslab/variants.py
+
 
 def run(params) -> dict:
     seed, data, train_cfg, cfg = settings.read(params, "seed", "data", "train", "cluster")
     with training_stage.distributed(train_cfg.strategy):  # before any TensorFlow work: see train.strategy
-        model, train, val, test = training_stage.begin(data, seed, "baseline")
+        model, train, val, test = training_stage.begin(data, seed, MAKES.parent)
         result = clustering.cluster(model, cfg, train, val, batch_size=train_cfg.batch_size)
         measurements = {"requested_clusters": result.requested_clusters,
                         "max_unique_values": max(result.channel_unique_values.values(), default=0),
@@ -27,8 +29,8 @@ def run(params) -> dict:
         for note in result.notes("cluster"):
             print(note)
         print(f"cluster: distinct values per layer {result.unique_values} (asked {result.requested_clusters})")
-        return training_stage.finish("cluster", params, ("seed", "data", "train", "cluster"), result.model, "clustered", test,
-                            measurements, result.history, strategy_name=train_cfg.strategy)
+        return training_stage.finish(MAKES, params, ("seed", "data", "train", "cluster"), result.model, test,
+                                     measurements, result.history, strategy_name=train_cfg.strategy)
 
 
 if __name__ == "__main__":

@@ -7,21 +7,24 @@ drift from the clustered parent) and history.csv.
 """
 
 import compresslab  # noqa: F401  (prepares the environment before TensorFlow is imported)
-from compresslab import settings
+from compresslab import settings, variants
 from compresslab.models import training_stage
 from compresslab.techniques import clustering
 from compresslab.config import load_params
 from compresslab.errors import run_main
 
+MAKES = variants.made_by("cqat")   # its variant and parent, declared in compresslab/variants.py
+
 
 def run(params) -> dict:
     seed, data, train_cfg, cfg = settings.read(params, "seed", "data", "train", "cqat")
     with training_stage.distributed(train_cfg.strategy):  # before any TensorFlow work: see train.strategy
-        model, train, val, test = training_stage.begin(data, seed, "clustered")
+        model, train, val, test = training_stage.begin(data, seed, MAKES.parent)
         result = clustering.cqat(model, cfg, train, val, batch_size=train_cfg.batch_size)
         print(f"cqat: distinct values per layer {result.unique_values_before} -> {result.unique_values_after}")
-        return training_stage.finish("cqat", params, ("seed", "data", "train", "cqat"), result.model, "cqat", test,
-                            clustering_measurements(result), result.history, strategy_name=train_cfg.strategy)
+        return training_stage.finish(MAKES, params, ("seed", "data", "train", "cqat"), result.model, test,
+                                     clustering_measurements(result), result.history,
+                                     strategy_name=train_cfg.strategy)
 
 
 def clustering_measurements(result: clustering.CqatResult) -> dict:

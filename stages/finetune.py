@@ -10,21 +10,23 @@ Outputs: models/finetune.keras; reports/finetune/metrics.json and history.csv.
 """
 
 import compresslab  # noqa: F401  (prepares the environment before TensorFlow is imported)
-from compresslab import settings
+from compresslab import settings, variants
 from compresslab.models import training_stage
 from compresslab.models import training
 from compresslab.config import load_params
 from compresslab.errors import run_main
 
+MAKES = variants.made_by("finetune")   # its variant and parent, declared in compresslab/variants.py
+
 
 def run(params) -> dict:
     seed, data, train_cfg, cfg = settings.read(params, "seed", "data", "train", "finetune")
     with training_stage.distributed(train_cfg.strategy):  # before any TensorFlow work: see train.strategy
-        model, train, val, test = training_stage.begin(data, seed, "baseline")
+        model, train, val, test = training_stage.begin(data, seed, MAKES.parent)
         history = training.fit(model, train, val, epochs=cfg.epochs, batch_size=train_cfg.batch_size,
                                learning_rate=cfg.learning_rate)
-        return training_stage.finish("finetune", params, ("seed", "data", "train", "finetune"), model, "finetune", test, {}, history,
-                            strategy_name=train_cfg.strategy)
+        return training_stage.finish(MAKES, params, ("seed", "data", "train", "finetune"), model, test, {}, history,
+                                     strategy_name=train_cfg.strategy)
 
 
 if __name__ == "__main__":

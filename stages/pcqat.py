@@ -7,17 +7,19 @@ distinct values per layer) and history.csv (clustering then QAT epochs).
 """
 
 import compresslab  # noqa: F401  (prepares the environment before TensorFlow is imported)
-from compresslab import settings
+from compresslab import settings, variants
 from compresslab.models import training_stage
 from compresslab.techniques import clustering
 from compresslab.config import load_params
 from compresslab.errors import run_main
 
+MAKES = variants.made_by("pcqat")   # its variant and parent, declared in compresslab/variants.py
+
 
 def run(params) -> dict:
     seed, data, train_cfg, cluster_cfg, cfg = settings.read(params, "seed", "data", "train", "cluster", "pcqat")
     with training_stage.distributed(train_cfg.strategy):  # before any TensorFlow work: see train.strategy
-        model, train, val, test = training_stage.begin(data, seed, "pruned")
+        model, train, val, test = training_stage.begin(data, seed, MAKES.parent)
         result = clustering.pcqat(model, cluster_cfg, cfg, train, val, batch_size=train_cfg.batch_size)
         measurements = {"parent_sparsity": result.parent_sparsity["overall"],
                         "clustered_sparsity": result.cluster.sparsity["overall"],
@@ -32,8 +34,8 @@ def run(params) -> dict:
         history = {key: result.cluster.history.get(key, []) + values for key, values in result.cqat.history.items()}
         print(f"pcqat: sparsity {result.parent_sparsity['overall']:.4f} (pruned) -> "
               f"{result.cqat.sparsity_after['overall']:.4f}")
-        return training_stage.finish("pcqat", params, ("seed", "data", "train", "cluster", "pcqat"), result.model,
-                            "pcqat", test, measurements, history, strategy_name=train_cfg.strategy)
+        return training_stage.finish(MAKES, params, ("seed", "data", "train", "cluster", "pcqat"), result.model, test,
+                                     measurements, history, strategy_name=train_cfg.strategy)
 
 
 if __name__ == "__main__":

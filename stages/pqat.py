@@ -6,23 +6,25 @@ Outputs: models/pqat.keras; reports/pqat/metrics.json (sparsity before and after
 """
 
 import compresslab  # noqa: F401  (prepares the environment before TensorFlow is imported)
-from compresslab import settings
+from compresslab import settings, variants
 from compresslab.models import training_stage
 from compresslab.techniques import quantization
 from compresslab.config import load_params
 from compresslab.errors import run_main
 
+MAKES = variants.made_by("pqat")   # its variant and parent, declared in compresslab/variants.py
+
 
 def run(params) -> dict:
     seed, data, train_cfg, cfg = settings.read(params, "seed", "data", "train", "pqat")
     with training_stage.distributed(train_cfg.strategy):  # before any TensorFlow work: see train.strategy
-        model, train, val, test = training_stage.begin(data, seed, "pruned")
+        model, train, val, test = training_stage.begin(data, seed, MAKES.parent)
         result = quantization.pqat(model, cfg, train, val, batch_size=train_cfg.batch_size)
         measurements = {"sparsity_before": result.sparsity_before["overall"],
                         "sparsity": result.sparsity_after["overall"], "sparsity_drift": result.drift["overall"],
                         "layer_sparsity": result.sparsity_after["layers"], "layer_drift": result.drift["layers"]}
-        return training_stage.finish("pqat", params, ("seed", "data", "train", "pqat"), result.model, "pqat", test,
-                            measurements, result.history, strategy_name=train_cfg.strategy)
+        return training_stage.finish(MAKES, params, ("seed", "data", "train", "pqat"), result.model, test,
+                                     measurements, result.history, strategy_name=train_cfg.strategy)
 
 
 if __name__ == "__main__":

@@ -10,18 +10,20 @@ also holds each layer's measured drop (auto_drop_pp) and whether it was chosen (
 """
 
 import compresslab  # noqa: F401  (prepares the environment before TensorFlow is imported)
-from compresslab import settings
+from compresslab import settings, variants
 from compresslab.models import training_stage
 from compresslab.techniques import pruning, sensitivity
 from compresslab.config import load_params
 from compresslab.errors import run_main
 from compresslab.models.seeding import seed_everything
 
+MAKES = variants.made_by("prune")   # its variant and parent, declared in compresslab/variants.py
+
 
 def run(params) -> dict:
     seed, data, train_cfg, cfg = settings.read(params, "seed", "data", "train", "prune")
     with training_stage.distributed(train_cfg.strategy):  # before any TensorFlow work: see train.strategy
-        model, train, val, test = training_stage.begin(data, seed, "baseline")
+        model, train, val, test = training_stage.begin(data, seed, MAKES.parent)
         auto = {}
         if cfg.layers == settings.AUTO_LAYERS:
             choice = sensitivity.choose_layers_to_prune(model, train, val, cfg, batch_size=train_cfg.batch_size,
@@ -34,8 +36,8 @@ def run(params) -> dict:
         measurements = {"target_sparsity": result.target_sparsity, "sparsity": result.sparsity["overall"],
                         "layer_sparsity": result.sparsity["layers"], "pruned_layers": len(result.pruned_layers),
                         "skipped_layers": len(result.skipped_layers), **auto}
-        return training_stage.finish("prune", params, ("seed", "data", "train", "prune"), result.model, "pruned", test,
-                            measurements, result.history, strategy_name=train_cfg.strategy)
+        return training_stage.finish(MAKES, params, ("seed", "data", "train", "prune"), result.model, test,
+                                     measurements, result.history, strategy_name=train_cfg.strategy)
 
 
 if __name__ == "__main__":

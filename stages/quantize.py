@@ -8,21 +8,23 @@ reports/quantize/metrics.json and history.csv.
 """
 
 import compresslab  # noqa: F401  (prepares the environment before TensorFlow is imported)
-from compresslab import settings
+from compresslab import settings, variants
 from compresslab.models import training_stage
 from compresslab.techniques import quantization
 from compresslab.config import load_params
 from compresslab.errors import run_main
 
+MAKES = variants.made_by("quantize")   # its variant and parent, declared in compresslab/variants.py
+
 
 def run(params) -> dict:
     seed, data, train_cfg, cfg = settings.read(params, "seed", "data", "train", "quantize")
     with training_stage.distributed(train_cfg.strategy):  # before any TensorFlow work: see train.strategy
-        model, train, val, test = training_stage.begin(data, seed, "baseline")
+        model, train, val, test = training_stage.begin(data, seed, MAKES.parent)
         result = quantization.quantize_aware(model, cfg, train, val, batch_size=train_cfg.batch_size)
-        return training_stage.finish("quantize", params, ("seed", "data", "train", "quantize"), result.model, "qat", test,
-                            {"quantized_layers": len(result.quantized_layers)}, result.history,
-                            strategy_name=train_cfg.strategy)
+        return training_stage.finish(MAKES, params, ("seed", "data", "train", "quantize"), result.model, test,
+                                     {"quantized_layers": len(result.quantized_layers)}, result.history,
+                                     strategy_name=train_cfg.strategy)
 
 
 if __name__ == "__main__":

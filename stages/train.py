@@ -11,7 +11,7 @@ stopped at and the epoch kept) and reports/train/history.csv (per-epoch curves, 
 """
 
 import compresslab  # noqa: F401  (prepares the environment before TensorFlow is imported)
-from compresslab import settings
+from compresslab import settings, variants
 from compresslab.data import shards
 from compresslab.models import zoo
 from compresslab.models import training_stage
@@ -19,6 +19,8 @@ from compresslab.models import training
 from compresslab.config import load_params
 from compresslab.errors import run_main
 from compresslab.models.seeding import seed_everything
+
+MAKES = variants.made_by("train")   # its variant and parent, declared in compresslab/variants.py
 
 
 def run(params) -> dict:
@@ -42,8 +44,8 @@ def run(params) -> dict:
                else "reached train.epochs: raise it if val_loss was still falling")
         print(f"train: stopped after epoch {stopped['epochs_run']} ({why}); kept epoch {stopped['best_epoch']}")
         measurements = {**stopped, "parameters": zoo.count_parameters(model)}
-        return training_stage.finish("train", params, ("seed", "data", "model", "train"), model, "baseline", test,
-                            measurements, history, strategy_name=cfg.strategy)
+        return training_stage.finish(MAKES, params, ("seed", "data", "model", "train"), model, test, measurements,
+                                     history, strategy_name=cfg.strategy)
 
 
 if __name__ == "__main__":

@@ -114,6 +114,20 @@ def test_per_variant_stages_cover_every_variant():
     spec = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
     for name in ("convert", "evaluate"):
         assert spec[name]["foreach"] == list(variants.VARIANTS), name
+    report_deps = {entry if isinstance(entry, str) else next(iter(entry)) for entry in spec["report"]["deps"]}
+    assert {f"reports/evaluate/{name}.json" for name in variants.VARIANTS} <= report_deps
+
+
+@pytest.mark.parametrize("variant", variants.DECLARED, ids=lambda variant: variant.name)
+def test_each_declared_variant_is_made_by_its_stage_from_its_parent(variant):
+    """stages and variants are paired in compresslab/variants.py, not by hand: dvc.yaml must agree with it."""
+    spec = stages()[variant.stage]
+    outs = {entry if isinstance(entry, str) else next(iter(entry)) for entry in spec["outs"]}
+    deps = {entry if isinstance(entry, str) else next(iter(entry)) for entry in spec["deps"]}
+    assert f"models/{variant.name}.keras" in outs
+    assert variant.parent is None or f"models/{variant.parent}.keras" in deps
+    assert script_of(spec) == REPO / "stages" / f"{variant.stage}.py"
+    assert f'variants.made_by("{variant.stage}")' in script_of(spec).read_text()
 
 
 def test_the_import_graph_sees_nested_and_lazy_imports(tmp_path):

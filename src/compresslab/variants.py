@@ -6,14 +6,52 @@ compression stages' budget and no compression, so an effect can be told apart fr
 A file is named by its label `<variant>-<mode>` (see `paths.tflite_file`).
 """
 
+from dataclasses import dataclass
+
 # The TFLite modes a float variant can convert to, in the order reports list them.
 MODES = ("float32", "dynamic", "float16", "int8")
-FLOAT_VARIANTS = ("baseline", "finetune", "pruned", "clustered")
-QAT_VARIANTS = ("qat", "pqat", "cqat", "pcqat")
-VARIANTS = FLOAT_VARIANTS + QAT_VARIANTS
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One Keras model the pipeline makes.
+
+    name: the model's file (models/<name>.keras) and the prefix of its .tflite labels (<name>-<mode>).
+    stage: the DVC stage, and stages/<stage>.py, that makes it.
+    parent: the variant its stage starts from (None: trained from scratch).
+    qat: trained with quantization wrappers, so it carries its own ranges and becomes an int8 file only.
+    """
+    name: str
+    stage: str
+    parent: str | None
+    qat: bool = False
+
+
+# Every variant, declared once, in the order the report lists them. The stage and variant names, the parents,
+# the float and QAT groups and the report order follow from here; tests/test_dvc_deps.py checks that dvc.yaml's
+# stages and `foreach` lists agree.
+DECLARED = (
+    Variant("baseline", stage="train", parent=None),
+    Variant("finetune", stage="finetune", parent="baseline"),   # the float control: no compression
+    Variant("pruned", stage="prune", parent="baseline"),
+    Variant("qat", stage="quantize", parent="baseline", qat=True),
+    Variant("pqat", stage="pqat", parent="pruned", qat=True),
+    Variant("clustered", stage="cluster", parent="baseline"),
+    Variant("cqat", stage="cqat", parent="clustered", qat=True),
+    Variant("pcqat", stage="pcqat", parent="pruned", qat=True),
+)
+REPORT_ORDER = tuple(variant.name for variant in DECLARED)
+FLOAT_VARIANTS = tuple(variant.name for variant in DECLARED if not variant.qat)
+QAT_VARIANTS = tuple(variant.name for variant in DECLARED if variant.qat)
+VARIANTS = FLOAT_VARIANTS + QAT_VARIANTS   # the order files are converted, evaluated and listed in variants.csv
 BASELINE = "baseline"
 CONTROL = "finetune"
 BASELINE_FILE = "baseline-float32"
+
+
+def made_by(stage: str) -> Variant:
+    """The variant that DVC stage `stage` makes."""
+    return next(variant for variant in DECLARED if variant.stage == stage)
 
 
 def modes_of(variant: str, modes) -> list[str]:

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from compresslab import paths
+from compresslab.variants import Variant
 from compresslab.data import shards
 from compresslab.models import distribute
 from compresslab.models import training
@@ -86,14 +87,15 @@ def flat_metrics(tree: Mapping, prefix: str = "") -> dict[str, float]:
     return flat
 
 
-def finish(stage: str, params, groups: tuple[str, ...], model, variant: str, test: training.Split,
+def finish(made: Variant, params, groups: tuple[str, ...], model, test: training.Split,
            measurements: Mapping, history: Mapping[str, list[float]], *, strategy_name: str) -> dict:
     """Score the model on the test split, save it, write the stage's DVC metrics and plot, log to MLflow.
 
     Args:
-      stage: the DVC stage name; outputs go to reports/<stage>/metrics.json and history.csv.
+      made: the variant the stage makes (`variants.made_by`); outputs go to reports/<its stage>/metrics.json
+        and history.csv, the model to its Keras file (`paths.keras_model`).
       params: the whole params.yaml; `groups` are the parts of it the stage read (logged as MLflow params).
-      model: the trained Keras model, saved as the Keras file of `variant` (`paths.keras_model`).
+      model: the trained Keras model.
       test: the test split.
       measurements: what the technique measured (sparsity, unique values, ...); numeric leaves are kept.
       history: per-epoch fine-tuning curves.
@@ -103,6 +105,8 @@ def finish(stage: str, params, groups: tuple[str, ...], model, variant: str, tes
       The metrics written.
     """
     import tensorflow as tf  # noqa: PLC0415  (already loaded by the stage; the strategy whose scope we are in)
+
+    stage, variant = made.stage, made.name
 
     strategy = tf.distribute.get_strategy()
     training.compile_model(model)
