@@ -67,8 +67,9 @@ def test_the_headline_figures_are_rounded_and_read_back_as_records():
     headline = headline_metrics([Record.from_row(evaluated_row())])
     figures = headline["pruned"]["int8"]
     assert figures == {"accuracy": 0.9587, "accuracy_ci_low": 0.94, "accuracy_ci_high": 0.97, "gzip_bytes": 170_000,
-                       "gzip_ratio": 0.07, "sparsity": 0.5, "latency_median_ms_t1": 0.1,
-                       "latency_median_ms_t2": 0.2, "accuracy_delta_pp": -0.66, "p_value": 0.2,
+                       "gzip_ratio": 0.07, "sparsity": 0.5, "latency_median_ms_t1": 0.1, "latency_ratio_t1": 0.17,
+                       "latency_median_ms_t2": 0.2, "latency_ratio_t2": 0.27, "accuracy_delta_pp": -0.66,
+                       "p_value": 0.2,
                        "accuracy_delta_control_pp": -0.5, "val_accuracy": 0.9613}
     (back,) = records_from_headline({**headline, "failed": ["cqat-int8"]})
     assert back.label == "pruned-int8" and back.val_accuracy == 0.9613 and back.at(2).median_ms == 0.2

@@ -21,12 +21,14 @@ def headline_metrics(rows: Sequence[Record | Mapping]) -> dict:
 
     Returns:
       {variant: {mode: {accuracy, accuracy_ci_low, accuracy_ci_high, gzip_bytes, gzip_ratio, sparsity,
-      latency_median_ms_t<n> for every thread count, accuracy_delta_pp, p_value, accuracy_delta_control_pp,
+      latency_median_ms_t<n> and latency_ratio_t<n> for every thread count, accuracy_delta_pp, p_value, accuracy_delta_control_pp,
       val_accuracy (validation split, for choices)}}},
       plus 'failed': ['variant-mode', ...] when any row has an error.
     """
     records = [as_record(row) for row in rows]
-    latency_keys = [thread_key("median_ms", n) for n in thread_counts(records)]
+    # The interleaved ratio to baseline-float32 beside each median: milliseconds drift between runs and
+    # machines, the ratio holds, so it is the latency figure to compare experiments by.
+    latency_keys = [thread_key(figure, n) for n in thread_counts(records) for figure in ("median_ms", "ratio")]
     rounders = {"accuracy": _significant, "accuracy_ci_low": _significant, "accuracy_ci_high": _significant,
                 "gzip_bytes": _whole, "gzip_ratio": _significant, "sparsity": _significant,
                 **{key: _significant for key in latency_keys}, "accuracy_delta_pp": _hundredths,
