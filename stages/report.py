@@ -15,7 +15,7 @@ A file that could not be produced or evaluated is reported with its reason; the 
 import json
 
 import compresslab  # noqa: F401  (prepares the environment)
-from compresslab import paths, variants
+from compresslab import paths, settings, variants
 from compresslab.data import shards
 from compresslab.tracking import mlflow_log
 from compresslab.config import load_params
@@ -79,8 +79,7 @@ def write_outputs(params, records: list[Record], confusions: dict, notes: list[s
     rows = [record.to_row() for record in records]
     report.write_plot_data(rows, paths.PLOTS)
     summary = {"model": params.model.name, "data": f"{params.data.name} ({params.data.image_size}px, "
-               f"{params.data.channels} channel(s))", "prune": f"{params.prune.schedule} to "
-               f"{params.prune.final_sparsity or params.prune.target_sparsity} on {params.prune.layers}",
+               f"{params.data.channels} channel(s))", "prune": settings.read(params, "prune")[0].describe(),
                "quantize": f"QAT on {params.quantize.layers}", "cluster": f"{params.cluster.number_of_clusters} "
                f"clusters on {params.cluster.layers}", "control": f"baseline fine-tuned {params.finetune.epochs} "
                f"epoch(s) at learning rate {params.finetune.learning_rate}, no compression",

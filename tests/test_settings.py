@@ -150,3 +150,18 @@ def test_the_augment_group_may_be_left_out_and_then_augments_nothing():
     data = settings.parse("data", values)
     assert data.augment is None and data.shuffle_buffer == settings.SHUFFLE_BUFFER
     assert not settings.AugmentConfig().augmenting and settings.AugmentConfig(crop=2).augmenting
+
+
+@pytest.mark.parametrize("overrides, described", [
+    ({}, "polynomial schedule to 50% on all"),
+    ({"final_sparsity": 0.0}, "polynomial schedule to 0% on all"),   # `final_sparsity or target` read 0 as unset
+    ({"schedule": "constant", "target_sparsity": 0.8}, "constant schedule to 80% on all"),
+    ({"m_by_n": "2:4", "layers": "dense"}, "2:4 structured on dense"),
+    ({"layers": "auto", "auto_max_drop": 1.0}, "polynomial schedule to 50% on the layers whose validation accuracy "
+                                               "drops at most 1 pp when pruned alone (auto)"),
+])
+def test_the_prune_group_says_in_words_what_it_prunes(overrides, described):
+    values = {"name": "t", "schedule": "polynomial", "initial_sparsity": 0.0, "final_sparsity": 0.5,
+              "target_sparsity": None, "begin_step": None, "end_step": None, "frequency": 2, "layers": "all",
+              "auto_max_drop": 1.0, "m_by_n": None, "epochs": 1, "learning_rate": 1e-3}
+    assert settings.parse("prune", {**values, **overrides}).describe() == described

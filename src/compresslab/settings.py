@@ -234,6 +234,20 @@ class PruneConfig(Budget):
         """m_by_n as written ('2:4'), for messages."""
         return f"{self.m_by_n[0]}:{self.m_by_n[1]}" if self.m_by_n else "null"
 
+    @property
+    def schedule_end(self) -> float:
+        """The sparsity the schedule ends at: final_sparsity (polynomial) or target_sparsity (constant)."""
+        return float(self.final_sparsity if self.schedule == "polynomial" else self.target_sparsity)
+
+    def describe(self) -> str:
+        """What is pruned, in words: 'polynomial schedule to 50% on all', '2:4 structured on dense', ..."""
+        how = (f"{self.pattern} structured" if self.m_by_n else
+               f"{self.schedule} schedule to {self.schedule_end:.0%}")
+        which = ("the layers whose validation accuracy drops at most "
+                 f"{self.auto_max_drop:g} pp when pruned alone (auto)" if self.layers == AUTO_LAYERS else
+                 "the 1x1 convolutions XNNPACK runs sparse" if self.layers == XNNPACK_LAYERS else self.layers)
+        return f"{how} on {which}"
+
     @model_validator(mode="after")
     def _schedule_and_layers_agree(self):
         level = "final_sparsity" if self.schedule == "polynomial" else "target_sparsity"

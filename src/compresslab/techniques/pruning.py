@@ -110,11 +110,6 @@ def prunable_weights(layer: keras.layers.Layer) -> list | None:
     return None
 
 
-def final_sparsity(cfg: PruneConfig) -> float:
-    """The sparsity the schedule ends at: final_sparsity (polynomial) or target_sparsity (constant)."""
-    return float(cfg.final_sparsity if cfg.schedule == "polynomial" else cfg.target_sparsity)
-
-
 def unprunable_reason(layer: keras.layers.Layer, m_by_n: tuple[int, int] | None) -> str | None:
     """Why TFMOT cannot prune `layer` (with this m_by_n), or None when it can."""
     prunable = prunable_weights(layer)
@@ -195,7 +190,7 @@ def prune(model: keras.Model, cfg: PruneConfig, train: training.Split, val: trai
         print(f"prune: {m_by_n[0]}:{m_by_n[1]} structured pruning of {', '.join(pruned)} "
               f"(masks fixed at the first step; the sparsity schedule is not used)")
     else:
-        target = final_sparsity(cfg)
+        target = cfg.schedule_end
         config = schedule.get_config()["config"]
         print(f"prune: {cfg.schedule} schedule to {target:.0%} sparsity on {', '.join(pruned)}; masks updated "
               f"every {config['frequency']} steps from step {config['begin_step']} to {config['end_step']} "

@@ -232,7 +232,7 @@ def choose_layers_to_prune(model: keras.Model, train: training.Split, val: train
       The chosen layers in model order and the measured rows; one line per layer is printed saying why.
     """
     max_drop = float(prune_cfg.auto_max_drop)
-    sparsity = pruning.final_sparsity(prune_cfg)
+    sparsity = prune_cfg.schedule_end
     if not 0 < sparsity < 1:
         raise UserError(f"prune.layers=auto needs a sparsity above 0 to measure, got {sparsity}: "
                         f"raise the prune schedule's final sparsity")
