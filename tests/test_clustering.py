@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 from compresslab import settings
 from compresslab.models import saving
 from compresslab.models import training
-from compresslab.techniques import clustering
+from compresslab.techniques import cluster_plan, clustering
 from compresslab.techniques import weights
 from compresslab.errors import UserError
 
@@ -135,10 +135,10 @@ def test_pcqat_config_errors(cluster_over, pcqat_over, key):
 def test_too_many_clusters_names_layer_and_count(model):
     # head: 16 x 3 = 48 weights; conv per channel: 3 x 3 x 1 = 9 weights
     with pytest.raises(UserError, match=r"'head' has 48 kernel weights"):
-        clustering.check_cluster_counts(model, ["fc", "head"], 64)
+        cluster_plan.check_cluster_counts(model, ["fc", "head"], 64)
     with pytest.raises(UserError, match=r"'conv' has 9 kernel weights per output channel"):
-        clustering.check_cluster_counts(model, ["conv"], 9, per_channel=True)
-    clustering.check_cluster_counts(model, ["conv"], 8, per_channel=True)
+        cluster_plan.check_cluster_counts(model, ["conv"], 9, per_channel=True)
+    cluster_plan.check_cluster_counts(model, ["conv"], 8, per_channel=True)
 
 
 def test_selection_errors_come_before_training(data):
@@ -248,18 +248,18 @@ def test_capacity_follows_tfmots_split_of_centroids_between_signs():
     # even as tf.math.round does. 3 negative and 9 positive distinct weights: round(7 * 3 / 12) = 2 negative
     # and 5 positive centroids fit, so all 8 do.
     kernel = np.concatenate([-np.arange(1, 4), np.zeros(20), np.arange(1, 10)]).astype(np.float32)[:, None]
-    assert clustering.cluster_capacity(kernel, 8, preserve_sparsity=True, per_channel=False) == 8
+    assert cluster_plan.cluster_capacity(kernel, 8, preserve_sparsity=True, per_channel=False) == 8
     # 1 negative weight and 3 positive: 7 centroids cannot be placed; 5 clusters put 1 below zero and 3 above.
     kernel = np.array([[-1.0], [0.0], [0.0], [1.0], [2.0], [3.0]], np.float32)
-    assert clustering.cluster_capacity(kernel, 8, preserve_sparsity=True, per_channel=False) == 5
-    assert clustering.cluster_capacity(kernel, 8, preserve_sparsity=False, per_channel=False) == 5
+    assert cluster_plan.cluster_capacity(kernel, 8, preserve_sparsity=True, per_channel=False) == 5
+    assert cluster_plan.cluster_capacity(kernel, 8, preserve_sparsity=False, per_channel=False) == 5
     # One non-zero weight: nothing left to cluster once a centroid is pinned at zero; an all-zero channel
     # leaves per-channel clustering no capacity at all.
-    assert clustering.cluster_capacity(np.array([[0.0], [2.0]], np.float32), 8, preserve_sparsity=True,
+    assert cluster_plan.cluster_capacity(np.array([[0.0], [2.0]], np.float32), 8, preserve_sparsity=True,
                                        per_channel=False) == 0
     channels = np.stack([np.arange(-4, 5, dtype=np.float32), np.zeros(9, np.float32)], axis=-1)
-    assert clustering.cluster_capacity(channels, 4, preserve_sparsity=True, per_channel=True) == 0
-    assert clustering.cluster_capacity(channels, 4, preserve_sparsity=True, per_channel=False) == 4
+    assert cluster_plan.cluster_capacity(channels, 4, preserve_sparsity=True, per_channel=True) == 0
+    assert cluster_plan.cluster_capacity(channels, 4, preserve_sparsity=True, per_channel=False) == 4
 
 
 def test_pcqat_of_a_two_class_firenet_pruned_to_95_percent_caps_the_head_instead_of_crashing(data, tmp_path):

@@ -13,12 +13,8 @@ Every result carries what the weights hold afterwards (distinct values, zeros), 
   unpruned Dense lost all its zeros. Each layer gets its own quantizer copy here.
 - A CQAT wrapper holds extra variables (centroids, original weights, indices) that its saved config cannot
   rebuild, so an HDF5 reload fails; `strip_clustering_cqat` drops them and leaves a plain QAT model.
-- Sparsity-preserving centroid initialisation splits number_of_clusters - 1 centroids between the negative
-  and the positive weights in proportion to their counts, and kmeans++ then fails inside TensorFlow
-  ("Expected num_to_sample <= points.rows()") on a side with fewer weights than centroids: a 2-class head
-  pruned to 95 % keeps about a dozen. An all-zero output channel makes per-channel centroids ragged.
-  `cluster_capacity` caps each layer's cluster count to what its weights can hold (see there why a cap and
-  not a skip), and layers that hold too little are left unclustered.
+- Sparsity-preserving centroid initialisation fails inside TensorFlow when a layer holds fewer non-zero weights
+  than centroids on a side of zero: `cluster_plan` caps each layer's count to what it can hold.
 """
 
 import contextlib
@@ -32,15 +28,16 @@ import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 import tf_keras as keras
 from tensorflow_model_optimization.python.core.clustering.keras.cluster_wrapper import ClusterWeights
-from tensorflow_model_optimization.python.core.clustering.keras.clustering_registry import ClusteringRegistry
 from tensorflow_model_optimization.python.core.quantization.keras.collab_opts.cluster_preserve import (
     cluster_preserve_quantize_registry as cluster_preserve)
 
 from compresslab.models import training
 from compresslab.errors import UserError
 from compresslab.models.saving import copy_model
-from compresslab.settings import CENTROID_INITS, MIN_CLUSTERS_PRESERVING_SPARSITY, Budget, ClusterConfig, PcqatConfig
+from compresslab.settings import CENTROID_INITS, Budget, ClusterConfig, PcqatConfig
 from compresslab.techniques import weights
+from compresslab.techniques.cluster_plan import (LayerClusters, check_cluster_counts, clusterable_kernels,
+                                                  plan_clusters)
 from compresslab.techniques.layers import select_layers
 
 DEFAULT_CENTROID_INIT = "kmeans++"
@@ -119,130 +116,6 @@ class PcqatResult:
         return self.cqat.model
 
 
-def clusterable_kernels(layer: keras.layers.Layer) -> list[str]:
-    """Names of the weights TFMOT clusters in `layer` (e.g. ['kernel']); empty when it clusters none."""
-    if not ClusteringRegistry.supports(layer):
-        return []
-    return list(ClusteringRegistry._weight_names(layer))  # pylint: disable=protected-access
-
-
-def weights_per_cluster_group(layer: keras.layers.Layer, weight_name: str, per_channel: bool) -> int:
-    """How many weights share one set of centroids: the whole tensor, or one output channel of a Conv2D."""
-    shape = getattr(layer, weight_name).shape
-    size = int(np.prod(shape))
-    if per_channel and isinstance(layer, keras.layers.Conv2D):
-        return size // int(shape[-1])  # Keras keeps output channels last in the kernel, whatever data_format
-    return size
-
-
-def check_cluster_counts(model: keras.Model, names: Sequence[str], number_of_clusters: int,
-                         per_channel: bool = False) -> None:
-    """Raise a UserError naming the first selected layer with no more weights than clusters.
-
-    A layer with as many clusters as weights gains nothing, and TFMOT silently skips such a Conv2D, so
-    equality is refused too.
-
-    Args:
-      model: the model to be clustered.
-      names: the selected layer names.
-      number_of_clusters: the requested cluster count.
-      per_channel: count the weights of one output channel for Conv2D layers.
-    """
-    for name in names:
-        layer = model.get_layer(name)
-        for weight_name in clusterable_kernels(layer):
-            count = weights_per_cluster_group(layer, weight_name, per_channel)
-            if count <= number_of_clusters:
-                where = " per output channel" if per_channel and isinstance(layer, keras.layers.Conv2D) else ""
-                raise UserError(f"layer {name!r} has {count} {weight_name} weights{where}, not more than "
-                                f"cluster.number_of_clusters={number_of_clusters}: lower number_of_clusters "
-                                f"or leave {name!r} out of cluster.layers")
-
-
-def cluster_capacity(kernel: np.ndarray, requested: int, *, preserve_sparsity: bool, per_channel: bool) -> int:
-    """The most clusters, at most `requested`, that TFMOT can initialise on `kernel`; 0 when it cannot cluster it.
-
-    A cluster count is feasible when every group of weights that shares centroids (the kernel, or each output
-    channel with per-channel clustering) has at least as many distinct values as it gets centroids; with
-    sparsity preserved, one centroid is zero and the others are split between negative and positive weights the
-    way TFMOT splits them (in proportion to their counts, rounded half to even), and each side must hold its
-    share. Below that TFMOT's kmeans++ fails, or gives duplicate centroids that cluster nothing.
-
-    Capping rather than skipping such a layer keeps the result honest: the user asked that each kernel hold at
-    most `requested` values, and a capped layer holds fewer; a skipped one would keep every float value it has.
-
-    Args:
-      kernel: the layer's kernel, output channels last (Keras' layout).
-      requested: cluster.number_of_clusters.
-      preserve_sparsity: sparsity-preserving clustering (PCQAT).
-      per_channel: the kernel is clustered per output channel (Conv2D with cluster.per_channel).
-    """
-    groups = [kernel[..., channel] for channel in range(kernel.shape[-1])] if per_channel else [kernel]
-    least = MIN_CLUSTERS_PRESERVING_SPARSITY if preserve_sparsity else 2
-    for count in range(requested, least - 1, -1):
-        if all(_holds(np.asarray(group), count, preserve_sparsity) for group in groups):
-            return count
-    return 0
-
-
-def _holds(values: np.ndarray, count: int, preserve_sparsity: bool) -> bool:
-    if not preserve_sparsity:
-        return np.unique(values).size >= count
-    negative, positive = values[values < 0], values[values > 0]
-    if negative.size + positive.size == 0:
-        return False  # TFMOT gives such a group a single zero centroid, ragged against the others
-    non_zero = count - 1
-    on_negative = int(np.round(non_zero * negative.size / (negative.size + positive.size)))
-    return on_negative <= np.unique(negative).size and non_zero - on_negative <= np.unique(positive).size
-
-
-@dataclass(frozen=True)
-class LayerClusters:
-    """How one layer is clustered: its cluster count, and whether each output channel has its own centroids."""
-    count: int
-    per_channel: bool
-
-
-def plan_clusters(model: keras.Model, names: Sequence[str], requested: int, *, preserve_sparsity: bool,
-                  per_channel: bool) -> tuple[dict[str, LayerClusters], dict[str, str]]:
-    """How each selected layer is clustered (its count capped by `cluster_capacity`), and the layers left out.
-
-    With per-channel clustering, a Conv2D whose sparsest output channel cannot hold the request is clustered
-    over its whole kernel instead when that holds more clusters: one set of centroids for the kernel also keeps
-    every channel within the requested count.
-
-    Args:
-      model: the model to be clustered.
-      names: the selected clusterable layers, already checked with check_cluster_counts.
-      requested: cluster.number_of_clusters.
-      preserve_sparsity, per_channel: as for `cluster`.
-
-    Returns:
-      ({layer: LayerClusters}, {layer left unclustered: why}).
-    """
-    plans, left_out = {}, {}
-    for name in names:
-        layer = model.get_layer(name)
-        kernels = [np.asarray(getattr(layer, weight).numpy()) for weight in clusterable_kernels(layer)]
-
-        def capacity(channels: bool) -> int:
-            return min(cluster_capacity(kernel, requested, preserve_sparsity=preserve_sparsity, per_channel=channels)
-                       for kernel in kernels)
-
-        channels = per_channel and isinstance(layer, keras.layers.Conv2D)
-        count = capacity(channels)
-        if channels and count < requested and capacity(False) > count:
-            channels, count = False, capacity(False)
-        if count:
-            plans[name] = LayerClusters(count, channels)
-        else:
-            nonzero = sum(int(np.count_nonzero(kernel)) for kernel in kernels)
-            left_out[name] = (f"only {nonzero} non-zero weight(s), too few to cluster while preserving sparsity "
-                              "(frozen while fine-tuning, so its zeros stay)" if preserve_sparsity else
-                              "too few distinct weights to cluster")
-    return plans, left_out
-
-
 def reject_wrapped(model: keras.Model, what: str) -> None:
     """Raise a UserError if `model` still holds TFMOT wrappers: these stages start from stripped models."""
     wrapped = sorted({type(layer).__name__ for layer in model.layers if isinstance(layer, keras.layers.Wrapper)})
@@ -319,7 +192,7 @@ def cluster(model: keras.Model, cfg: ClusterConfig, train: training.Split, val: 
       train, val: (images, integer labels) for fine-tuning.
       batch_size: fine-tuning batch size.
       preserve_sparsity: sparsity-preserving clustering (for a pruned model): zeros stay zeros; then
-        cfg.number_of_clusters must be at least MIN_CLUSTERS_PRESERVING_SPARSITY (the pcqat stage reads the
+        cfg.number_of_clusters must be at least settings.MIN_CLUSTERS_PRESERVING_SPARSITY (the pcqat stage reads the
         cluster and pcqat groups together, and `settings.read` checks it).
       epochs: overrides cfg.epochs (pcqat passes pcqat.cluster_epochs).
 
@@ -457,7 +330,7 @@ def pcqat(pruned_model: keras.Model, cluster_cfg: ClusterConfig, pcqat_cfg: Pcqa
     Args:
       pruned_model: a stripped pruned model; it is left unchanged.
       cluster_cfg: the cluster group for the clustering step (its learning_rate too; pcqat.cluster_epochs
-        replaces cluster.epochs), with at least MIN_CLUSTERS_PRESERVING_SPARSITY clusters.
+        replaces cluster.epochs), with at least settings.MIN_CLUSTERS_PRESERVING_SPARSITY clusters.
       pcqat_cfg: the pcqat group: cluster_epochs, epochs and learning_rate of the QAT step.
       train, val: (images, integer labels) for fine-tuning.
       batch_size: fine-tuning batch size.
