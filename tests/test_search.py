@@ -6,8 +6,11 @@ import math
 
 import pytest
 
-from compresslab.tools import search
+from compresslab.tools import dvc_queue, search
 from compresslab.errors import UserError
+from compresslab.tools.bracketing import bracketing_search
+from compresslab.tools.dvc_queue import failure_line
+from compresslab.tools.search_request import plan
 
 from compresslab.tools import sandbox
 from conftest import REPO, mlflow_runs, read_json, restore_committed, run
@@ -31,7 +34,7 @@ def step(limit: int, probed: list[int]):
 @pytest.mark.parametrize("limit", [0, 1, 6, 11, 12])
 def test_the_search_finds_the_last_passing_setting_of_a_monotone_grid(limit, jobs):
     probed = []
-    outcome = search.bracketing_search(13, step(limit, probed), jobs=jobs, max_probes=20)
+    outcome = bracketing_search(13, step(limit, probed), jobs=jobs, max_probes=20)
     assert outcome.chosen == limit
     assert not outcome.exhausted and outcome.non_monotone == []
     assert outcome.bracket == (limit, None if limit == 12 else limit + 1)
@@ -43,7 +46,7 @@ def test_the_search_finds_the_last_passing_setting_of_a_monotone_grid(limit, job
 
 def test_the_choice_stays_below_every_failure_and_non_monotone_passes_are_reported():
     passing = {0, 1, 2, 5}   # 5 passes beyond the failure at 3: test-set noise
-    outcome = search.bracketing_search(9, lambda ix: {i: i in passing for i in ix}, jobs=2, max_probes=10)
+    outcome = bracketing_search(9, lambda ix: {i: i in passing for i in ix}, jobs=2, max_probes=10)
     assert outcome.chosen == 2
     assert outcome.bracket == (2, 3)
     assert outcome.non_monotone == [5]
@@ -51,34 +54,34 @@ def test_the_choice_stays_below_every_failure_and_non_monotone_passes_are_report
 
 def test_a_spent_budget_is_reported_with_the_bracket_left():
     probed = []
-    outcome = search.bracketing_search(21, step(10, probed), jobs=1, max_probes=3)
+    outcome = bracketing_search(21, step(10, probed), jobs=1, max_probes=3)
     assert len(probed) == 3 and outcome.exhausted
     low, high = outcome.bracket
     assert outcome.chosen == low <= 10 < high and high - low > 1
 
 
 def test_nothing_passes_when_the_least_compressed_setting_fails():
-    outcome = search.bracketing_search(5, step(-1, []), jobs=1, max_probes=8)
+    outcome = bracketing_search(5, step(-1, []), jobs=1, max_probes=8)
     assert outcome.chosen is None
 
 
 def test_the_grid_runs_from_least_to_most_compressed():
-    sparsity = search.plan("prune.final_sparsity", max_drop=1, low=0.2, high=0.8, resolution=0.2,
-                           root=REPO)
+    sparsity = plan("prune.final_sparsity", max_drop=1, low=0.2, high=0.8, resolution=0.2,
+                    root=REPO)
     assert sparsity.grid == [0.2, 0.4, 0.6, 0.8] and sparsity.file == "pruned-int8"
-    clusters = search.plan("cluster.number_of_clusters", max_drop=1, low=4, high=16, resolution=4,
-                           root=REPO)
+    clusters = plan("cluster.number_of_clusters", max_drop=1, low=4, high=16, resolution=4,
+                    root=REPO)
     assert clusters.grid == [16, 12, 8, 4] and all(isinstance(value, int) for value in clusters.grid)
-    constant = search.plan("prune.target_sparsity", max_drop=1, root=REPO)
+    constant = plan("prune.target_sparsity", max_drop=1, root=REPO)
     assert constant.knob.overrides == ("prune=constant",) and constant.grid[0] < constant.grid[-1]
-    preset = search.plan("prune.target_sparsity", max_drop=1, overrides=["experiment=firenet_study"],
-                         root=REPO)
+    preset = plan("prune.target_sparsity", max_drop=1, overrides=["experiment=firenet_study"],
+                  root=REPO)
     assert preset.overrides == ("prune=constant", "experiment=firenet_study")
-    width = search.plan("model.alpha", max_drop=1, direction="lower", low=0.35, high=1.0, resolution=0.05,
-                        file="baseline-int8", overrides=["model=mobilenetv2"], root=REPO)
+    width = plan("model.alpha", max_drop=1, direction="lower", low=0.35, high=1.0, resolution=0.05,
+                 file="baseline-int8", overrides=["model=mobilenetv2"], root=REPO)
     assert width.grid[0] == 1.0 and width.grid[-1] == 0.35 and len(width.grid) == 14
-    declared = search.plan("quantize.epochs", max_drop=1, direction="lower", low=1, high=3, resolution=1,
-                           file="qat-int8", root=REPO)
+    declared = plan("quantize.epochs", max_drop=1, direction="lower", low=1, high=3, resolution=1,
+                    file="qat-int8", root=REPO)
     assert declared.grid == [3, 2, 1]
 
 
@@ -107,7 +110,7 @@ def test_the_grid_runs_from_least_to_most_compressed():
 def test_bad_input_is_one_clear_error_before_any_probe(kwargs, message):
     args = {"name": "prune.final_sparsity", "max_drop": 1.0, "root": REPO, **kwargs}
     with pytest.raises(UserError, match=None) as error:
-        search.plan(args.pop("name"), **args)
+        plan(args.pop("name"), **args)
     assert message in str(error.value) and "\n" not in str(error.value)
 
 
@@ -191,25 +194,25 @@ def test_queue_state_reads_each_queued_probe_and_the_live_workers(tmp_path):
     sandbox.commit_all(root, "one stage")
     for name in ("probe-a", "probe-b"):
         run(["dvc", "exp", "run", "--queue", "-n", name], root)
-    assert search.queue_state(root) == ({"probe-a": "Queued", "probe-b": "Queued"}, 0)
+    assert dvc_queue.queue_state(root) == ({"probe-a": "Queued", "probe-b": "Queued"}, 0)
     with pytest.raises(UserError, match="reading DVC's experiment queue failed"):
-        search.queue_state(tmp_path)   # not a DVC repository
+        dvc_queue.queue_state(tmp_path)   # not a DVC repository
 
 
 def test_a_probe_left_without_a_worker_restarts_the_workers_once_then_fails_with_the_fix(monkeypatch):
     """What DVC 3.67 did once: a worker shut down on an empty queue as the next probe was queued, and the
     probe stayed 'Running' with no worker. The search must not wait for it forever."""
     starts = []
-    monkeypatch.setattr(search, "POLL_SECONDS", 0.0)
-    monkeypatch.setattr(search, "_start_workers", starts.append)
-    monkeypatch.setattr(search, "queue_state", lambda: ({"probe-a": "Running"}, 0))
+    monkeypatch.setattr(dvc_queue, "POLL_SECONDS", 0.0)
+    monkeypatch.setattr(dvc_queue, "start_workers", starts.append)
+    monkeypatch.setattr(dvc_queue, "queue_state", lambda: ({"probe-a": "Running"}, 0))
     with pytest.raises(UserError, match=r"no worker left for probe\(s\) probe-a \(Running\): run the search again"):
-        list(search._wait(["probe-a"], 1, {3: "probe-a"}))
+        list(dvc_queue.wait_for_probes(["probe-a"], 1, {3: "probe-a"}))
     assert starts == [1, 1]  # the round's start, then one restart
-    states = iter([({"probe-a": "Queued"}, 0)] * (search.STALLED_POLLS + 1) + [({"probe-a": "Success"}, 1)])
-    monkeypatch.setattr(search, "queue_state", lambda: next(states))
+    states = iter([({"probe-a": "Queued"}, 0)] * (dvc_queue.STALLED_POLLS + 1) + [({"probe-a": "Success"}, 1)])
+    monkeypatch.setattr(dvc_queue, "queue_state", lambda: next(states))
     starts.clear()
-    assert [index for index, _ in search._wait(["probe-a"], 2, {3: "probe-a"})] == [3]
+    assert [index for index, _ in dvc_queue.wait_for_probes(["probe-a"], 2, {3: "probe-a"})] == [3]
     assert starts == [1, 1]  # a restart got the queued probe going
 
 
@@ -217,29 +220,30 @@ def test_a_failed_probe_is_told_by_its_stage_s_own_error_line():
     ours = ("Running stage 'cluster':\n> python stages/cluster.py\nE0000 cuInit failed\nerror: layer 'dense' has 384 "
             "kernel weights, not more than cluster.number_of_clusters=400: lower number_of_clusters\n"
             "ERROR: failed to reproduce 'cluster': failed to run: python stages/cluster.py, exited with 2\n")
-    assert search.failure_line(ours, "probe-a") == ("stage cluster: layer 'dense' has 384 kernel weights, not more "
-                                                    "than cluster.number_of_clusters=400: lower number_of_clusters")
+    assert failure_line(ours, "probe-a") == ("stage cluster: layer 'dense' has 384 kernel weights, not more "
+                                             "than cluster.number_of_clusters=400: lower number_of_clusters")
     library = ("Traceback (most recent call last):\n  File \"x.py\", line 1\ntensorflow.python.framework.errors_impl."
                "InvalidArgumentError: Expected num_to_sample <= points.rows(). 5 vs 4.\n"
                "ERROR: failed to reproduce 'pcqat': failed to run: python stages/pcqat.py, exited with 1\n")
-    assert search.failure_line(library, "probe-a").startswith("stage pcqat: tensorflow.python.framework.errors_impl."
-                                                              "InvalidArgumentError: Expected num_to_sample")
-    assert search.failure_line("", "probe-a") == "see `dvc queue logs probe-a`"
+    assert failure_line(library, "probe-a").startswith("stage pcqat: tensorflow.python.framework.errors_impl."
+                                                       "InvalidArgumentError: Expected num_to_sample")
+    assert failure_line("", "probe-a") == "see `dvc queue logs probe-a`"
 
 
 def test_a_failed_probe_keeps_the_finished_ones_in_the_results_and_clears_the_queue(monkeypatch, tmp_path):
-    request = search.plan("prune.final_sparsity", max_drop=1.0, low=0.5, high=0.9, resolution=0.1, root=REPO,
-                          out=tmp_path)
+    request = plan("prune.final_sparsity", max_drop=1.0, low=0.5, high=0.9, resolution=0.1, root=REPO,
+                   out=tmp_path)
     queued, stopped = [], []
-    monkeypatch.setattr(search, "_wait_for_idle_workers", lambda: None)
+    # search.run looks the queue driver's functions up in its own namespace: patch them there.
+    monkeypatch.setattr(search, "wait_for_idle_workers", lambda: None)
     monkeypatch.setattr(search, "_queue", lambda request, value, name: queued.append(name))
     monkeypatch.setattr(search, "stop_probes", stopped.extend)
 
     def wait(names, jobs, indices):  # the first probe finishes, the second fails in its pcqat stage
         yield 0, 12.0
-        raise search.ProbeFailed(f"probe {names[1]} failed: stage pcqat: cluster.number_of_clusters=2 is too few")
+        raise dvc_queue.ProbeFailed(f"probe {names[1]} failed: stage pcqat: cluster.number_of_clusters=2 is too few")
 
-    monkeypatch.setattr(search, "_wait", wait)
+    monkeypatch.setattr(search, "wait_for_probes", wait)
     monkeypatch.setattr(search, "measure", lambda request, value, name, uri=None: search.Probe(
         value, name, True, decision_accuracy=0.9, reference_decision_accuracy=0.9, drop_pp=0.0, accuracy=0.9,
         reference="finetune-float32", reference_accuracy=0.9, test_drop_pp=0.0, gzip_bytes=1000))
@@ -266,6 +270,6 @@ def test_a_probe_that_fails_in_a_stage_stops_the_search_with_that_stage_s_line_a
     line = failed.stderr.strip().splitlines()[-1]
     assert line.startswith("error: probe search-number-of-clusters-400-") and "failed: stage " in line
     assert "not more than cluster.number_of_clusters=400" in line
-    status, _ = search.queue_state(project)
+    status, _ = dvc_queue.queue_state(project)
     assert not [name for name, state in status.items()
                 if name.startswith("search-number-of-clusters-") and state in ("Queued", "Running", "Failed")]

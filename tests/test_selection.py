@@ -14,6 +14,8 @@ Measured against the baseline on the test split, 0.7 would win; by the rule, 0.5
 import pytest
 
 from compresslab.tools import search
+from compresslab.tools.bracketing import bracketing_search
+from compresslab.tools.search_request import plan
 from compresslab.tools.compare import compare, selection_lines
 from compresslab.results import selection as rule
 from compresslab.results.headline import headline_metrics
@@ -59,7 +61,7 @@ def log_sweep(monkeypatch, **kwargs) -> None:
 
 def probes(max_drop: float, **kwargs) -> dict[float, search.Probe]:
     """search's decision on each run, from the reports/metrics.json the same records give."""
-    request = search.plan("prune.final_sparsity", max_drop=max_drop, low=0.5, high=0.9, resolution=0.2, root=REPO)
+    request = plan("prune.final_sparsity", max_drop=max_drop, low=0.5, high=0.9, resolution=0.2, root=REPO)
     assert request.grid == list(PRUNED)
     return {value: search.decide(request, value, experiment(value), headline_metrics(run_records(value, **kwargs)))
             for value in request.grid}
@@ -67,8 +69,8 @@ def probes(max_drop: float, **kwargs) -> dict[float, search.Probe]:
 
 def search_choice(found: dict[float, search.Probe]) -> float | None:
     grid = list(found)
-    outcome = search.bracketing_search(len(grid), lambda ix: {i: found[grid[i]].passed for i in ix}, jobs=1,
-                                       max_probes=len(grid))
+    outcome = bracketing_search(len(grid), lambda ix: {i: found[grid[i]].passed for i in ix}, jobs=1,
+                                max_probes=len(grid))
     return None if outcome.chosen is None else grid[outcome.chosen]
 
 

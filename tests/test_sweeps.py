@@ -9,7 +9,7 @@ import pytest
 
 from mlflow.tracking import MlflowClient
 
-from compresslab.tools import search
+from compresslab.tools.dvc_queue import queue_state
 from conftest import restore_committed, run
 
 pytestmark = pytest.mark.slow
@@ -32,7 +32,7 @@ def wait_for_queue(root, timeout=1500) -> dict[str, str]:
     a `dvc queue status` per poll costs a second of CPU that the queue's workers need)."""
     deadline = time.time() + timeout
     while time.time() < deadline:
-        status, _ = search.queue_state(root)
+        status, _ = queue_state(root)
         if not {"Queued", "Running"} & set(status.values()):
             return status
         time.sleep(10)

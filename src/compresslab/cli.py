@@ -16,7 +16,8 @@ from pathlib import Path
 
 import compresslab  # noqa: F401  (prepares the environment)
 from compresslab.errors import UserError, run_main
-from compresslab.tools import registry, search as searching  # both light: MLflow and DVC load when they work
+# All light: MLflow and DVC load when a command works, not when the parser is built.
+from compresslab.tools import registry, search as searching, search_request
 
 
 def sample_data(args: argparse.Namespace) -> None:
@@ -91,9 +92,9 @@ def compare(args: argparse.Namespace) -> None:
 def search(args: argparse.Namespace) -> None:
     if args.register is not None:
         registry.check_name(args.register, args.alias)
-    request = searching.plan(args.knob, max_drop=args.max_drop, file=args.file, low=args.low, high=args.high,
-                             resolution=args.resolution, direction=args.direction, max_probes=args.max_probes,
-                             jobs=args.jobs, overrides=args.set or (), out=args.out)
+    request = search_request.plan(args.knob, max_drop=args.max_drop, file=args.file, low=args.low, high=args.high,
+                                 resolution=args.resolution, direction=args.direction,
+                                 max_probes=args.max_probes, jobs=args.jobs, overrides=args.set or (), out=args.out)
     found = searching.run(request)
     print("\n".join(searching.summary_lines(found)))
     if args.register is not None:
@@ -163,8 +164,8 @@ def main(argv: list[str] | None = None) -> None:
     command.set_defaults(func=compare)
     command = commands.add_parser("search", help="find the most compressed setting of a knob whose file stays "
                                   "within a drop, probing through DVC experiments")
-    command.add_argument("knob", help="the parameter to search: " + ", ".join(searching.KNOBS) + ", or any numeric "
-                         "key of params.yaml with --direction, --low, --high, --resolution and --file")
+    command.add_argument("knob", help="the parameter to search: " + ", ".join(search_request.KNOBS) + ", or any "
+                         "numeric key of params.yaml with --direction, --low, --high, --resolution and --file")
     command.add_argument("--max-drop", type=float, required=True, metavar="POINTS",
                          help="the largest accuracy drop allowed: the file's validation accuracy at most POINTS "
                          "percentage points below that of its run's float control, finetune-float32 "
