@@ -11,7 +11,6 @@ Pure Python, pandas and matplotlib: this module must not import TensorFlow, so t
 no GUI backend is ever touched (headless machines, CI) and no global figure state leaks between calls.
 """
 
-import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -24,23 +23,20 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, LogFormatter
 
-from compresslab import variants
 from compresslab.errors import UserError
 from compresslab.reporting.metrics import pareto_front
 from compresslab.results.record import as_number, label, thread_counts, thread_key
 from compresslab.results.variants_csv import variants_csv
 from compresslab.outputs import atomic_path, write_text
+from compresslab.reporting.formatting import DASH, KB, count, fmt, ms, one_line
+from compresslab.reporting.rows import drawable, failed, sort_rows
 
-# Reading order of the study (each variant builds on the ones before); names not listed sort after, by name.
-VARIANT_ORDER = ("baseline", "finetune", "pruned", "qat", "pqat", "clustered", "cqat", "pcqat")
 MODE_MARKERS = {"float32": "o", "dynamic": "s", "float16": "^", "int8": "D"}
 _SPARE_MARKERS = ("v", "P", "X", "*", "h", "<", ">")
 
 DPI = 150
 TRADEOFF_SIZE = (9.0, 5.5)   # inches; at DPI this gives the pixel size the tests check
 PLOT_WIDTH = 9.0
-KB = 1024.0
-DASH = "—"
 
 
 # ----------------------------------------------------------------------------------------------- CSV
@@ -69,7 +65,7 @@ def plot_tradeoff(rows: Sequence[Mapping], path: str | Path) -> Path:
       The path written.
     """
     # A zero or missing size has no place on a (possibly log) size axis.
-    points = [row for row in _drawable(rows) if (as_number(row.get("gzip_bytes")) or 0) > 0 and
+    points = [row for row in drawable(rows) if (as_number(row.get("gzip_bytes")) or 0) > 0 and
               as_number(row.get("accuracy")) is not None]
     fig = Figure(figsize=TRADEOFF_SIZE, dpi=DPI, layout="constrained")
     ax = fig.add_subplot()
@@ -163,7 +159,7 @@ def plot_latency(rows: Sequence[Mapping], path: str | Path) -> Path:
       The path written.
     """
     threads = thread_counts(rows)
-    files = [row for row in sort_rows(_drawable(rows))
+    files = [row for row in sort_rows(drawable(rows))
              if any(as_number(row.get(thread_key("median_ms", n))) is not None for n in threads)]
     height = max(3.0, 1.2 + 0.28 * max(1, len(files)) * max(1, len(threads)))
     fig = Figure(figsize=(PLOT_WIDTH, height), dpi=DPI, layout="constrained")
@@ -188,7 +184,7 @@ def plot_latency(rows: Sequence[Mapping], path: str | Path) -> Path:
                 ax.errorbar(median, y, xerr=[[median - low], [high - median]], fmt="none", ecolor="black",
                             capsize=2, linewidth=0.8)
                 end = high
-            ax.annotate(_ms(median), (end, y), xytext=(3, 0), textcoords="offset points", va="center",
+            ax.annotate(ms(median), (end, y), xytext=(3, 0), textcoords="offset points", va="center",
                         fontsize=7)
             longest = max(longest, end)
     ax.set_yticks(range(len(files)), [label(row) for row in files])
@@ -260,14 +256,14 @@ def write_plot_data(rows: Sequence[Mapping], out_dir: str | Path) -> list[Path]:
       The two paths written.
     """
     out_dir = Path(out_dir)
-    drawable = sort_rows(_drawable(rows))
+    shown = sort_rows(drawable(rows))
     threads = thread_counts(rows)
     tradeoff = [{"label": label(row), "variant": row["variant"], "mode": row["mode"],
                  "gzip_kb": as_number(row.get("gzip_bytes")) / KB, "accuracy": as_number(row.get("accuracy"))}
-                for row in drawable
+                for row in shown
                 if as_number(row.get("gzip_bytes")) is not None and as_number(row.get("accuracy")) is not None]
     latency = [{"label": label(row), "threads": n, "median_ms": as_number(row.get(thread_key("median_ms", n)))}
-               for row in drawable for n in threads
+               for row in shown for n in threads
                if as_number(row.get(thread_key("median_ms", n))) is not None]
     tradeoff_columns = ["label", "variant", "mode", "gzip_kb", "accuracy"]
     return [_write_frame(tradeoff, tradeoff_columns, out_dir / "tradeoff.csv"),
@@ -359,7 +355,7 @@ def results_table(rows: Sequence[Mapping]) -> str:
                *((f"ms t{n}", True) for n in threads),
                *((f"× base t{n}", True) for n in threads if any(thread_key("ratio", n) in row for row in rows)),
                *(((f"FPS t{fps_threads}", True),) if fps_threads is not None else ()), ("peak MB", True)]
-    body = [_table_cells(row, threads, fps_threads, rows) for row in sort_rows(_drawable(rows))]
+    body = [_table_cells(row, threads, fps_threads, rows) for row in sort_rows(drawable(rows))]
     return _markdown_table(columns, body)
 
 
@@ -373,8 +369,8 @@ def _table_cells(row: Mapping, threads: list[int], fps_threads: int | None,
              fmt(row.get("gzip_bytes"), "{:.1f}", scale=1 / KB),
              fmt(1 / gzip_ratio if gzip_ratio else None, "{:.2f}×"),
              fmt(row.get("sparsity"), "{:.1f}", scale=100),
-             _count(row.get("macs")),
-             *(_ms(row.get(thread_key("median_ms", n))) for n in threads),
+             count(row.get("macs")),
+             *(ms(row.get(thread_key("median_ms", n))) for n in threads),
              *(_ratio_cell(row, n) for n in threads if any(thread_key("ratio", n) in r for r in all_rows))]
     if fps_threads is not None:
         cells.append(fmt(row.get(thread_key("fps", fps_threads)), "{:.1f}"))
@@ -452,7 +448,7 @@ def _results_section(rows: Sequence[Mapping]) -> str:
 def _delegation_section(rows: Sequence[Mapping]) -> str:
     """Per file, how much of it XNNPACK runs (the operators it leaves out run on LiteRT's reference kernels),
     and whether it qualifies for XNNPACK's sparse inference."""
-    files = [row for row in sort_rows(_drawable(rows)) if row.get("xnnpack_partitions") is not None]
+    files = [row for row in sort_rows(drawable(rows)) if row.get("xnnpack_partitions") is not None]
     if not files:
         return ""
     columns = [("file", False), ("XNNPACK partitions", True), ("operators in XNNPACK %", True),
@@ -503,17 +499,17 @@ def _profile_section(profiles: Mapping[str, Mapping]) -> str:
 
 
 def _failed_section(rows: Sequence[Mapping]) -> str:
-    failed = [row for row in rows if _failed(row)]
-    if not failed:
+    broken = [row for row in rows if failed(row)]
+    if not broken:
         return ""
-    lines = [f"- **{label(row)}** (`{row.get('file') or '?'}`): {_one_line(row['error'])}" for row in failed]
+    lines = [f"- **{label(row)}** (`{row.get('file') or '?'}`): {one_line(row['error'])}" for row in broken]
     return "## Failed\n\n" + "\n".join(lines)
 
 
 def _notes_section(notes: Sequence[str]) -> str:
     if not notes:
         return ""
-    return "## Notes\n\n" + "\n".join(f"- {_one_line(note)}" for note in notes)
+    return "## Notes\n\n" + "\n".join(f"- {one_line(note)}" for note in notes)
 
 
 def _plots_section(plots: list[tuple[str, str]]) -> str:
@@ -538,50 +534,6 @@ def _confusion_order(rows: Sequence[Mapping], confusions: Mapping[str, Mapping])
 
 
 # ------------------------------------------------------------------------------------------ helpers
-
-def sort_rows(rows: Iterable[Mapping]) -> list[Mapping]:
-    """Rows by variant (VARIANT_ORDER, then others by name), then mode (variants.MODES, then others by name)."""
-    def rank(name, order):
-        return (order.index(name), "") if name in order else (len(order), str(name))
-    return sorted(rows, key=lambda row: (rank(row["variant"], VARIANT_ORDER), rank(row["mode"], variants.MODES)))
-
-
-def _failed(row: Mapping) -> bool:
-    return bool(row.get("error"))
-
-
-def _drawable(rows: Iterable[Mapping]) -> list[Mapping]:
-    return [row for row in rows if not _failed(row)]
-
-
-def fmt(value, pattern: str, scale: float = 1.0) -> str:
-    number = as_number(value)
-    return DASH if number is None else pattern.format(number * scale)
-
-
-def _ms(value) -> str:
-    """A latency with 3 significant digits but fixed decimals per magnitude, so a column lines up."""
-    number = as_number(value)
-    if number is None:
-        return DASH
-    decimals = 0 if abs(number) >= 100 else 1 if abs(number) >= 10 else 2
-    return f"{number:.{decimals}f}"
-
-
-def _count(value) -> str:
-    """A large count in k/M/G (3 significant digits) so the MACs column stays narrow."""
-    number = as_number(value)
-    if number is None:
-        return DASH
-    for factor, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(number) >= factor:
-            return f"{number / factor:.3g}{suffix}"
-    return f"{number:.0f}"
-
-
-def _one_line(text) -> str:
-    return " ".join(str(text).split())
-
 
 def _variant_colours(rows: list[Mapping]) -> dict[str, tuple]:
     variants = list(dict.fromkeys(row["variant"] for row in sort_rows(rows)))
