@@ -21,8 +21,10 @@ import pandas as pd
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, LogFormatter
 
+from compresslab import variants
 from compresslab.errors import UserError
 from compresslab.reporting.metrics import pareto_front
 from compresslab.results.record import as_number, label, thread_counts, thread_key
@@ -37,6 +39,7 @@ _SPARE_MARKERS = ("v", "P", "X", "*", "h", "<", ">")
 DPI = 150
 TRADEOFF_SIZE = (9.0, 5.5)   # inches; at DPI this gives the pixel size the tests check
 PLOT_WIDTH = 9.0
+BAND_COLOUR = "#9e9e9e"   # the control's interval: neutral, behind every file's colour
 
 
 # ----------------------------------------------------------------------------------------------- CSV
@@ -53,9 +56,11 @@ def write_variants_csv(rows: Sequence[Mapping], path: str | Path) -> Path:
 def plot_tradeoff(rows: Sequence[Mapping], path: str | Path) -> Path:
     """Accuracy (%) against gzipped size (KB), with the Pareto front as a step line.
 
-    One point per evaluated file: colour per variant, marker per mode. The size axis is logarithmic when
-    the sizes span more than 10x. Points on the front (nothing both smaller and more accurate) are
-    labelled `variant-mode`; the step line shows the best accuracy reachable within each size budget.
+    One point per evaluated file: colour per variant, marker per mode, its 95 % interval as an error bar,
+    and the float control's interval (finetune-float32, else baseline-float32) as a grey band: a file inside
+    the band is not told apart from the control. The size axis is logarithmic when the sizes span more than
+    10x. Points on the front (nothing both smaller and more accurate) are labelled `variant-mode`; the step
+    line shows the best accuracy reachable within each size budget.
 
     Args:
       rows: result rows; rows without gzip_bytes or accuracy are not drawn.
@@ -77,11 +82,34 @@ def plot_tradeoff(rows: Sequence[Mapping], path: str | Path) -> Path:
     colours = _variant_colours(points)
     markers = mode_markers(points)
     on_front = pareto_front(list(zip(sizes, accuracy)))
-    draw_tradeoff(ax, [TradeoffPoint(x, y, label(row), colours[row["variant"]], markers[row["mode"]], keep)
+    control = control_row(points)
+    band = None if control is None else accuracy_interval(control)
+    draw_tradeoff(ax, [TradeoffPoint(x, y, label(row), colours[row["variant"]], markers[row["mode"]], keep,
+                                     accuracy_interval(row), row["variant"])
                        for row, x, y, keep in zip(points, sizes, accuracy, on_front)],
-                  xlabel="gzipped size (KB, smaller is better)", title="Accuracy vs. size")
-    _tradeoff_legends(ax, colours, markers)
+                  xlabel="gzipped size (KB, smaller is better)", title="Accuracy vs. size", band=band)
+    intervals = any(accuracy_interval(row) for row in points)
+    _tradeoff_legends(ax, colours, markers, interval_handles(intervals, band and label(control)))
     return save_figure(fig, path)
+
+
+def control_row(rows: Sequence[Mapping]) -> Mapping | None:
+    """The float file whose interval the trade-off plot shades: the control (finetune-float32), else
+    baseline-float32 in a study without one; None when neither has an interval."""
+    for name in (f"{variants.CONTROL}-float32", variants.BASELINE_FILE):
+        found = next((row for row in rows if label(row) == name and accuracy_interval(row)), None)
+        if found is not None:
+            return found
+    return None
+
+
+def accuracy_interval(row: Mapping) -> tuple[float, float] | None:
+    """A row's 95 % accuracy interval in percent: over seeds for a seed group's mean, else its Wilson interval."""
+    for low, high in (("accuracy_seed_ci_low", "accuracy_seed_ci_high"), ("accuracy_ci_low", "accuracy_ci_high")):
+        bounds = as_number(row.get(low)), as_number(row.get(high))
+        if None not in bounds:
+            return bounds[0] * 100, bounds[1] * 100
+    return None
 
 
 @dataclass(frozen=True)
@@ -94,23 +122,34 @@ class TradeoffPoint:
     colour: tuple
     marker: str
     on_front: bool           # nothing both cheaper and more accurate
-    spread: float | None = None   # ± accuracy in percent (a seed group's standard deviation): an error bar
+    interval: tuple[float, float] | None = None   # its 95 % accuracy interval in percent: an error bar
+    group: str = ""          # points of one group (a variant, an experiment) share one error-bar collection
 
 
-def draw_tradeoff(ax, points: Sequence[TradeoffPoint], *, xlabel: str, title: str) -> None:
+def draw_tradeoff(ax, points: Sequence[TradeoffPoint], *, xlabel: str, title: str,
+                  band: tuple[float, float] | None = None) -> None:
     """Accuracy (%) against a cost on `ax`, as the report's trade-off plot and `compare`'s panels draw it.
 
-    One marker per point; the Pareto front as a step line (the best accuracy reachable within each budget)
-    with its points labelled, files at the same place under one label; a logarithmic cost axis when the
-    costs span more than 10x.
+    One marker per point with its 95 % interval as a vertical error bar (one collection per group); `band`,
+    the float control's interval, as a shaded horizontal strip behind them, so the reader sees how much of
+    the accuracy axis is noise; the Pareto front as a step line (the best accuracy reachable within each
+    budget) with its points labelled, files at the same place under one label; a logarithmic cost axis when
+    the costs span more than 10x.
     """
     costs = np.array([point.cost for point in points])
+    if band is not None:
+        ax.axhspan(*band, color=BAND_COLOUR, alpha=0.35, linewidth=0, zorder=0)
     for point in points:
         ax.scatter(point.cost, point.accuracy, s=55, color=point.colour, marker=point.marker, edgecolors="black",
                    linewidths=0.5, zorder=3)
-        if point.spread is not None:
-            ax.errorbar(point.cost, point.accuracy, yerr=point.spread, fmt="none", ecolor=point.colour,
-                        elinewidth=1.2, capsize=3, zorder=2)
+    groups: dict[str, list[TradeoffPoint]] = {}
+    for point in points:
+        if point.interval is not None:
+            groups.setdefault(point.group, []).append(point)
+    for members in groups.values():
+        ax.errorbar([p.cost for p in members], [p.accuracy for p in members],
+                    yerr=[[p.accuracy - p.interval[0] for p in members], [p.interval[1] - p.accuracy for p in members]],
+                    fmt="none", ecolor=members[0].colour, elinewidth=1.0, capsize=2.5, alpha=0.8, zorder=2)
     places: dict[tuple[float, float], list[str]] = {}
     for point in sorted((p for p in points if p.on_front), key=lambda p: (p.cost, p.accuracy, p.name)):
         places.setdefault((point.cost, point.accuracy), []).append(point.name)
@@ -132,17 +171,26 @@ def draw_tradeoff(ax, points: Sequence[TradeoffPoint], *, xlabel: str, title: st
     ax.grid(True, which="both", alpha=0.3)
 
 
-def _tradeoff_legends(ax, colours: dict[str, tuple], markers: dict[str, str]) -> None:
+def interval_handles(intervals: bool, band_label: str | None) -> list:
+    """Legend entries for the error bars (when some point has one) and the control's band (when drawn)."""
+    handles = [Line2D([], [], color="grey", linestyle="-", linewidth=1.0, label="95 % interval")] if intervals else []
+    if band_label:
+        # On two lines: a one-line label widens the legend and squeezes the panels beside it.
+        handles.append(Patch(facecolor=BAND_COLOUR, alpha=0.35, label=f"{band_label} 95 % interval:\ninside it, no change"))
+    return handles
+
+
+def _tradeoff_legends(ax, colours: dict[str, tuple], markers: dict[str, str], extra: Sequence = ()) -> None:
     variant_handles = [Line2D([], [], linestyle="", marker="o", color=colour, markeredgecolor="black",
                               label=name) for name, colour in colours.items()]
     mode_handles = [Line2D([], [], linestyle="", marker=marker, color="lightgrey", markeredgecolor="black",
                            label=name) for name, marker in markers.items()]
     front_handle = [Line2D([], [], color="grey", linestyle="--", label="Pareto front")]
-    variants = ax.legend(handles=variant_handles, title="variant", loc="upper left", bbox_to_anchor=(1.01, 1),
-                         fontsize=8, title_fontsize=9)
-    ax.add_artist(variants)
-    ax.legend(handles=mode_handles + front_handle, title="mode", loc="lower left", bbox_to_anchor=(1.01, 0),
-              fontsize=8, title_fontsize=9)
+    variant_legend = ax.legend(handles=variant_handles, title="variant", loc="upper left", bbox_to_anchor=(1.01, 1),
+                               fontsize=8, title_fontsize=9)
+    ax.add_artist(variant_legend)
+    ax.legend(handles=mode_handles + front_handle + list(extra), title="mode", loc="lower left",
+              bbox_to_anchor=(1.01, 0), fontsize=8, title_fontsize=9)
 
 
 def plot_latency(rows: Sequence[Mapping], path: str | Path) -> Path:
@@ -536,9 +584,9 @@ def _confusion_order(rows: Sequence[Mapping], confusions: Mapping[str, Mapping])
 # ------------------------------------------------------------------------------------------ helpers
 
 def _variant_colours(rows: list[Mapping]) -> dict[str, tuple]:
-    variants = list(dict.fromkeys(row["variant"] for row in sort_rows(rows)))
-    palette = _palette(len(variants), "tab10" if len(variants) <= 10 else "tab20")
-    return dict(zip(variants, palette))
+    names = list(dict.fromkeys(row["variant"] for row in sort_rows(rows)))
+    palette = _palette(len(names), "tab10" if len(names) <= 10 else "tab20")
+    return dict(zip(names, palette))
 
 
 def mode_markers(rows: list[Mapping]) -> dict[str, str]:
