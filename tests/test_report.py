@@ -11,9 +11,10 @@ import pytest
 from matplotlib.container import ErrorbarContainer
 
 from compresslab.errors import UserError
-from compresslab.reporting import report as report_module
-from compresslab.reporting.report import (DPI, TRADEOFF_SIZE, plot_confusion, plot_latency, plot_tradeoff,
-                                         write_confusion_samples, write_plot_data, write_report, write_variants_csv)
+from compresslab.reporting import plots as plots_module
+from compresslab.reporting.data_files import write_confusion_samples, write_plot_data, write_variants_csv
+from compresslab.reporting.plots import DPI, TRADEOFF_SIZE, plot_confusion, plot_latency, plot_tradeoff
+from compresslab.reporting.report import write_report
 from compresslab.results.headline import headline_metrics
 from compresslab.results.variants_csv import csv_columns
 
@@ -225,7 +226,7 @@ def test_the_baseline_float32_and_int8_profiles_are_a_time_per_operator_type_tab
 def drawn_tradeoff(rows, tmp_path, monkeypatch):
     """The axes plot_tradeoff draws on (its figure caught where it would be saved)."""
     figures = []
-    monkeypatch.setattr(report_module, "save_figure", lambda fig, path: figures.append(fig) or path)
+    monkeypatch.setattr(plots_module, "save_figure", lambda fig, path: figures.append(fig) or path)
     plot_tradeoff(rows, tmp_path / "tradeoff.png")
     return figures[0].axes[0]
 

@@ -12,8 +12,8 @@ from matplotlib.lines import Line2D
 
 from compresslab.reporting.comparison_table import LATENCY_RATIO, file_name, records
 from compresslab.reporting.formatting import KB
-from compresslab.reporting.report import (DPI, TradeoffPoint, accuracy_interval, control_row, draw_tradeoff,
-                                         interval_handles, mode_markers, save_figure)
+from compresslab.reporting.plots import (DPI, TradeoffPoint, accuracy_interval, control_row, draw_tradeoff,
+                                        interval_handles, mode_markers, save_figure)
 from compresslab.results import selection as rule
 from compresslab.results.record import label
 
