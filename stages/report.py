@@ -21,7 +21,7 @@ from compresslab.tracking import mlflow_log
 from compresslab.config import load_params
 from compresslab.errors import UserError, run_main
 from compresslab.outputs import write_json
-from compresslab.reporting import report, scoring
+from compresslab.reporting import data_files, report, scoring
 from compresslab.results.headline import headline_metrics
 from compresslab.results.record import Record
 from compresslab.results.summary import summary_metrics
@@ -45,8 +45,8 @@ def run(params) -> list[Record]:
     for note in notes:
         print(f"report: {note}")
     if variants.BASELINE_FILE in predictions:  # DVC's confusion plot reads one line per test image
-        report.write_confusion_samples(y_true, predictions[variants.BASELINE_FILE], meta["class_names"],
-                                       paths.PLOTS / "confusion.csv")
+        data_files.write_confusion_samples(y_true, predictions[variants.BASELINE_FILE], meta["class_names"],
+                                           paths.PLOTS / "confusion.csv")
     write_json(paths.REPORTS / "fingerprint.json", fingerprint)
     profiles = {name: profile for evaluation in evaluations for name, profile in evaluation.get("profiles", {}).items()}
     write_json(paths.REPORTS / "profile.json", profiles)
@@ -75,9 +75,9 @@ def timing_fingerprint(evaluations: list[dict]) -> tuple[dict, list[str]]:
 def write_outputs(params, records: list[Record], confusions: dict, notes: list[str], fingerprint: dict,
                   profiles: dict) -> None:
     write_json(paths.REPORTS / "metrics.json", headline_metrics(records))
-    report.write_variants_csv(records, paths.REPORTS / "variants.csv")
+    data_files.write_variants_csv(records, paths.REPORTS / "variants.csv")
     rows = [record.to_row() for record in records]
-    report.write_plot_data(rows, paths.PLOTS)
+    data_files.write_plot_data(rows, paths.PLOTS)
     summary = {"model": params.model.name, "data": f"{params.data.name} ({params.data.image_size}px, "
                f"{params.data.channels} channel(s))", "prune": settings.read(params, "prune")[0].describe(),
                "quantize": f"QAT on {params.quantize.layers}", "cluster": f"{params.cluster.number_of_clusters} "

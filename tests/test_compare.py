@@ -23,11 +23,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from matplotlib.container import ErrorbarContainer
 from scipy import stats
 from mlflow.tracking import MlflowClient
 
 from compresslab.tracking import mlflow_log
 from compresslab.cli import main
+from compresslab.reporting import compare_plot
 from compresslab.tools.compare import (SINGLE_SEED_NOTE, compare, file_name, select, selection_lines,
                                           summary_lines)
 from compresslab.errors import UserError
@@ -477,3 +479,22 @@ def test_runs_timed_on_different_machines_compare_by_latency_ratio(tmp_path, mon
     assert file_name(result.selection.chosen) == "slow-box/pruned-int8"
     assert any("different machines" in note and "fingerprint.cpu" in note for note in result.notes)
     assert sorted(result.table.loc[result.table.variant == "pruned", "latency_ratio"]) == [0.5, 0.8]
+
+
+def test_the_plot_draws_seed_intervals_per_experiment_and_the_newest_groups_control_as_a_band(seeded, tmp_path,
+                                                                                               monkeypatch):
+    result = compare(out="out")
+    figures = []
+    monkeypatch.setattr(compare_plot, "save_figure", lambda fig, path: figures.append(fig) or path)
+    compare_plot.plot_comparison(result.table, tmp_path / "compare.png")
+    size_ax, latency_ax = figures[0].axes[:2]
+    base = row(result.table, GROUP, *BF32)   # no finetune-float32 was logged: baseline-float32 is the control
+    for ax in (size_ax, latency_ax):
+        bars = [container for container in ax.containers if isinstance(container, ErrorbarContainer)]
+        assert len(bars) == 2   # one per experiment: the seed group (seed interval) and exp-one (Wilson)
+        (band,) = [patch for patch in ax.patches
+                   if patch.get_transform().contains_branch_seperately(ax.transData)[1]]
+        ys = band.get_path().transformed(band.get_patch_transform()).vertices[:, 1]
+        assert (min(ys), max(ys)) == pytest.approx((base.accuracy_seed_ci_low * 100, base.accuracy_seed_ci_high * 100))
+    labels = [text.get_text() for legend in figures[0].legends for text in legend.get_texts()]
+    assert "95 % interval" in labels and f"baseline-float32 of\n{GROUP} 95 % interval:\ninside it, no change" in labels

@@ -55,7 +55,8 @@ def workspace(tmp_path, monkeypatch):
     save_model(tiny_model(8), paths.keras_model("baseline"))
     OmegaConf.save(OmegaConf.create({
         "seed": 1, "data": {"name": "t", "image_size": 8, "channels": 1}, "model": {"name": "firenet"},
-        "prune": {"schedule": "polynomial", "final_sparsity": 0.5, "target_sparsity": None, "layers": "all"},
+        "prune": {"name": "t", "schedule": "polynomial", "final_sparsity": 0.5, "target_sparsity": None,
+                  "frequency": 1, "layers": "all", "epochs": 1, "learning_rate": 0.001},
         "quantize": {"layers": "all"}, "cluster": {"number_of_clusters": 8, "layers": "all"},
         "finetune": {"epochs": 1, "learning_rate": 0.001},
         "convert": {"modes": ["float32", "int8"], "calibration_samples": 4, "int8_io": False, "skip_failed": True},

@@ -8,10 +8,13 @@ import sys
 import matplotlib.image
 import pandas as pd
 import pytest
+from matplotlib.container import ErrorbarContainer
 
 from compresslab.errors import UserError
-from compresslab.reporting.report import (DPI, TRADEOFF_SIZE, plot_confusion, plot_latency, plot_tradeoff,
-                                         write_confusion_samples, write_plot_data, write_report, write_variants_csv)
+from compresslab.reporting import plots as plots_module
+from compresslab.reporting.data_files import write_confusion_samples, write_plot_data, write_variants_csv
+from compresslab.reporting.plots import DPI, TRADEOFF_SIZE, plot_confusion, plot_latency, plot_tradeoff
+from compresslab.reporting.report import write_report
 from compresslab.results.headline import headline_metrics
 from compresslab.results.variants_csv import csv_columns
 
@@ -218,3 +221,45 @@ def test_the_baseline_float32_and_int8_profiles_are_a_time_per_operator_type_tab
     assert cells["**total**"][3] == "0.2400" and "SOFTMAX" not in cells
     assert "Time per operator" not in write_report(rows, confusions, tmp_path / "none", title="t",
                                                    config_summary={}).read_text()
+
+
+def drawn_tradeoff(rows, tmp_path, monkeypatch):
+    """The axes plot_tradeoff draws on (its figure caught where it would be saved)."""
+    figures = []
+    monkeypatch.setattr(plots_module, "save_figure", lambda fig, path: figures.append(fig) or path)
+    plot_tradeoff(rows, tmp_path / "tradeoff.png")
+    return figures[0].axes[0]
+
+
+def with_interval(row, half_width=0.012):
+    return {**row, "accuracy_ci_low": row["accuracy"] - half_width, "accuracy_ci_high": row["accuracy"] + half_width}
+
+
+def band_of(ax):
+    """(low, high) in data units of the horizontal band: the one patch spanning the whole width."""
+    (band,) = [patch for patch in ax.patches if patch.get_transform().contains_branch_seperately(ax.transData)[1]]
+    ys = band.get_path().transformed(band.get_patch_transform()).vertices[:, 1]
+    return min(ys), max(ys)
+
+
+def test_tradeoff_draws_every_interval_per_variant_and_the_control_band_with_a_legend_entry(rows, tmp_path,
+                                                                                             monkeypatch):
+    control = make_row("finetune", "float32", 0.902, 200_000, 2.0, 0.9)
+    scored = [with_interval(row) if not row["error"] else row for row in [*rows, control]]
+    ax = drawn_tradeoff(scored, tmp_path, monkeypatch)
+    drawn_variants = {"baseline", "pruned", "qat", "finetune"}   # clustered failed: not drawn
+    bars = [container for container in ax.containers if isinstance(container, ErrorbarContainer)]
+    assert len(bars) == len(drawn_variants)
+    assert band_of(ax) == pytest.approx((89.0, 91.4))   # finetune-float32's interval, in percent
+    labels = [text.get_text() for text in ax.get_legend().get_texts()]
+    assert "95 % interval" in labels and any(text.startswith("finetune-float32 95 % interval") for text in labels)
+
+
+def test_without_a_control_the_band_is_baseline_float32s_interval_and_rows_without_intervals_draw_no_bars(
+        rows, tmp_path, monkeypatch):
+    scored = [with_interval(rows[0], 0.02), *rows[1:]]
+    ax = drawn_tradeoff(scored, tmp_path, monkeypatch)
+    assert len([c for c in ax.containers if isinstance(c, ErrorbarContainer)]) == 1
+    assert band_of(ax) == pytest.approx((88.0, 92.0))
+    ax = drawn_tradeoff(rows, tmp_path, monkeypatch)
+    assert not ax.containers and not ax.patches

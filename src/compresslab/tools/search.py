@@ -172,7 +172,7 @@ def decide(request: Request, value: float, name: str, metrics: Mapping, run_id: 
 def summary_run_id(name: str, *, uri: str | None = None) -> str | None:
     """The MLflow summary run of experiment `name`; for a probe that re-ran nothing, the run that logged the
     committed results (its reports/metrics.json hash, as HEAD's dvc.lock records it); None if none is here."""
-    from compresslab.tools.compare import SUMMARY_FILTER, summary_store
+    from compresslab.tracking.summaries import SUMMARY_FILTER, summary_store
 
     store = summary_store(uri)
     if store is None:
@@ -262,7 +262,7 @@ def plot(search: Search, path: Path) -> Path:
     """Accuracy of the file at every probed setting, the bound, and the choice."""
     from matplotlib.figure import Figure
 
-    from compresslab.reporting.report import save_figure
+    from compresslab.reporting.plots import save_figure
 
     request = search.request
     probes = sorted(search.probes.values(), key=lambda probe: probe.value)
