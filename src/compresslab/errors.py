@@ -2,6 +2,7 @@
 
 import os
 import sys
+from pathlib import Path
 from typing import Callable
 
 
@@ -72,7 +73,5 @@ def run_main(main: Callable[[], object], *, skip_teardown: bool = False) -> None
 
 def _entry_point() -> str:
     """'stage pcqat' for stages/pcqat.py, else the command's name."""
-    script = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "compresslab"
-    stem = script.removesuffix(".py")
-    return f"stage {stem}" if os.path.basename(os.path.dirname(os.path.abspath(sys.argv[0] or "."))) == "stages" \
-        else stem
+    script = Path(sys.argv[0] if sys.argv and sys.argv[0] else "compresslab")
+    return f"stage {script.stem}" if script.resolve().parent.name == "stages" else script.stem

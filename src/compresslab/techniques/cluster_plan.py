@@ -79,22 +79,38 @@ def cluster_capacity(kernel: np.ndarray, requested: int, *, preserve_sparsity: b
       per_channel: the kernel is clustered per output channel (Conv2D with cluster.per_channel).
     """
     groups = [kernel[..., channel] for channel in range(kernel.shape[-1])] if per_channel else [kernel]
+    held = [_GroupValues.of(np.asarray(group)) for group in groups]   # counted once, tried at every count
     least = MIN_CLUSTERS_PRESERVING_SPARSITY if preserve_sparsity else 2
     for count in range(requested, least - 1, -1):
-        if all(_holds(np.asarray(group), count, preserve_sparsity) for group in groups):
+        if all(group.holds(count, preserve_sparsity) for group in held):
             return count
     return 0
 
 
-def _holds(values: np.ndarray, count: int, preserve_sparsity: bool) -> bool:
-    if not preserve_sparsity:
-        return np.unique(values).size >= count
-    negative, positive = values[values < 0], values[values > 0]
-    if negative.size + positive.size == 0:
-        return False  # TFMOT gives such a group a single zero centroid, ragged against the others
-    non_zero = count - 1
-    on_negative = int(np.round(non_zero * negative.size / (negative.size + positive.size)))
-    return on_negative <= np.unique(negative).size and non_zero - on_negative <= np.unique(positive).size
+@dataclass(frozen=True)
+class _GroupValues:
+    """What one group of weights sharing centroids holds: distinct values, and weights and distinct values on
+    each side of zero."""
+    distinct: int
+    negative: int
+    positive: int
+    distinct_negative: int
+    distinct_positive: int
+
+    @classmethod
+    def of(cls, values: np.ndarray) -> "_GroupValues":
+        negative, positive = values[values < 0], values[values > 0]
+        return cls(int(np.unique(values).size), int(negative.size), int(positive.size),
+                   int(np.unique(negative).size), int(np.unique(positive).size))
+
+    def holds(self, count: int, preserve_sparsity: bool) -> bool:
+        if not preserve_sparsity:
+            return self.distinct >= count
+        if self.negative + self.positive == 0:
+            return False  # TFMOT gives such a group a single zero centroid, ragged against the others
+        non_zero = count - 1
+        on_negative = int(np.round(non_zero * self.negative / (self.negative + self.positive)))
+        return on_negative <= self.distinct_negative and non_zero - on_negative <= self.distinct_positive
 
 
 @dataclass(frozen=True)
@@ -132,8 +148,10 @@ def plan_clusters(model: keras.Model, names: Sequence[str], requested: int, *, p
 
         channels = per_channel and isinstance(layer, keras.layers.Conv2D)
         count = capacity(channels)
-        if channels and count < requested and capacity(False) > count:
-            channels, count = False, capacity(False)
+        if channels and count < requested:
+            whole_kernel = capacity(False)
+            if whole_kernel > count:
+                channels, count = False, whole_kernel
         if count:
             plans[name] = LayerClusters(count, channels)
         else:
