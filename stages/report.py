@@ -28,7 +28,7 @@ from compresslab.results.summary import summary_metrics
 
 
 def run(params) -> list[Record]:
-    cfg = params.evaluate
+    (cfg,) = settings.read(params, "evaluate")
     missing = [v for v in variants.VARIANTS if not paths.evaluation(v).is_file()]
     if missing:
         raise UserError(f"no evaluation of {', '.join(missing)}: run `dvc repro` (or "
@@ -39,7 +39,7 @@ def run(params) -> list[Record]:
     meta = shards.load_meta()
     y_true = shards.load_labels("test")
     predictions = scoring.take_predictions(rows)
-    confusions = scoring.score_rows(rows, predictions, y_true, meta["class_names"], cfg.get("positive_class"),
+    confusions = scoring.score_rows(rows, predictions, y_true, meta["class_names"], cfg.positive_class,
                                     latency_threads=cfg.threads[0])
     notes = scoring.uncertainty_notes(rows) + scoring.latency_notes(rows, cfg.threads[0]) + fingerprint_notes
     for note in notes:
