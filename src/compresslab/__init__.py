@@ -53,17 +53,24 @@ if not any(isinstance(f, Keras3Blocker) for f in sys.meta_path):
     sys.meta_path.insert(0, Keras3Blocker())
 
 
-# Start-up lines TensorFlow's C++ side writes straight to stderr, on every import, whatever TF_CPP_MIN_LOG_LEVEL
-# says (absl logs everything before absl::InitializeLog, which TF 2.21 never calls): on a machine without a GPU,
-# 16 stages a pipeline each print them, and `failed call to cuInit` reads like a failure.
+# Lines TensorFlow's C++ side writes straight to stderr (fd 2), at every start-up whatever TF_CPP_MIN_LOG_LEVEL says
+# (absl logs everything before absl::InitializeLog, which TF 2.21 never calls): on a machine without a GPU, 16
+# stages a pipeline each print them, and `failed call to cuInit` reads like a failure.
 STARTUP_NOISE = ("All log messages before absl::InitializeLog", "oneDNN custom operations are on",
                  "Could not find cuda drivers", "failed call to cuInit", "Unable to register cu",
-                 "cpu_feature_guard.cc", "To enable the following instructions:", "TF-TRT Warning")
+                 "This TensorFlow binary is optimized to use available CPU instructions",
+                 "To enable the following instructions:", "TF-TRT Warning")
+# ... and one at run time, once a process, an ERROR line only TF_CPP_MIN_LOG_LEVEL=3 (every error) would hide:
+# `E0000 ... util.cc:131] oneDNN supports DT_INT32 only on platforms with AVX-512. Falling back to the default
+# Eigen-based implementation if present.` TensorFlow's oneDNN graph rewrite prints it for the first int32
+# Transpose (or ConjugateTranspose) in a graph, the only ops with an int32 oneDNN kernel, because TF 2.21 reports
+# DT_INT32 unsupported on every CPU, AVX-512 or not; that op then runs its ordinary Eigen kernel, as always.
+RUNTIME_NOISE = ("only on platforms with AVX-512. Falling back to the default Eigen-based implementation",)
 
 
 class QuietTensorflowImport(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-    """Imports TensorFlow (and probes its devices, where cuInit fails) with the process's stderr caught, then
-    writes back every line but the STARTUP_NOISE ones: a real error still shows."""
+    """Imports TensorFlow with the process's stderr filtered from then on (`quiet_stderr`): every line but the
+    STARTUP_NOISE and RUNTIME_NOISE ones gets through, a real error, a traceback, a child process's output."""
 
     def __init__(self):
         self.inner = None
@@ -80,24 +87,10 @@ class QuietTensorflowImport(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         return self.inner.create_module(spec)
 
     def exec_module(self, module):
-        import tempfile  # noqa: PLC0415
+        from compresslab import quiet_stderr  # noqa: PLC0415
 
-        sys.stderr.flush()
-        saved = os.dup(2)
-        with tempfile.TemporaryFile("w+b") as caught:
-            os.dup2(caught.fileno(), 2)
-            try:
-                self.inner.exec_module(module)
-                module.config.list_physical_devices()  # where the CUDA probe logs; physical devices only
-            finally:
-                sys.stderr.flush()
-                os.dup2(saved, 2)
-                os.close(saved)
-                caught.seek(0)
-                kept = [line for line in caught.read().decode("utf-8", "replace").splitlines(keepends=True)
-                        if not any(noise in line for noise in STARTUP_NOISE)]
-                if kept:
-                    sys.stderr.write("".join(kept))
+        quiet_stderr.install(STARTUP_NOISE + RUNTIME_NOISE)
+        self.inner.exec_module(module)
 
 
 # The user's own TF_CPP_MIN_LOG_LEVEL wins, and with it every line TensorFlow prints. The marker tells ours, which
