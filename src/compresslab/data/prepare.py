@@ -128,12 +128,41 @@ def decode_batches(paths: list[Path], labels: np.ndarray, size: int, channels: i
             yield np.stack(images), np.asarray(kept, np.int64)
 
 
-def write_prepared(out_dir: Path, splits: Mapping[str, Iterable[tuple[np.ndarray, np.ndarray]]],
+@dataclass(frozen=True)
+class Encoding:
+    """How one task's examples become records, and what meta.json and labels.npz say about a split.
+
+    `encode(image, target)` gives one record's bytes; `summarise(split, targets)` gives that split's meta.json
+    entries after "images" and "shards", and its labels.npz arrays. `head` holds meta.json keys written first
+    (classification has none, so its meta.json stays as it always was).
+    """
+
+    record: str
+    encode: Callable[[np.ndarray, object], bytes]
+    summarise: Callable[[str, list], tuple[dict, dict[str, np.ndarray]]]
+    head: dict = field(default_factory=dict)
+
+
+def classification_encoding(n_classes: int) -> Encoding:
+    """Records of an 8-byte little-endian label then the pixels; class counts per split; labels.npz[split]."""
+    def summarise(name: str, targets: list) -> tuple[dict, dict[str, np.ndarray]]:
+        labels = np.asarray(targets, np.int64)
+        return {"class_counts": np.bincount(labels, minlength=n_classes).tolist()}, {name: labels}
+
+    return Encoding(record=f"label int64 little-endian ({LABEL_BYTES} bytes), then uint8 pixels (image_size, "
+                           f"image_size, channels)",
+                    encode=lambda image, label: struct.pack("<q", int(label)) + np.ascontiguousarray(
+                        image, np.uint8).tobytes(),
+                    summarise=summarise)
+
+
+def write_prepared(out_dir: Path, splits: Mapping[str, Iterable[tuple[np.ndarray, Sequence]]],
                    class_names: list[str], *, image_size: int, channels: int,
                    images_per_shard: int = DEFAULT_IMAGES_PER_SHARD,
-                   accept: Callable[[dict], None] | None = None) -> dict:
-    """Write each split's (uint8 images, labels) batches of (image_size, image_size, channels) as GZIP TFRecord
-    shards of at most `images_per_shard` images, with labels.npz and meta.json (see `dataset`).
+                   accept: Callable[[dict], None] | None = None, encoding: Encoding | None = None) -> dict:
+    """Write each split's (uint8 images, targets) batches of (image_size, image_size, channels) as GZIP TFRecord
+    shards of at most `images_per_shard` images, with labels.npz and meta.json (see `shards`). `encoding` says
+    what a target is (default: an integer label, `classification_encoding`; detection: `prepare_detection`).
 
     Everything is written into `<out_dir>.partial` and renamed over `out_dir` only when complete, so a failure
     or Ctrl-C never leaves a mix of old and new shards, and `accept(meta)` (raising a UserError to refuse) is
@@ -145,35 +174,35 @@ def write_prepared(out_dir: Path, splits: Mapping[str, Iterable[tuple[np.ndarray
     partial = out_dir.with_name(out_dir.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
-    meta = {"class_names": class_names, "image_size": image_size, "channels": channels,
-            "pixel_scale": PIXEL_SCALE, "record": f"label int64 little-endian ({LABEL_BYTES} bytes), then uint8 "
-                                                  f"pixels (image_size, image_size, channels)", "splits": {}}
+    encoding = encoding or classification_encoding(len(class_names))
+    meta = {**encoding.head, "class_names": class_names, "image_size": image_size, "channels": channels,
+            "pixel_scale": PIXEL_SCALE, "record": encoding.record, "splits": {}}
     options = tf.io.TFRecordOptions(compression_type="GZIP")
     all_labels = {}
     try:
         for name, batches in splits.items():
             # Shards are named <split>-<i>-of-<n>; n is known at the end, so they are renamed then.
-            written, labels, writer, count = [], [], None, 0
+            written, targets, writer, count = [], [], None, 0
             for x, y in batches:
-                for image, label in zip(x, y):
+                for image, target in zip(x, y):
                     if writer is None or count == per_shard:
                         if writer is not None:
                             writer.close()
                         written.append({"file": f"{name}-{len(written):05d}.tmp", "images": 0})
                         writer, count = tf.io.TFRecordWriter(str(partial / written[-1]["file"]), options), 0
-                    writer.write(struct.pack("<q", int(label)) + np.ascontiguousarray(image, np.uint8).tobytes())
+                    writer.write(encoding.encode(image, target))
                     written[-1]["images"] += 1
                     count += 1
-                    labels.append(int(label))
+                    targets.append(target)
             if writer is not None:
                 writer.close()
             for index, shard in enumerate(written):
                 final = shard_name(name, index, len(written))
                 (partial / shard["file"]).rename(partial / final)
                 shard.update(file=final, bytes=(partial / final).stat().st_size, md5=file_md5(partial / final))
-            all_labels[name] = np.asarray(labels, np.int64)
-            meta["splits"][name] = {"images": len(labels), "shards": written,
-                                    "class_counts": np.bincount(all_labels[name], minlength=len(class_names)).tolist()}
+            statistics, arrays = encoding.summarise(name, targets)
+            all_labels.update(arrays)
+            meta["splits"][name] = {"images": len(targets), "shards": written, **statistics}
         np.savez_compressed(partial / "labels.npz", **all_labels)
         (partial / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
         if accept is not None:

@@ -5,7 +5,10 @@
     data/prepared/train-00000-of-00002.tfrecord.gz
     data/prepared/labels.npz                      every split's integer labels (readers that need only labels)
 
-Each record is one image: its integer label as 8 little-endian bytes, then its uint8 pixels (H, W, C). A fixed
+Each record is one image: its integer label as 8 little-endian bytes, then its uint8 pixels (H, W, C). A
+detection record (meta.json's "task": "detection") is its box count n as 8 little-endian bytes, then n box rows
+of 5 little-endian float32 (class id, ymin, xmin, ymax, xmax as fractions of the image side), then the pixels;
+its labels.npz holds `<split>_counts` (boxes per image, stored order) and `<split>_boxes` (all rows). A fixed
 raw layout instead of `tf.train.Example` lets this module read the shards with NumPy and `gzip` alone, so the
 stages that run .tflite files (LiteRT, no TensorFlow) read exactly the input the training stages read
 (`compresslab.data.tfdata` reads the same records with tf.data). Nothing here holds a whole split in memory: readers
@@ -16,7 +19,7 @@ import gzip
 import hashlib
 import json
 import struct
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +32,9 @@ from compresslab.settings import SHUFFLE_BUFFER, AugmentConfig
 SPLITS = ("train", "val", "test")
 PIXEL_SCALE = 1.0 / 255.0
 LABEL_BYTES = 8          # int64, little-endian, before the pixels of each record
+COUNT_BYTES = 8          # a detection record's box count: int64, little-endian
+BOX_COLUMNS = 5          # a box row: class id, ymin, xmin, ymax, xmax (float32, little-endian)
+BOX_BYTES = BOX_COLUMNS * 4
 SHARD_SUFFIX = ".tfrecord.gz"
 FIX = "run `dvc checkout data/prepared` to restore what DVC recorded, or `dvc repro -f prepare` to rebuild it"
 
@@ -48,13 +54,16 @@ def load_meta(prepared_dir: str | Path = PREPARED) -> dict:
 @dataclass(frozen=True)
 class StoredSplit:
     """One prepared split, read in batches from its shards, never whole. `shuffle_buffer` and `augment` say how
-    a training pipeline (`tfdata.pipeline`) reads it: the `data` keys of the same names."""
+    a training pipeline (`tfdata.pipeline`) reads it: the `data` keys of the same names. `targets`, for a
+    detection split, encodes each image's boxes against the model's anchors in every pipeline that feeds
+    Keras (`training_stage.load_splits` sets it), so fits and evaluations need no other argument."""
 
     name: str
     folder: Path
     meta: dict
     shuffle_buffer: int = SHUFFLE_BUFFER
     augment: AugmentConfig | None = None
+    targets: Callable | None = None
 
     @property
     def shards(self) -> list[Path]:
@@ -67,12 +76,35 @@ class StoredSplit:
     def __len__(self) -> int:
         return sum(shard["images"] for shard in self.meta["splits"][self.name]["shards"])
 
+    @property
+    def task(self) -> str:
+        """"classification" or "detection": what the records hold (meta.json's "task"; absent before detection)."""
+        return self.meta.get("task", "classification")
+
     def labels(self) -> np.ndarray:
+        """The split's integer labels. A detection split has none: a UserError points to `ground_truth`."""
+        if self.task == "detection":
+            raise UserError(f"{self.folder} holds detection data, which has boxes, not class labels: use a "
+                            f"detection model and configuration with it (StoredSplit.ground_truth reads the boxes)")
         with np.load(self.folder / "labels.npz") as labels:
             return labels[self.name]
 
-    def batches(self, batch_size: int = 256) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """(float32 images in [0, 1], int64 labels) in stored order, `batch_size` at a time."""
+    def ground_truth(self) -> list[np.ndarray]:
+        """A detection split's box rows per image, float32 (n, 5) each, in stored order, from labels.npz alone
+        (no pixel is decoded)."""
+        if self.task != "detection":
+            raise UserError(f"{self.folder} holds classification data, which has no boxes: prepare a detection "
+                            f"data set (data.format voc or coco)")
+        with np.load(self.folder / "labels.npz") as labels:
+            counts, boxes = labels[f"{self.name}_counts"], labels[f"{self.name}_boxes"]
+        return np.split(boxes.reshape(-1, BOX_COLUMNS), np.cumsum(counts)[:-1]) if len(counts) else []
+
+    def batches(self, batch_size: int = 256) -> Iterator[tuple[np.ndarray, np.ndarray | list[np.ndarray]]]:
+        """(float32 images in [0, 1], int64 labels) in stored order, `batch_size` at a time. For a detection
+        split the second item is a list of float32 (n, 5) box rows, one per image."""
+        if self.task == "detection":
+            yield from self._detection_batches(batch_size)
+            return
         images, labels = [], []
         for record in self._records():
             labels.append(struct.unpack("<q", record[:LABEL_BYTES])[0])
@@ -82,6 +114,18 @@ class StoredSplit:
                 images, labels = [], []
         if images:
             yield to_model_input(np.stack(images)), np.asarray(labels, np.int64)
+
+    def _detection_batches(self, batch_size: int) -> Iterator[tuple[np.ndarray, list[np.ndarray]]]:
+        images, boxes = [], []
+        for record in self._records():
+            image, rows = decode_detection_record(record, self.image_shape)
+            images.append(image)
+            boxes.append(rows)
+            if len(images) == batch_size:
+                yield to_model_input(np.stack(images)), boxes
+                images, boxes = [], []
+        if images:
+            yield to_model_input(np.stack(images)), boxes
 
     def take(self, indices: Sequence[int]) -> np.ndarray:
         """The images at `indices` (positions in stored order) as model input, in the order of `indices`."""
@@ -111,6 +155,14 @@ class StoredSplit:
                 raise UserError(f"shard {path} cannot be read ({err}): {FIX}") from err
 
 
+def decode_detection_record(record: bytes, shape: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """One detection record to (uint8 pixels of `shape`, float32 (n, 5) box rows)."""
+    (n,) = struct.unpack("<q", record[:COUNT_BYTES])
+    rows = np.frombuffer(record, "<f4", count=n * BOX_COLUMNS, offset=COUNT_BYTES).astype(np.float32)
+    pixels = np.frombuffer(record, np.uint8, offset=COUNT_BYTES + n * BOX_BYTES).reshape(shape)
+    return pixels, rows.reshape(n, BOX_COLUMNS)
+
+
 def to_model_input(images: np.ndarray) -> np.ndarray:
     """uint8 pixels to the float32 [0, 1] scale every model is trained and evaluated in."""
     return images.astype(np.float32) * np.float32(PIXEL_SCALE)
@@ -129,8 +181,12 @@ def open_split(name: str, prepared_dir: str | Path = PREPARED) -> StoredSplit:
 
 
 def load_labels(name: str, prepared_dir: str | Path = PREPARED) -> np.ndarray:
-    """The integer labels of one split, without reading its images."""
+    """The integer labels of one split, without reading its images. A detection data set has none: UserError
+    (read its boxes with `StoredSplit.ground_truth`)."""
     with np.load(Path(prepared_dir) / "labels.npz") as labels:
+        if name not in labels and f"{name}_counts" in labels:
+            raise UserError(f"{prepared_dir} holds detection data, which has boxes, not class labels: use a "
+                            f"detection model and configuration with it")
         return labels[name]
 
 
@@ -165,7 +221,7 @@ def file_md5(path: Path) -> str:
 
 
 def count(split) -> int:
-    """Images in a StoredSplit or an in-memory (images, labels) pair."""
+    """Images in a StoredSplit or an in-memory (images, labels) or (images, list of box rows) pair."""
     return len(split) if isinstance(split, StoredSplit) else len(split[1])
 
 
