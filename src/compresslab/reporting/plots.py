@@ -56,11 +56,11 @@ def plot_tradeoff(rows: Sequence[Mapping], path: str | Path) -> Path:
     fig = Figure(figsize=TRADEOFF_SIZE, dpi=DPI, layout="constrained")
     ax = fig.add_subplot()
     if not points:
-        _no_data(ax, "no file has both a size and an accuracy")
+        no_data(ax, "no file has both a size and an accuracy")
         return save_figure(fig, path)
     sizes = [as_number(row["gzip_bytes"]) / KB for row in points]
     accuracy = [as_number(row["accuracy"]) * 100 for row in points]
-    colours = _variant_colours(points)
+    colours = variant_colours(points)
     markers = mode_markers(points)
     on_front = pareto_front(list(zip(sizes, accuracy)))
     control = control_row(points)
@@ -70,7 +70,7 @@ def plot_tradeoff(rows: Sequence[Mapping], path: str | Path) -> Path:
                        for row, x, y, keep in zip(points, sizes, accuracy, on_front)],
                   xlabel="gzipped size (KB, smaller is better)", title="Accuracy vs. size", band=band)
     intervals = any(accuracy_interval(row) for row in points)
-    _tradeoff_legends(ax, colours, markers, interval_handles(intervals, band and label(control)))
+    tradeoff_legends(ax, colours, markers, interval_handles(intervals, band and label(control)))
     return save_figure(fig, path)
 
 
@@ -161,7 +161,7 @@ def interval_handles(intervals: bool, band_label: str | None) -> list:
     return handles
 
 
-def _tradeoff_legends(ax, colours: dict[str, tuple], markers: dict[str, str], extra: Sequence = ()) -> None:
+def tradeoff_legends(ax, colours: dict[str, tuple], markers: dict[str, str], extra: Sequence = ()) -> None:
     variant_handles = [Line2D([], [], linestyle="", marker="o", color=colour, markeredgecolor="black",
                               label=name) for name, colour in colours.items()]
     mode_handles = [Line2D([], [], linestyle="", marker=marker, color="lightgrey", markeredgecolor="black",
@@ -194,7 +194,7 @@ def plot_latency(rows: Sequence[Mapping], path: str | Path) -> Path:
     fig = Figure(figsize=(PLOT_WIDTH, height), dpi=DPI, layout="constrained")
     ax = fig.add_subplot()
     if not files:
-        _no_data(ax, "no latency was measured")
+        no_data(ax, "no latency was measured")
         return save_figure(fig, path)
     bar = 0.8 / len(threads)
     colours = _palette(len(threads), "viridis")
@@ -268,7 +268,7 @@ def plot_confusion(confusion: Mapping, title: str, path: str | Path) -> Path:
     return save_figure(fig, path)
 
 
-def _variant_colours(rows: list[Mapping]) -> dict[str, tuple]:
+def variant_colours(rows: list[Mapping]) -> dict[str, tuple]:
     names = list(dict.fromkeys(row["variant"] for row in sort_rows(rows)))
     palette = _palette(len(names), "tab10" if len(names) <= 10 else "tab20")
     return dict(zip(names, palette))
@@ -288,7 +288,7 @@ def _palette(n: int, name: str) -> list[tuple]:
     return [cmap(x) for x in np.linspace(0.15, 0.75, n)] if n > 1 else [cmap(0.35)]
 
 
-def _no_data(ax, message: str) -> None:
+def no_data(ax, message: str) -> None:
     ax.text(0.5, 0.5, message, ha="center", va="center", fontsize=12, transform=ax.transAxes)
     ax.set_axis_off()
 
