@@ -1,6 +1,6 @@
 """Stage `cqat`: cluster-preserving QAT of the clustered model.
 
-    dvc repro cqat           # reads params: seed, train.batch_size, cqat
+    dvc repro cqat           # reads params: seed, model (a detector's anchors), train.batch_size, cluster.layers, cqat
 
 Outputs: models/cqat.keras; reports/cqat/metrics.json (distinct values and sparsity after fine-tuning and their
 drift from the clustered parent) and history.csv.
@@ -17,12 +17,14 @@ MAKES = variants.made_by("cqat")   # its variant and parent, declared in compres
 
 
 def run(params) -> dict:
-    seed, data, train_cfg, cfg = settings.read(params, "seed", "data", "train", "cqat")
+    seed, data, model_cfg, train_cfg, cluster_cfg, cfg = settings.read(params, "seed", "data", "model", "train",
+                                                                       "cluster", "cqat")
     with training_stage.distributed(train_cfg.strategy):  # before any TensorFlow work: see train.strategy
-        model, train, val, test = training_stage.begin(data, seed, MAKES.parent)
-        result = clustering.cqat(model, cfg, train, val, batch_size=train_cfg.batch_size)
+        model, train, val, test = training_stage.begin(data, seed, MAKES.parent, model_cfg)
+        result = clustering.cqat(model, cfg, train, val, batch_size=train_cfg.batch_size,
+                                 clustered=clustering.clustered_selection(model, cluster_cfg))
         print(f"cqat: distinct values per layer {result.unique_values_before} -> {result.unique_values_after}")
-        return training_stage.finish(MAKES, params, ("seed", "data", "train", "cqat"), result.model, test,
+        return training_stage.finish(MAKES, params, ("seed", "data", "model", "train", "cluster", "cqat"), result.model, test,
                                      clustering_measurements(result), result.history,
                                      strategy_name=train_cfg.strategy)
 

@@ -30,6 +30,9 @@ import tf_keras as keras
 from tensorflow_model_optimization.python.core.clustering.keras.cluster_wrapper import ClusterWeights
 from tensorflow_model_optimization.python.core.quantization.keras.collab_opts.cluster_preserve import (
     cluster_preserve_quantize_registry as cluster_preserve)
+from tensorflow_model_optimization.python.core.quantization.keras.collab_opts.prune_preserve import (
+    prune_preserve_quantize_registry as prune_preserve)
+from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import default_8bit_quantize_registry
 
 from compresslab.models import training
 from compresslab.errors import UserError
@@ -233,9 +236,24 @@ def cluster(model: keras.Model, cfg: ClusterConfig, train: training.Split, val: 
 
 
 class _PerLayerClusterPreserveRegistry(cluster_preserve.Default8bitClusterPreserveQuantizeRegistry):
-    """TFMOT's CQAT registry, but each layer gets its own weight quantizer (see the module docstring)."""
+    """TFMOT's CQAT registry, but each layer gets its own weight quantizer (see the module docstring), and a
+    layer that was not clustered gets plain 8-bit QAT.
+
+    TFMOT would take the distinct values of an unclustered Conv2D's output channel (a 1x1 convolution over 96
+    inputs has at most 96) for its centroids: it then computes every weight's distance to every one of them at
+    each step (minutes per epoch and gigabytes for a detector clustered only in its head) and pins the layer to
+    those values. Under PCQAT an unclustered layer keeps its zeros (prune-preserving QAT) instead."""
+
+    def __init__(self, preserve_sparsity, clustered=None):
+        super().__init__(preserve_sparsity)
+        self.preserve_sparsity = preserve_sparsity
+        self.clustered = None if clustered is None else frozenset(clustered)
 
     def get_quantize_config(self, layer):
+        if self.clustered is not None and layer.name not in self.clustered:
+            plain = (prune_preserve.Default8bitPrunePreserveQuantizeRegistry() if self.preserve_sparsity else
+                     default_8bit_quantize_registry.Default8BitQuantizeRegistry())
+            return plain.get_quantize_config(layer)
         config = super().get_quantize_config(layer)
         quantizer = getattr(config, "weight_quantizer", None)
         if isinstance(quantizer, cluster_preserve.ClusterPreserveDefaultWeightsQuantizer):
@@ -244,18 +262,33 @@ class _PerLayerClusterPreserveRegistry(cluster_preserve.Default8bitClusterPreser
 
 
 class _PerLayerClusterPreserveScheme(tfmot.experimental.combine.Default8BitClusterPreserveQuantizeScheme):
+    def __init__(self, preserve_sparsity, clustered=None):
+        super().__init__(preserve_sparsity)
+        self.clustered = clustered
+
     def get_quantize_registry(self):
-        return _PerLayerClusterPreserveRegistry(self.preserve_sparsity)
+        return _PerLayerClusterPreserveRegistry(self.preserve_sparsity, self.clustered)
 
 
-def quantize_preserving_clusters(model: keras.Model, preserve_sparsity: bool = False) -> keras.Model:
+def clustered_selection(model: keras.Model, cfg: ClusterConfig) -> list[str] | None:
+    """The layers `cluster.layers` names on `model`; None when it names them all (unset, or `all`), so that a
+    fully clustered model keeps TFMOT's own rule (and the same bytes)."""
+    if cfg.layers in (None, "all"):
+        return None
+    return select_layers(model, cfg.layers, "cluster.layers")
+
+
+def quantize_preserving_clusters(model: keras.Model, preserve_sparsity: bool = False,
+                                 clustered: Sequence[str] | None = None) -> keras.Model:
     """The QAT model of a clustered `model`, whose training keeps each kernel on its centroids.
 
     TFMOT reads the centroids from the distinct values of each kernel (per output channel for Conv2D) and
-    lets them train; kernels with more than 1024 distinct values get plain QAT.
+    lets them train; kernels with more than 1024 distinct values get plain QAT, and so do the layers not in
+    `clustered` (None: every layer is taken as clustered, TFMOT's own rule).
     """
     annotated = tfmot.quantization.keras.quantize_annotate_model(model)
-    return tfmot.quantization.keras.quantize_apply(annotated, _PerLayerClusterPreserveScheme(preserve_sparsity))
+    return tfmot.quantization.keras.quantize_apply(annotated, _PerLayerClusterPreserveScheme(preserve_sparsity,
+                                                                                           clustered))
 
 
 def kernel_drift(parent: dict[str, np.ndarray], child: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
@@ -288,7 +321,7 @@ def expected_gradient_warning_silenced():
 
 
 def cqat(clustered_model: keras.Model, cfg: Budget, train: training.Split, val: training.Split, *,
-         batch_size: int, preserve_sparsity: bool = False) -> CqatResult:
+         batch_size: int, preserve_sparsity: bool = False, clustered: Sequence[str] | None = None) -> CqatResult:
     """Cluster-preserving quantization-aware training of a clustered model.
 
     During training TFMOT writes the centroid-gathered kernel into each layer's kernel variable, which is
@@ -301,6 +334,7 @@ def cqat(clustered_model: keras.Model, cfg: Budget, train: training.Split, val: 
       train, val: (images, integer labels) for fine-tuning.
       batch_size: fine-tuning batch size.
       preserve_sparsity: also keep zero weights at zero (PCQAT).
+      clustered: the layers the cluster step clustered (`cluster.layers`); the others get plain QAT. None: all.
 
     Returns:
       CqatResult with the QAT-wrapped model (clustering variables stripped, so it saves, reloads and
@@ -308,7 +342,7 @@ def cqat(clustered_model: keras.Model, cfg: Budget, train: training.Split, val: 
     """
     reject_wrapped(clustered_model, "clustered")
     parent = weights.kernels(clustered_model)
-    qat_model = quantize_preserving_clusters(clustered_model, preserve_sparsity)
+    qat_model = quantize_preserving_clusters(clustered_model, preserve_sparsity, clustered)
     with expected_gradient_warning_silenced():
         history = training.fit(qat_model, train, val, epochs=int(cfg.epochs), batch_size=batch_size,
                                learning_rate=cfg.learning_rate)
@@ -341,5 +375,6 @@ def pcqat(pruned_model: keras.Model, cluster_cfg: ClusterConfig, pcqat_cfg: Pcqa
     parent_sparsity = weights.sparsity_report(pruned_model)
     clustered = cluster(pruned_model, cluster_cfg, train, val, batch_size=batch_size, preserve_sparsity=True,
                         epochs=int(pcqat_cfg.cluster_epochs))
-    quantized = cqat(clustered.model, pcqat_cfg, train, val, batch_size=batch_size, preserve_sparsity=True)
+    quantized = cqat(clustered.model, pcqat_cfg, train, val, batch_size=batch_size, preserve_sparsity=True,
+                     clustered=clustered_selection(pruned_model, cluster_cfg))
     return PcqatResult(parent_sparsity=parent_sparsity, cluster=clustered, cqat=quantized)
