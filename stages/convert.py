@@ -1,6 +1,6 @@
 """Stage `convert@<variant>`: one Keras variant to TFLite, a float variant in each of convert.modes, a QAT one to int8.
 
-    dvc repro convert@pruned                 # reads params: seed, convert
+    dvc repro convert@pruned                 # reads params: seed, model (a detector's anchors), convert
     python stages/convert.py pruned          # what DVC runs
 
 One stage per variant (DVC `foreach`), so a knob re-converts only the variants downstream of it.
@@ -11,6 +11,7 @@ A failed conversion names the variant, the mode and the reason; the stage then f
 convert.skip_failed is true.
 """
 
+import dataclasses
 import shutil
 import sys
 
@@ -34,7 +35,7 @@ def validate_variant(variant: str) -> None:
 
 def run(params, variant: str) -> dict:
     validate_variant(variant)
-    seed, cfg = settings.read(params, "seed", "convert")
+    seed, model_cfg, cfg = settings.read(params, "seed", "model", "convert")
     splits = shards.open_splits()
     representative = converter.calibration_samples(splits["train"], cfg.calibration_samples, seed)
     model = load_model(paths.keras_model(variant))
@@ -57,15 +58,30 @@ def run(params, variant: str) -> dict:
             write_bytes(paths.tflite_file(variant, mode), flatbuffer)
             sizes[mode] = len(flatbuffer)
             print(f"convert [{number}/{len(modes)}] {label}: {len(flatbuffer):,} bytes")
-    keras_predictions = np.argmax(model.predict(tfdata.pipeline(splits["test"], 256), verbose=0), axis=1)
     record = {"variant": variant, "modes": modes, "bytes": sizes, "failures": failures,
-              "keras_predictions": keras_predictions.tolist()}
+              **keras_reference(model, splits["test"], model_cfg)}
     write_json(paths.conversion_record(variant), record)
     if failures and not cfg.skip_failed:
         mode, reason = next(iter(failures.items()))
         raise UserError(f"{len(failures)} conversion(s) of {variant} failed, first {mode}: {reason} "
                         f"(set convert.skip_failed=true to keep the others)")
     return record
+
+
+def keras_reference(model, test, model_cfg) -> dict:
+    """What the Keras model does on the test split, which `evaluate` compares each file with: a classifier's
+    predicted classes; a detector's anchors (evaluate decodes the files with them, without TensorFlow) and its
+    own COCO mAP."""
+    if test.task != "detection":
+        keras_predictions = np.argmax(model.predict(tfdata.pipeline(test, 256), verbose=0), axis=1)
+        return {"keras_predictions": keras_predictions.tolist()}
+    from compresslab.detection import coco_metrics, keras_model  # noqa: PLC0415  (detection only)
+
+    spec = keras_model.anchors_of(model_cfg.model_dump(exclude_none=True), test.meta["image_size"])
+    found = keras_model.keras_detections(model, test, spec)
+    scored = coco_metrics.score(test.ground_truth(), found, test.meta["class_names"], test.meta["image_size"])
+    return {"task": "detection", "anchors": dataclasses.asdict(spec), "keras_map": scored["map"],
+            "keras_map50": scored["map50"]}
 
 
 def main() -> None:

@@ -46,6 +46,7 @@ def run(params, variant: str) -> dict:
         raise UserError(f"{record_path} not found: run `dvc repro convert@{variant}` first")
     record = json.loads(record_path.read_text())
     validation = splits["val"]   # for choices (compresslab search): the test split stays held out
+    decoding = detector_decoding(record, cfg, splits["test"].meta)
     rows = [measure.error_row(variant, mode, f"conversion failed: {reason}")
             for mode, reason in record["failures"].items()]
     profiles = {}
@@ -56,8 +57,8 @@ def run(params, variant: str) -> dict:
         path = paths.tflite_file(variant, mode)
         try:
             # measure_file still reads a mapping of the checked values (its row building is being reworked).
-            row = measure.measure_file(path, splits["test"], cfg.model_dump(), record["keras_predictions"],
-                                       reference if reference.is_file() else None, validation)
+            row = measure.measure_file(path, splits["test"], cfg.model_dump(), record.get("keras_predictions"),
+                                       reference if reference.is_file() else None, validation, decoding)
         except UserError as err:
             rows.append(measure.error_row(variant, mode, str(err)))
             print(f"evaluate [{number}/{len(converted)}] {path.name}: FAILED: {err}")
@@ -68,13 +69,30 @@ def run(params, variant: str) -> dict:
             row["time_in_xnnpack_share"] = profiles[path.stem].get("delegated_share")
         rows.append(row)
         ratio = row.get(f"latency_ratio_t{threads[0]}")
-        print(f"evaluate [{number}/{len(converted)}] {path.name}: agrees with Keras on "
-              f"{row['keras_agreement']:.2%}, gzip {row['gzip_bytes']:,} B, sparsity {row['sparsity']:.3f}, "
+        quality = (f"agrees with Keras on {row['keras_agreement']:.2%}" if decoding is None else
+                   f"validation mAP {row.get('val_map', float('nan')):.4f} (Keras model's test mAP "
+                   f"{record['keras_map']:.4f})")
+        print(f"evaluate [{number}/{len(converted)}] {path.name}: {quality}, "
+              f"gzip {row['gzip_bytes']:,} B, sparsity {row['sparsity']:.3f}, "
               f"{row[f'latency_median_ms_t{threads[0]}']:.3f} ms at {threads[0]} thread(s)"
               + (f" ({ratio:.2f}x baseline-float32)" if ratio is not None else ""))
     result = {"variant": variant, "fingerprint": machine_fingerprint(), "rows": rows, "profiles": profiles}
     write_json(paths.evaluation(variant), result)
     return result
+
+
+def detector_decoding(record: dict, cfg, meta: dict) -> measure.Decoding | None:
+    """How a detector's files become boxes: the anchors `convert` recorded, the `evaluate` group's NMS keys.
+    None for a classifier."""
+    if record.get("task") != "detection":
+        return None
+    from compresslab.detection.anchors import AnchorSpec  # noqa: PLC0415  (detection only; NumPy)
+
+    spec = AnchorSpec(**{key: tuple(tuple(v) if isinstance(v, list) else v for v in value)
+                         if isinstance(value, list) else value for key, value in record["anchors"].items()})
+    return measure.Decoding(anchors=spec.boxes(), class_names=tuple(meta["class_names"]),
+                            image_size=int(meta["image_size"]), iou_threshold=cfg.nms_iou,
+                            max_detections=cfg.max_detections)
 
 
 def main() -> None:

@@ -1,6 +1,6 @@
 """Stage `finetune`: the float control. The baseline fine-tuned with the compression stages' budget and nothing else.
 
-    dvc repro finetune       # reads params: seed, train.batch_size, finetune
+    dvc repro finetune       # reads params: seed, model (a detector's anchors), train.batch_size, finetune
 
 Every compression stage fine-tunes the baseline. Without a control, what that extra training does is read as
 an effect of compression. `finetune` gets the same epochs, learning rate, batch size and seed as pruning (by
@@ -20,13 +20,13 @@ MAKES = variants.made_by("finetune")   # its variant and parent, declared in com
 
 
 def run(params) -> dict:
-    seed, data, train_cfg, cfg = settings.read(params, "seed", "data", "train", "finetune")
+    seed, data, model_cfg, train_cfg, cfg = settings.read(params, "seed", "data", "model", "train", "finetune")
     with training_stage.distributed(train_cfg.strategy):  # before any TensorFlow work: see train.strategy
-        model, train, val, test = training_stage.begin(data, seed, MAKES.parent)
+        model, train, val, test = training_stage.begin(data, seed, MAKES.parent, model_cfg)
         history = training.fit(model, train, val, epochs=cfg.epochs, batch_size=train_cfg.batch_size,
                                learning_rate=cfg.learning_rate)
-        return training_stage.finish(MAKES, params, ("seed", "data", "train", "finetune"), model, test, {}, history,
-                                     strategy_name=train_cfg.strategy)
+        return training_stage.finish(MAKES, params, ("seed", "data", "model", "train", "finetune"), model, test, {},
+                                     history, strategy_name=train_cfg.strategy)
 
 
 if __name__ == "__main__":

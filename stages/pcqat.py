@@ -1,6 +1,6 @@
 """Stage `pcqat`: sparsity-preserving clustering of the pruned model, then cluster- and sparsity-preserving QAT.
 
-    dvc repro pcqat          # reads params: seed, train.batch_size, cluster, pcqat
+    dvc repro pcqat          # reads params: seed, model (a detector's anchors), train.batch_size, cluster, pcqat
 
 Outputs: models/pcqat.keras; reports/pcqat/metrics.json (sparsity of the pruned parent and after each step,
 distinct values per layer) and history.csv (clustering then QAT epochs).
@@ -17,9 +17,10 @@ MAKES = variants.made_by("pcqat")   # its variant and parent, declared in compre
 
 
 def run(params) -> dict:
-    seed, data, train_cfg, cluster_cfg, cfg = settings.read(params, "seed", "data", "train", "cluster", "pcqat")
+    seed, data, model_cfg, train_cfg, cluster_cfg, cfg = settings.read(params, "seed", "data", "model", "train",
+                                                                       "cluster", "pcqat")
     with training_stage.distributed(train_cfg.strategy):  # before any TensorFlow work: see train.strategy
-        model, train, val, test = training_stage.begin(data, seed, MAKES.parent)
+        model, train, val, test = training_stage.begin(data, seed, MAKES.parent, model_cfg)
         result = clustering.pcqat(model, cluster_cfg, cfg, train, val, batch_size=train_cfg.batch_size)
         measurements = {"parent_sparsity": result.parent_sparsity["overall"],
                         "clustered_sparsity": result.cluster.sparsity["overall"],
@@ -34,8 +35,8 @@ def run(params) -> dict:
         history = {key: result.cluster.history.get(key, []) + values for key, values in result.cqat.history.items()}
         print(f"pcqat: sparsity {result.parent_sparsity['overall']:.4f} (pruned) -> "
               f"{result.cqat.sparsity_after['overall']:.4f}")
-        return training_stage.finish(MAKES, params, ("seed", "data", "train", "cluster", "pcqat"), result.model, test,
-                                     measurements, history, strategy_name=train_cfg.strategy)
+        return training_stage.finish(MAKES, params, ("seed", "data", "model", "train", "cluster", "pcqat"),
+                                     result.model, test, measurements, history, strategy_name=train_cfg.strategy)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Stage `prune`: magnitude pruning of the baseline while fine-tuning, wrappers stripped before saving.
 
-    dvc repro prune          # reads params: seed, train.batch_size, prune
+    dvc repro prune          # reads params: seed, model (a detector's anchors), train.batch_size, prune
     dvc exp run -S prune.final_sparsity=0.8      # re-runs prune, pqat, pcqat and what follows
     dvc exp run -S experiment=auto_prune         # prune.layers: auto, only the layers that cost little
 
@@ -21,9 +21,9 @@ MAKES = variants.made_by("prune")   # its variant and parent, declared in compre
 
 
 def run(params) -> dict:
-    seed, data, train_cfg, cfg = settings.read(params, "seed", "data", "train", "prune")
+    seed, data, model_cfg, train_cfg, cfg = settings.read(params, "seed", "data", "model", "train", "prune")
     with training_stage.distributed(train_cfg.strategy):  # before any TensorFlow work: see train.strategy
-        model, train, val, test = training_stage.begin(data, seed, MAKES.parent)
+        model, train, val, test = training_stage.begin(data, seed, MAKES.parent, model_cfg)
         auto = {}
         if cfg.layers == settings.AUTO_LAYERS:
             choice = sensitivity.choose_layers_to_prune(model, train, val, cfg, batch_size=train_cfg.batch_size,
@@ -36,7 +36,7 @@ def run(params) -> dict:
         measurements = {"target_sparsity": result.target_sparsity, "sparsity": result.sparsity["overall"],
                         "layer_sparsity": result.sparsity["layers"], "pruned_layers": len(result.pruned_layers),
                         "skipped_layers": len(result.skipped_layers), **auto}
-        return training_stage.finish(MAKES, params, ("seed", "data", "train", "prune"), result.model, test,
+        return training_stage.finish(MAKES, params, ("seed", "data", "model", "train", "prune"), result.model, test,
                                      measurements, result.history, strategy_name=train_cfg.strategy)
 
 

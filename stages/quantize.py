@@ -1,6 +1,6 @@
 """Stage `quantize`: quantization-aware training of the baseline on the selected layers (TFMOT default 8-bit).
 
-    dvc repro quantize       # reads params: seed, train.batch_size, quantize
+    dvc repro quantize       # reads params: seed, model (a detector's anchors), train.batch_size, quantize
     dvc exp run -S quantize.layers=dense         # dense-only QAT; never re-runs prune
 
 Outputs: models/qat.keras (QAT wrappers kept: `convert` turns it into an int8 file);
@@ -18,11 +18,11 @@ MAKES = variants.made_by("quantize")   # its variant and parent, declared in com
 
 
 def run(params) -> dict:
-    seed, data, train_cfg, cfg = settings.read(params, "seed", "data", "train", "quantize")
+    seed, data, model_cfg, train_cfg, cfg = settings.read(params, "seed", "data", "model", "train", "quantize")
     with training_stage.distributed(train_cfg.strategy):  # before any TensorFlow work: see train.strategy
-        model, train, val, test = training_stage.begin(data, seed, MAKES.parent)
+        model, train, val, test = training_stage.begin(data, seed, MAKES.parent, model_cfg)
         result = quantization.quantize_aware(model, cfg, train, val, batch_size=train_cfg.batch_size)
-        return training_stage.finish(MAKES, params, ("seed", "data", "train", "quantize"), result.model, test,
+        return training_stage.finish(MAKES, params, ("seed", "data", "model", "train", "quantize"), result.model, test,
                                      {"quantized_layers": len(result.quantized_layers)}, result.history,
                                      strategy_name=train_cfg.strategy)
 

@@ -37,6 +37,8 @@ def run(params) -> list[Record]:
     rows = [row for evaluation in evaluations for row in evaluation["rows"]]
     fingerprint, fingerprint_notes = timing_fingerprint(evaluations)
     meta = shards.load_meta()
+    if meta.get("task") == "detection":
+        return detection_run(params, cfg, evaluations, rows, fingerprint, fingerprint_notes)
     y_true = shards.load_labels("test")
     predictions = scoring.take_predictions(rows)
     confusions = scoring.score_rows(rows, predictions, y_true, meta["class_names"], cfg.positive_class,
@@ -59,6 +61,50 @@ def run(params) -> list[Record]:
     return records
 
 
+def detection_run(params, cfg, evaluations: list[dict], rows: list[dict], fingerprint: dict,
+                  fingerprint_notes: list[str]) -> list[Record]:
+    """The report of a detection study: COCO scores with bootstrap intervals and paired changes, per-class AP,
+    PR curves, the boxes drawn on test images; the same metrics.json, variants.csv and MLflow summary."""
+    from compresslab.reporting import detection_report, detection_scoring  # noqa: PLC0415  (detection only)
+
+    test = shards.open_split("test")
+    detections = detection_scoring.take_detections(rows)
+    scored = detection_scoring.score_rows(rows, detections, test.ground_truth(), test.meta["class_names"],
+                                          test.meta["image_size"], score_threshold=cfg.score_threshold,
+                                          samples=cfg.bootstrap_samples, latency_threads=cfg.threads[0])
+    notes = detection_scoring.uncertainty_notes(rows) + scoring.latency_notes(rows, cfg.threads[0]) + \
+        fingerprint_notes
+    for note in notes:
+        print(f"report: {note}")
+    write_json(paths.REPORTS / "fingerprint.json", fingerprint)
+    profiles = {name: profile for evaluation in evaluations for name, profile in evaluation.get("profiles", {}).items()}
+    write_json(paths.REPORTS / "profile.json", profiles)
+    records = [Record.from_row(row) for row in rows]
+    shown = detection_report.picture_files(rows, scored, detections)
+    images = detection_report.first_images(test, PICTURE_IMAGES)
+    pictures = {"images": images, "ground_truth": test.ground_truth()[:len(images)],
+                "detections": {name: found[:len(images)] for name, found in shown.items()},
+                "class_names": test.meta["class_names"], "score_threshold": cfg.score_threshold}
+    write_json(paths.REPORTS / "metrics.json", headline_metrics(records))
+    data_files.write_variants_csv(records, paths.REPORTS / "variants.csv")
+    encoded = [record.to_row() for record in records]
+    data_files.write_plot_data(encoded, paths.PLOTS)
+    summary = {**study_summary(params, fingerprint), "data": f"{params.data.name} ({params.data.image_size}px, "
+               f"{len(test.meta['class_names'])} classes, {len(test)} test images)"}
+    report_path = detection_report.write_report(encoded, scored, pictures, paths.REPORTS,
+                                                title="compresslab report (detection)", config_summary=summary,
+                                                notes=notes + report_notes())
+    log_summary(params, records, report_path, fingerprint, len(encoded))
+    failed = [record.label for record in records if record.failed]
+    if failed:
+        raise UserError(f"{len(failed)} file(s) could not be evaluated: {', '.join(failed)} (reasons in "
+                        f"reports/report.md); the other files are reported")
+    return records
+
+
+PICTURE_IMAGES = 6   # test images in the report's grid of boxes
+
+
 def timing_fingerprint(evaluations: list[dict]) -> tuple[dict, list[str]]:
     """The machine the files were timed on, and a note when the variants were timed on different ones (a
     shared DVC cache can bring evaluations from elsewhere): then only the latency ratios compare."""
@@ -78,19 +124,30 @@ def write_outputs(params, records: list[Record], confusions: dict, notes: list[s
     data_files.write_variants_csv(records, paths.REPORTS / "variants.csv")
     rows = [record.to_row() for record in records]
     data_files.write_plot_data(rows, paths.PLOTS)
-    summary = {"model": params.model.name, "data": f"{params.data.name} ({params.data.image_size}px, "
-               f"{params.data.channels} channel(s))", "prune": settings.read(params, "prune")[0].describe(),
-               "quantize": f"QAT on {params.quantize.layers}", "cluster": f"{params.cluster.number_of_clusters} "
-               f"clusters on {params.cluster.layers}", "control": f"baseline fine-tuned {params.finetune.epochs} "
-               f"epoch(s) at learning rate {params.finetune.learning_rate}, no compression",
-               "threads": list(params.evaluate.threads),
-               "timed on": ", ".join(f"{key} {value}" for key, value in fingerprint.items())}
+    summary = study_summary(params, fingerprint)
     # The float32 baseline and the int8 files (what ships to a device) get a confusion heatmap each.
     shown = {name: c for name, c in confusions.items() if name == variants.BASELINE_FILE or name.endswith("-int8")}
     report_path = report.write_report(rows, shown, paths.REPORTS, title="compresslab report",
                                       config_summary=summary, notes=notes + report_notes(), profiles=profiles)
+    log_summary(params, records, report_path, fingerprint, len(rows))
+
+
+def study_summary(params, fingerprint: dict) -> dict:
+    """The configuration worth stating at the top of report.md."""
+    return {"model": params.model.name, "data": f"{params.data.name} ({params.data.image_size}px, "
+            f"{params.data.channels} channel(s))", "prune": settings.read(params, "prune")[0].describe(),
+            "quantize": f"QAT on {params.quantize.layers}", "cluster": f"{params.cluster.number_of_clusters} "
+            f"clusters on {params.cluster.layers}", "control": f"baseline fine-tuned {params.finetune.epochs} "
+            f"epoch(s) at learning rate {params.finetune.learning_rate}, no compression",
+            "threads": list(params.evaluate.threads),
+            "timed on": ", ".join(f"{key} {value}" for key, value in fingerprint.items())}
+
+
+def log_summary(params, records: list[Record], report_path, fingerprint: dict, files: int) -> None:
+    """The MLflow summary run: the whole configuration, every figure, the report and the files."""
     mlflow_log.log_summary(params=params, metrics=summary_metrics(records), description=report_path.read_text(),
-                         tags={"files": str(len(rows)), "model": params.model.name,
+                         tags={"files": str(files), "model": params.model.name,
+                               "task": str(params.data.get("task", "classification")),
                                **{f"fingerprint.{key}": value for key, value in fingerprint.items()}},
                          artifacts=[report_path, paths.REPORTS / "variants.csv", paths.REPORTS / "metrics.json",
                                     paths.REPORTS / "fingerprint.json", paths.REPORTS / "profile.json", paths.PLOTS,

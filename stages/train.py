@@ -31,8 +31,9 @@ def run(params) -> dict:
         seed_everything(seed)  # before building: the initial weights are drawn from the seeded state
         # The zoo's builders take their options as a mapping (tests and benchmarks build models without a
         # params.yaml); the options left unset keep each builder's default.
-        model = zoo.build_model(model_cfg.model_dump(exclude_none=True), input_shape, len(meta["class_names"]))
-        train, val, test = training_stage.load_splits(data)
+        model = zoo.build_model(model_cfg.model_dump(exclude_none=True), input_shape, len(meta["class_names"]),
+                                task=meta.get("task", "classification"))
+        train, val, test = training_stage.load_splits(data, model_cfg)
         print(f"train: {model_cfg.name} ({zoo.count_parameters(model):,} parameters) on {len(train)} "
               f"images for up to {cfg.epochs} epochs, {strategy.num_replicas_in_sync} replica(s) "
               f"({cfg.strategy} strategy)")

@@ -158,6 +158,19 @@ def test_sample_data_hash_equals_data_dvc_on_a_fresh_clone(tmp_path):
     assert_one_line_error(refused, "already holds other data")
 
 
+@pytest.mark.slow
+def test_the_detection_sample_hash_equals_data_detection_dvc_on_a_fresh_clone(tmp_path):
+    root = copy_project(tmp_path, preset=None)
+    written = run(["compresslab", "sample-data", "--task", "detection"], root)
+    assert "checked the sample against data_detection.dvc" in written.stdout
+    status = json.loads(run(["dvc", "status", "--json", "data_detection.dvc"], root).stdout or "{}")
+    assert status == {}
+    assert len(list((root / "data" / "raw_detection" / "Annotations").glob("*.xml"))) == 1000
+    (root / "data" / "raw_detection" / "mine.txt").write_text("a user's file")
+    refused = run(["compresslab", "sample-data", "--task", "detection"], root, check=False)
+    assert_one_line_error(refused, "already holds other data")
+
+
 def test_a_library_error_that_escapes_a_stage_is_one_line_naming_the_stage(tmp_path):
     stage = tmp_path / "stages" / "pcqat.py"
     stage.parent.mkdir()

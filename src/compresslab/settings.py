@@ -34,6 +34,9 @@ CENTROID_INITS = {"kmeans++": "KMEANS_PLUS_PLUS", "density-based": "DENSITY_BASE
 OPTIMIZERS = {"adam": "Adam", "sgd": "SGD", "rmsprop": "RMSprop"}  # tf_keras.optimizers classes
 STRATEGIES = ("default", "mirrored", "multi_worker")
 CHANNELS = (1, 3)
+TASKS = ("classification", "detection")
+# Annotation formats a detection data set may come in (data.format): Pascal VOC XML or COCO JSON.
+DETECTION_FORMATS = ("voc", "coco")
 # prune.layers words beyond all/dense/conv: `auto` measures each layer first (techniques/sensitivity.py),
 # `xnnpack` picks the 1x1 convolutions of a model built for XNNPACK's sparse inference.
 AUTO_LAYERS = "auto"
@@ -161,6 +164,19 @@ class AugmentConfig(BaseModel):
 
 
 class DataConfig(Group):
+    """The data group. `task` says what `raw` holds: one sub-folder of images per class (classification), or a
+    Pascal VOC / COCO folder of images and boxes (detection, `format` says which; `classes` optionally fixes
+    the class list, so that an annotation naming another class is refused)."""
+    task: Annotated[Literal[TASKS], one_of(TASKS, "a task")] = "classification"
+    raw: Annotated[str, rule((lambda v: isinstance(v, str) and v.strip() != "", "{key} must be the folder of "
+                                                                                 "the raw data, got {value!r}"))] \
+        = "data/raw"
+    format: Annotated[Literal[DETECTION_FORMATS] | None, rule((nullable(lambda v: v in DETECTION_FORMATS),
+                      f"{{key}}={{value!r}} is not an annotation format: use one of {', '.join(DETECTION_FORMATS)}"))] \
+        = None
+    classes: Annotated[list[str] | None, rule((nullable(lambda v: isinstance(v, list) and v and all(
+        isinstance(name, str) and name for name in v) and len(set(v)) == len(v)),
+        "{key}={value!r} must be null or a list of distinct class names"))] = None
     image_size: Annotated[int, rule((whole_from(8), "{key} must be an integer of at least 8, got {value!r}"))]
     channels: Annotated[int, rule((lambda v: is_whole(v) and v in CHANNELS,
                                    "{key} must be 1 (grayscale) or 3 (RGB), got {value!r}"))]
@@ -185,7 +201,32 @@ class DataConfig(Group):
         if self.augment is not None and self.augment.crop >= self.image_size // 2:
             raise Refused(f"data.augment.crop={self.augment.crop} must be below half of data.image_size="
                           f"{self.image_size}: a few pixels shift the image, more crop it away")
+        if self.task == "classification" and (self.format is not None or self.classes is not None):
+            raise Refused("data.format and data.classes describe a detection data set: set data.task=detection, "
+                          "or leave them null for class folders")
         return self
+
+    @property
+    def annotation_format(self) -> str:
+        """The detection data's annotation format: data.format, Pascal VOC when unset."""
+        return self.format or "voc"
+
+
+class AnchorsConfig(BaseModel):
+    """model.anchors of a detector (see detection/anchors.py): one feature level per stride, the anchor sides
+    of each level as fractions of the image side, the width / height ratios used at every level."""
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    strides: Annotated[list[int], rule((lambda v: isinstance(v, list) and v and all(
+        map(whole_from(2), v)) and v == sorted(set(v)), "{key}={value!r} must be an increasing list of strides "
+                                                        "(pixels per cell), e.g. [16, 32]"))]
+    sizes: Annotated[list[list[int | float]], rule((lambda v: isinstance(v, list) and v and all(
+        isinstance(level, list) and level and all(is_number(s) and 0 < s <= 1 for s in level) for level in v),
+        "{key}={value!r} must be one list per stride of anchor sides as fractions of the image in (0, 1]"))]
+    aspect_ratios: Annotated[list[int | float], rule((lambda v: isinstance(v, list) and v and all(
+        map(positive, v)), "{key}={value!r} must be a list of width / height ratios above 0, e.g. [1.0, 2.0, 0.5]"))]
+    match_iou: Annotated[int | float, rule((lambda v: is_number(v) and 0 < v < 1, "{key} must lie in (0, 1), "
+                                            "got {value!r}: the IoU at which an anchor learns a box, e.g. 0.5"))] = 0.5
 
 
 class ModelConfig(Group):
@@ -199,6 +240,9 @@ class ModelConfig(Group):
                                                                      "got {value!r}"))] = None
     alpha: Annotated[int | float | None, rule((nullable(positive), "{key} must be a width multiplier above 0, "
                                                                    "got {value!r}"))] = None
+    width: Annotated[int | None, rule((nullable(whole_from(1)), "{key} must be a whole number of filters >= 1, "
+                                                                "got {value!r}"))] = None
+    anchors: AnchorsConfig | None = None
 
 
 class TrainConfig(Budget):
@@ -322,6 +366,14 @@ class EvaluateConfig(Group):
     measure_memory: Flag = True
     profile_seconds: Annotated[int | float, rule((lambda v: is_number(v) and v >= 0, "{key} must be a number of "
                                                   "seconds >= 0 (0: no profile), got {value!r}"))] = 0
+    # Detection only: a detector's raw outputs become boxes in `evaluate` (NumPy), scored by the COCO protocol.
+    score_threshold: Annotated[int | float, rule((fraction, "{key} must lie in [0, 1), got {value!r}: the score "
+                                                  "at which precision and recall are counted, e.g. 0.5"))] = 0.5
+    nms_iou: Annotated[int | float, rule((lambda v: is_number(v) and 0 < v < 1, "{key} must lie in (0, 1), got "
+                                          "{value!r}: boxes of one class overlapping more are suppressed"))] = 0.5
+    max_detections: Annotated[int, rule((whole_from(1), "{key} must be a whole number >= 1, got {value!r}"))] = 100
+    bootstrap_samples: Annotated[int, rule((whole_from(100), "{key} must be a whole number >= 100, got {value!r}: "
+                                            "resamples of the test images behind every mAP interval"))] = 1000
 
 
 class SensitivityConfig(Group):

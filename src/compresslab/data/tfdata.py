@@ -86,8 +86,6 @@ def detection_pipeline(split, batch_size: int, *, training: bool = False,
     if training:
         elements = elements.shuffle(min(buffer, max(shards.count(split), 1)), reshuffle_each_iteration=True)
         if augment is not None and augment.augmenting:
-            if augment.crop:
-                raise UserError("data.augment.crop is not supported for detection: set it to 0")
             randoms = tf.data.Dataset.random(rerandomize_each_iteration=True)
             elements = tf.data.Dataset.zip((elements, randoms)).map(
                 lambda element, draw: augmented_detection(element[0], element[1], draw, augment),
@@ -123,15 +121,26 @@ def decode_detection_record(record: tf.Tensor, shape: tuple[int, int, int]) -> t
 
 def augmented_detection(image: tf.Tensor, boxes: tf.Tensor, draw: tf.Tensor,
                         cfg: AugmentConfig) -> tuple[tf.Tensor, tf.Tensor]:
-    """A random left-right flip (the boxes mirrored with the image) and brightness shift of one example, from
-    stateless seeds derived from `draw`, as `augmented` does for classification. Crop is refused earlier: it
-    would cut boxes, which needs clipping rules this pipeline does not have."""
+    """A random left-right flip (the boxes mirrored with the image), shift and brightness change of one example,
+    from stateless seeds derived from `draw`, as `augmented` does for classification.
+
+    The shift pads by `crop` pixels of black (a reflected border would show objects without boxes) and crops
+    back at a random offset, moving the boxes with the image; a box pushed partly out is clipped to the image,
+    one pushed wholly out keeps zero area, which the training targets ignore."""
     seeds = tf.random.experimental.stateless_split(tf.stack([draw, tf.constant(0, tf.int64)]), 3)
     if cfg.flip:
         flip = tf.random.stateless_uniform([], seeds[0]) < 0.5
         mirrored = tf.stack([boxes[:, 0], boxes[:, 1], 1.0 - boxes[:, 4], boxes[:, 3], 1.0 - boxes[:, 2]], axis=1)
         image = tf.where(flip, tf.image.flip_left_right(image), image)
         boxes = tf.where(flip, mirrored, boxes)
+    if cfg.crop:
+        pad, size = int(cfg.crop), tf.cast(tf.shape(image)[0], tf.float32)
+        offset = tf.random.stateless_uniform([2], seeds[1], 0, 2 * pad + 1, dtype=tf.int32)
+        padded = tf.pad(image, [[pad, pad], [pad, pad], [0, 0]])
+        image = tf.slice(padded, tf.concat([offset, [0]], 0), tf.shape(image))
+        shift = (float(pad) - tf.cast(offset, tf.float32)) / size    # (dy, dx) as fractions of the side
+        corners = tf.clip_by_value(boxes[:, 1:] + tf.tile(shift, [2]), 0.0, 1.0)
+        boxes = tf.concat([boxes[:, :1], corners], axis=1)
     if cfg.brightness:
         image = tf.clip_by_value(tf.image.stateless_random_brightness(image, float(cfg.brightness), seeds[2]),
                                  0.0, 1.0)

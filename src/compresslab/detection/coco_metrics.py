@@ -20,7 +20,6 @@ import numpy as np
 from faster_coco_eval import COCO, COCOeval_faster
 from scipy import stats
 
-from compresslab.detection.postprocess import Detections
 from compresslab.errors import UserError
 
 IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)  # COCO's, built as COCO builds them (np.arange drifts)

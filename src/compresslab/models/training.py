@@ -29,8 +29,22 @@ def check_positive(option: str, value) -> None:
         raise UserError(message.format(key=option, value=value))
 
 
+def is_detector(model: keras.Model) -> bool:
+    """A detector has two outputs, box regressions then class scores (models/detectors.py); a classifier one."""
+    return len(model.outputs) == 2
+
+
 def compile_model(model: keras.Model, optimizer: str = "adam", learning_rate: float = 1e-3) -> None:
-    """Compile for integer labels and softmax outputs, tracking accuracy; its variables created up front."""
+    """Compile for the model's task, its variables created up front: a classifier for integer labels and softmax
+    outputs, tracking accuracy; a detector with the focal and box losses (detection/targets.py), whose targets
+    its splits build (`shards.StoredSplit.targets`)."""
+    if is_detector(model):
+        from compresslab.detection.targets import detection_losses  # noqa: PLC0415  (detectors only)
+
+        losses = detection_losses(int(model.outputs[1].shape[-1]))
+        # A list in output order, not a dict by name: TFMOT's wrappers rename the output layers (quant_scores).
+        model.compile(optimizer=make_optimizer(optimizer, learning_rate), loss=[losses["boxes"], losses["scores"]])
+        return
     model.compile(optimizer=make_optimizer(optimizer, learning_rate),
                   loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     create_training_variables(model)
@@ -94,7 +108,9 @@ def fit(model: keras.Model, train: Split, val: Split, *, epochs: int, batch_size
     history = model.fit(tfdata.pipeline(train, batch_size, training=True),
                         validation_data=tfdata.pipeline(val, batch_size), epochs=int(epochs),
                         callbacks=[*callbacks, timer], verbose=2)
-    return {**{key: [float(v) for v in values] for key, values in history.history.items()},
+    # A detector's per-output losses are named after its output layers, which TFMOT's QAT wrappers rename
+    # (quant_boxes_loss): one name per figure, so the phases of a stage (pcqat) and the stages line up.
+    return {**{key.replace("quant_", ""): [float(v) for v in values] for key, values in history.history.items()},
             "epoch_seconds": timer.seconds}
 
 
@@ -123,7 +139,11 @@ def convergence(history: dict[str, list[float]], max_epochs: int) -> dict:
 
 
 def evaluate(model: keras.Model, split: Split, batch_size: int = 256) -> dict[str, float]:
-    """Loss and accuracy of a compiled model on a split."""
-    loss, accuracy = model.evaluate(tfdata.pipeline(split, batch_size), verbose=0)
+    """Loss and accuracy of a compiled classifier on a split; a detector's loss only (its mAP is scored from
+    decoded boxes: detection/coco_metrics.py)."""
+    scores = model.evaluate(tfdata.pipeline(split, batch_size), verbose=0)
+    if is_detector(model):
+        return {"loss": float(scores[0])}
+    loss, accuracy = scores
     return {"loss": float(loss), "accuracy": float(accuracy)}
 

@@ -24,17 +24,29 @@ from compresslab.config import section
 from compresslab.models.saving import load_model, save_model
 from compresslab.outputs import write_history, write_json
 from compresslab.models.seeding import seed_everything
-from compresslab.settings import DataConfig
+from compresslab.settings import DataConfig, ModelConfig
 
 Splits = tuple[shards.StoredSplit, shards.StoredSplit, shards.StoredSplit]
 
 
-def load_splits(data: DataConfig) -> Splits:
+def load_splits(data: DataConfig, model: ModelConfig | None = None) -> Splits:
     """(train, val, test), streamed from the checked shards; the train split is shuffled in a buffer of
-    `data.shuffle_buffer` images and augmented as `data.augment` says."""
+    `data.shuffle_buffer` images and augmented as `data.augment` says. Detection splits carry the training
+    targets of `model`'s anchors, so every fit and evaluation below reads boxes the model can learn from."""
     splits = shards.open_splits()
-    train = dataclasses.replace(splits["train"], shuffle_buffer=data.shuffle_buffer, augment=data.augment)
-    return train, splits["val"], splits["test"]
+    targets = None
+    if splits["train"].task == "detection":
+        if model is None:
+            raise TypeError("a detection split needs the model config for its anchors")
+        from compresslab.detection import keras_model  # noqa: PLC0415  (detection only)
+
+        spec = keras_model.anchors_of(model.model_dump(exclude_none=True), splits["train"].meta["image_size"])
+        match_iou = model.anchors.match_iou if model.anchors is not None else 0.5
+        targets = keras_model.training_targets(spec, len(splits["train"].meta["class_names"]), match_iou)
+    train = dataclasses.replace(splits["train"], shuffle_buffer=data.shuffle_buffer, augment=data.augment,
+                                targets=targets)
+    return train, dataclasses.replace(splits["val"], targets=targets), dataclasses.replace(splits["test"],
+                                                                                           targets=targets)
 
 
 @contextlib.contextmanager
@@ -46,11 +58,12 @@ def distributed(strategy_name: str) -> Iterator[object]:
         yield strategy
 
 
-def begin(data: DataConfig, seed: int, parent: str):
+def begin(data: DataConfig, seed: int, parent: str, model_cfg: ModelConfig | None = None):
     """The prologue of every fine-tuning stage, run after its config is read.
 
     Args:
       data: the data group (how the train split is shuffled and augmented).
+      model_cfg: the model group (a detector's anchors; unused for a classifier).
       seed: params.yaml's `seed`.
       parent: the variant whose Keras model the stage starts from (e.g. 'baseline').
 
@@ -58,7 +71,7 @@ def begin(data: DataConfig, seed: int, parent: str):
       (parent model, train, val, test), with every random source seeded from `seed` last, so the
       fine-tuning that follows repeats.
     """
-    train, val, test = load_splits(data)
+    train, val, test = load_splits(data, model_cfg)
     model = load_model(paths.keras_model(parent))
     seed_everything(seed)
     return model, train, val, test
@@ -111,20 +124,21 @@ def finish(made: Variant, params, groups: tuple[str, ...], model, test: training
     strategy = tf.distribute.get_strategy()
     training.compile_model(model)
     scores = training.evaluate(model, test)
+    quality = test_quality(model, test, params, scores)
     if not distribute.is_chief(strategy):
         # Every worker saves (Keras' multi-worker contract); only the chief's model and reports are kept.
         with tempfile.TemporaryDirectory(prefix="compresslab-worker-") as folder:
             save_model(model, Path(folder) / paths.keras_model(variant).name)
         print(f"{stage}: worker {distribute.describe(strategy_name, strategy).get('task')} finished "
-              f"(test accuracy {scores['accuracy']:.4f}); the chief writes the model and reports")
-        return {"test_accuracy": scores["accuracy"], "test_loss": scores["loss"]}
+              f"({describe_quality(quality)}); the chief writes the model and reports")
+        return {**quality, "test_loss": scores["loss"]}
     model_path = paths.keras_model(variant)
     save_model(model, model_path)
     measured = numeric(measurements)
     # Per-layer figures go beside the DVC metrics, not into them: one column per layer would bury the
     # headline figures in `dvc exp show`.
     per_layer = {key: value for key, value in measured.items() if isinstance(value, Mapping)}
-    metrics = {"test_accuracy": scores["accuracy"], "test_loss": scores["loss"],
+    metrics = {**quality, "test_loss": scores["loss"],
                **{key: value for key, value in measured.items() if key not in per_layer}}
     folder = paths.stage_reports(stage)
     outputs = {"metrics": folder / "metrics.json", "history": folder / "history.csv", "layers": folder / "layers.json"}
@@ -133,10 +147,30 @@ def finish(made: Variant, params, groups: tuple[str, ...], model, test: training
     write_history(outputs["history"], {key: values for key, values in history.items() if key != "epoch_seconds"})
     if per_layer:
         write_json(outputs["layers"], per_layer)
-    print(f"{stage}: test accuracy {scores['accuracy']:.4f}; saved {model_path}")
+    print(f"{stage}: {describe_quality(quality)}; saved {model_path}")
     training_setup = distribute.describe(strategy_name, strategy)
     mlflow_log.log_run(stage, params=section(params, *groups), metrics=flat_metrics({**metrics, **per_layer}),
                      history=history, artifacts=[path for path in outputs.values() if path.exists()],
                      tags={f"distribute.{key}": ", ".join(value) if isinstance(value, list) else str(value)
                            for key, value in training_setup.items()})
     return {**metrics, **per_layer}
+
+
+def test_quality(model, test: training.Split, params, scores: Mapping) -> dict[str, float]:
+    """The Keras model's primary figure on the test split: accuracy, or a detector's COCO mAP and mAP@0.5."""
+    if not training.is_detector(model):
+        return {"test_accuracy": scores["accuracy"]}
+    from compresslab.detection import coco_metrics, keras_model  # noqa: PLC0415  (detection only)
+    from compresslab import settings  # noqa: PLC0415
+
+    (model_cfg,) = settings.read(params, "model")
+    spec = keras_model.anchors_of(model_cfg.model_dump(exclude_none=True), test.meta["image_size"])
+    found = keras_model.keras_detections(model, test, spec)
+    scored = coco_metrics.score(test.ground_truth(), found, test.meta["class_names"], test.meta["image_size"])
+    return {"test_map": scored["map"], "test_map50": scored["map50"]}
+
+
+def describe_quality(quality: Mapping) -> str:
+    if "test_map" in quality:
+        return f"test mAP {quality['test_map']:.4f} (mAP@0.5 {quality['test_map50']:.4f})"
+    return f"test accuracy {quality['test_accuracy']:.4f}"

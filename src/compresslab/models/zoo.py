@@ -116,16 +116,30 @@ BUILDERS: dict[str, Callable[..., keras.Model]] = {
     "firenet": firenet, "mlp": mlp, "resnet8": resnet8, "mobilenetv2": mobilenetv2}
 
 
-def build_model(cfg: Mapping, input_shape, num_classes: int) -> keras.Model:
+def builders(task: str) -> dict[str, Callable[..., keras.Model]]:
+    """The models of a task (data.task): classifiers here, detectors in models/detectors.py."""
+    if task == "detection":
+        from compresslab.models import detectors  # noqa: PLC0415  (detection only)
+
+        return dict(detectors.DETECTORS)
+    return BUILDERS
+
+
+def build_model(cfg: Mapping, input_shape, num_classes: int, task: str = "classification") -> keras.Model:
     """Build the model that `cfg.name` names for this input shape and class count.
 
-    Raises UserError for an unknown name or an input too small for the architecture.
+    Raises UserError for an unknown name, a model of the other task, or an input too small for the architecture.
     """
     name = cfg["name"]
-    if name not in BUILDERS:
-        raise UserError(f"unknown model {name!r}: use model={'|'.join(BUILDERS)}")
+    known = builders(task)
+    if name not in known:
+        other = "detection" if task == "classification" else "classification"
+        if name in builders(other):
+            raise UserError(f"model={name} is a {other} model but data.task={task}: pick one of "
+                            f"{'|'.join(known)}, or data for {other}")
+        raise UserError(f"unknown model {name!r}: use model={'|'.join(known)}")
     try:
-        return BUILDERS[name](tuple(input_shape), int(num_classes), cfg)
+        return known[name](tuple(input_shape), int(num_classes), cfg)
     except ValueError:  # TensorFlow's shape error: a layer's output would have a non-positive size
         raise UserError(f"data.image_size={input_shape[0]} is too small for model {name!r}: a layer's "
                         f"output would be empty; raise data.image_size") from None

@@ -8,6 +8,7 @@ another sample. Runs whose params are identical except `seed` form a seed group 
 Pure MLflow entities and pandas: no TensorFlow, no matplotlib.
 """
 
+import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -24,6 +25,7 @@ from compresslab.reporting.rows import sort_rows
 from compresslab.results import selection as rule
 from compresslab.results.record import Record, by_file, thread_counts
 from compresslab.results.summary import records_from_summary
+from compresslab.results.task import CLASSIFICATION, Task, task_of
 from compresslab.errors import UserError
 from compresslab.tracking.summaries import experiment_name
 
@@ -238,16 +240,20 @@ def _latency_threads(runs: Sequence[Run]) -> dict[str, int | None]:
 
 def _run_rows(run: Run, varying: Sequence[str], threads: int | None) -> list[dict]:
     files = run_records(run)
+    # The `accuracy` columns hold the run's primary figure (results/task.py): a detection run's COCO mAP, its
+    # bootstrap interval and change in points; `figure` names it, so the rule and the table read one column.
+    task = task_of(files.values())
+    files = {key: _as_primary(record, task) for key, record in files.items()}
     reference = files.get(variants.split_label(variants.BASELINE_FILE))
     params = {column: run.data.params.get(key) for column, key in zip(param_columns(varying), varying)}
     rows = []
     for (variant, mode), record in files.items():
         control = files.get((variants.CONTROL, mode))
         latency = record.at(threads) if threads is not None else None
-        drop = rule.measure_drop(files, (variant, mode))
+        drop = rule.measure_drop(files, (variant, mode), CLASSIFICATION)
         rows.append({
             "experiment": experiment_name(run), "run_id": run.info.run_id, **params,
-            "variant": variant, "mode": mode, "accuracy": record.accuracy,
+            "variant": variant, "mode": mode, "figure": task.quality, "accuracy": record.accuracy,
             "accuracy_delta_pp": _delta_pp(record.accuracy, reference and reference.accuracy,
                                            record.accuracy_delta_pp),
             "gzip_bytes": None if record.gzip_bytes is None else int(round(record.gzip_bytes)),
@@ -268,6 +274,16 @@ def _run_rows(run: Run, varying: Sequence[str], threads: int | None) -> list[dic
             "drop_pp": drop and drop.drop_pp, "test_drop_pp": drop and drop.test_drop_pp,
         })
     return sort_rows(rows)
+
+
+def _as_primary(record: Record, task: Task) -> Record:
+    """A detection record with its mAP figures in the accuracy fields the table and the rule read."""
+    if task is CLASSIFICATION:
+        return record
+    return dataclasses.replace(record, accuracy=record.map, val_accuracy=record.val_map,
+                               accuracy_ci_low=record.map_ci_low, accuracy_ci_high=record.map_ci_high,
+                               accuracy_delta_pp=record.map_delta_pp,
+                               accuracy_delta_control_pp=record.map_delta_control_pp, p_value=None)
 
 
 def _reference(files: Mapping[tuple[str, str], Record]) -> Record:

@@ -41,15 +41,17 @@ def write_plot_data(rows: Sequence[Mapping], out_dir: str | Path) -> list[Path]:
     out_dir = Path(out_dir)
     shown = sort_rows(drawable(rows))
     threads = thread_counts(rows)
+    # A detection study's quality is its mAP, drawn by its own `dvc plots` entry (map_tradeoff.csv).
+    quality, name = ("map", "map_tradeoff.csv") if any("map" in row for row in shown) else ("accuracy", "tradeoff.csv")
     tradeoff = [{"label": label(row), "variant": row["variant"], "mode": row["mode"],
-                 "gzip_kb": as_number(row.get("gzip_bytes")) / KB, "accuracy": as_number(row.get("accuracy"))}
+                 "gzip_kb": as_number(row.get("gzip_bytes")) / KB, quality: as_number(row.get(quality))}
                 for row in shown
-                if as_number(row.get("gzip_bytes")) is not None and as_number(row.get("accuracy")) is not None]
+                if as_number(row.get("gzip_bytes")) is not None and as_number(row.get(quality)) is not None]
     latency = [{"label": label(row), "threads": n, "median_ms": as_number(row.get(thread_key("median_ms", n)))}
                for row in shown for n in threads
                if as_number(row.get(thread_key("median_ms", n))) is not None]
-    tradeoff_columns = ["label", "variant", "mode", "gzip_kb", "accuracy"]
-    return [_write_frame(tradeoff, tradeoff_columns, out_dir / "tradeoff.csv"),
+    tradeoff_columns = ["label", "variant", "mode", "gzip_kb", quality]
+    return [_write_frame(tradeoff, tradeoff_columns, out_dir / name),
             _write_frame(latency, ["label", "threads", "median_ms"], out_dir / "latency.csv")]
 
 

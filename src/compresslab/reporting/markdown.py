@@ -13,9 +13,9 @@ from compresslab.results.record import as_number, label, thread_counts, thread_k
 def report_markdown(rows: Sequence[Mapping], plots: list[tuple[str, str]], *, title: str, config_summary: Mapping,
                     notes: Sequence[str] = (), profiles: Mapping[str, Mapping] | None = None) -> str:
     """The whole of report.md; `plots` are (caption, link relative to report.md) pairs, in order."""
-    parts = [f"# {title}", _config_section(config_summary), _results_section(rows), _delegation_section(rows),
-             _profile_section(profiles or {}), _failed_section(rows),
-             _notes_section(notes), _plots_section(plots)]
+    parts = [f"# {title}", config_section(config_summary), _results_section(rows), delegation_section(rows),
+             _profile_section(profiles or {}), failed_section(rows),
+             notes_section(notes), plots_section(plots)]
     return "\n\n".join(part for part in parts if part) + "\n"
 
 
@@ -30,29 +30,29 @@ def results_table(rows: Sequence[Mapping]) -> str:
                *((f"× base t{n}", True) for n in threads if any(thread_key("ratio", n) in row for row in rows)),
                *(((f"FPS t{fps_threads}", True),) if fps_threads is not None else ()), ("peak MB", True)]
     body = [_table_cells(row, threads, fps_threads, rows) for row in sort_rows(drawable(rows))]
-    return _markdown_table(columns, body)
+    return markdown_table(columns, body)
 
 
 def _table_cells(row: Mapping, threads: list[int], fps_threads: int | None,
                  all_rows: Sequence[Mapping]) -> list[str]:
     gzip_ratio = as_number(row.get("gzip_ratio"))
     cells = [str(row["variant"]), str(row["mode"]), _accuracy_cell(row),
-             _change_cell(row.get("accuracy_delta_pp"), row.get("significant")),
-             _change_cell(row.get("accuracy_delta_control_pp"), row.get("significant_control")),
+             change_cell(row.get("accuracy_delta_pp"), row.get("significant")),
+             change_cell(row.get("accuracy_delta_control_pp"), row.get("significant_control")),
              fmt(row.get("keras_agreement"), "{:.1f}", scale=100),
              fmt(row.get("gzip_bytes"), "{:.1f}", scale=1 / KB),
              fmt(1 / gzip_ratio if gzip_ratio else None, "{:.2f}×"),
              fmt(row.get("sparsity"), "{:.1f}", scale=100),
              count(row.get("macs")),
              *(ms(row.get(thread_key("median_ms", n))) for n in threads),
-             *(_ratio_cell(row, n) for n in threads if any(thread_key("ratio", n) in r for r in all_rows))]
+             *(ratio_cell(row, n) for n in threads if any(thread_key("ratio", n) in r for r in all_rows))]
     if fps_threads is not None:
         cells.append(fmt(row.get(thread_key("fps", fps_threads)), "{:.1f}"))
     cells.append(fmt(row.get("peak_rss_mb"), "{:.1f}"))
     return cells
 
 
-def _ratio_cell(row: Mapping, threads: int) -> str:
+def ratio_cell(row: Mapping, threads: int) -> str:
     """Latency against baseline-float32, timed interleaved, with the interquartile range of its rounds."""
     ratio = as_number(row.get(thread_key("ratio", threads)))
     low, high = (as_number(row.get(thread_key(f"ratio_{q}", threads))) for q in ("p25", "p75"))
@@ -68,7 +68,7 @@ def _accuracy_cell(row: Mapping) -> str:
     return fmt(row.get("accuracy"), "{:.2f}", scale=100) + interval
 
 
-def _change_cell(delta, significant) -> str:
+def change_cell(delta, significant) -> str:
     """A change in points with its verdict: `*` significant at 0.05, `ns` not (noise, not a gain or loss)."""
     text = fmt(delta, "{:+.2f}")
     if as_number(delta) is None or significant is None:
@@ -76,7 +76,7 @@ def _change_cell(delta, significant) -> str:
     return f"{text} {'*' if significant else 'ns'}"
 
 
-def _markdown_table(columns: list[tuple[str, bool]], body: list[list[str]]) -> str:
+def markdown_table(columns: list[tuple[str, bool]], body: list[list[str]]) -> str:
     cells = [[cell.replace("|", "\\|") for cell in line] for line in body]
     widths = [max(3, len(name), *(len(line[k]) for line in cells)) for k, (name, _) in enumerate(columns)]
 
@@ -90,7 +90,7 @@ def _markdown_table(columns: list[tuple[str, bool]], body: list[list[str]]) -> s
     return "\n".join([line(name for name, _ in columns), rule, *(line(values) for values in cells)])
 
 
-def _config_section(config_summary: Mapping) -> str:
+def config_section(config_summary: Mapping) -> str:
     if not config_summary:
         return ""
     lines = [f"- **{key}**: {_config_value(value)}" for key, value in config_summary.items()]
@@ -119,7 +119,7 @@ def _results_section(rows: Sequence[Mapping]) -> str:
     return f"## Results\n\n{results_table(rows)}\n\n{legend}"
 
 
-def _delegation_section(rows: Sequence[Mapping]) -> str:
+def delegation_section(rows: Sequence[Mapping]) -> str:
     """Per file, how much of it XNNPACK runs (the operators it leaves out run on LiteRT's reference kernels),
     and whether it qualifies for XNNPACK's sparse inference."""
     files = [row for row in sort_rows(drawable(rows)) if row.get("xnnpack_partitions") is not None]
@@ -138,7 +138,7 @@ def _delegation_section(rows: Sequence[Mapping]) -> str:
                    "end: `-S experiment=sparse_mobilenet`), so pruning buys size here, not speed.")
     return ("## Where the time goes\n\nWhich operators XNNPACK runs, read from each file's execution plan. Operators "
             "outside it run on LiteRT's reference kernels, and each boundary between partitions costs a hand-over."
-            + sparse_note + "\n\n" + _markdown_table(columns, body))
+            + sparse_note + "\n\n" + markdown_table(columns, body))
 
 
 PROFILED_FILES = ("baseline-float32", "baseline-int8")
@@ -169,10 +169,10 @@ def _profile_section(profiles: Mapping[str, Mapping]) -> str:
             "timed in interleaved rounds in one process: an operator's time is how much it adds to the median "
             "latency (LiteRT 2.3.0's Python API binds no per-operator profiler). Estimates: they add up to about "
             "the whole model's median. Every file's profile, per operator, is in `reports/profile.json` (an "
-            "MLflow artifact).\n\n" + _markdown_table(columns, body + [totals]))
+            "MLflow artifact).\n\n" + markdown_table(columns, body + [totals]))
 
 
-def _failed_section(rows: Sequence[Mapping]) -> str:
+def failed_section(rows: Sequence[Mapping]) -> str:
     broken = [row for row in rows if failed(row)]
     if not broken:
         return ""
@@ -180,11 +180,11 @@ def _failed_section(rows: Sequence[Mapping]) -> str:
     return "## Failed\n\n" + "\n".join(lines)
 
 
-def _notes_section(notes: Sequence[str]) -> str:
+def notes_section(notes: Sequence[str]) -> str:
     if not notes:
         return ""
     return "## Notes\n\n" + "\n".join(f"- {one_line(note)}" for note in notes)
 
 
-def _plots_section(plots: list[tuple[str, str]]) -> str:
+def plots_section(plots: list[tuple[str, str]]) -> str:
     return "## Plots\n\n" + "\n\n".join(f"### {caption}\n\n![{caption}]({link})" for caption, link in plots)

@@ -3,7 +3,6 @@
 Pure NumPy / scikit-learn: nothing here loads a model, so the same functions score Keras and TFLite outputs.
 """
 
-import math
 from collections.abc import Mapping, Sequence
 
 import numpy as np

@@ -33,7 +33,10 @@ def headline_metrics(rows: Sequence[Record | Mapping]) -> dict:
                 "gzip_bytes": _whole, "gzip_ratio": _significant, "sparsity": _significant,
                 **{key: _significant for key in latency_keys}, "accuracy_delta_pp": _hundredths,
                 "p_value": lambda value: _significant(value, 3), "accuracy_delta_control_pp": _hundredths,
-                "val_accuracy": _significant}
+                "val_accuracy": _significant,
+                # detection (present only in a detection study's rows)
+                "map": _significant, "map_ci_low": _significant, "map_ci_high": _significant, "map50": _significant,
+                "map_delta_pp": _hundredths, "map_delta_control_pp": _hundredths, "val_map": _significant}
     metrics: dict = {}
     failed = []
     for record in records:

@@ -78,6 +78,26 @@ class Record:
     accuracy_delta_control_pp: float | None = None
     p_value_control: float | None = None
     significant_control: bool | None = None
+    # Detection (data.task=detection): COCO figures on the test split, each mAP with its 95 % bootstrap interval
+    # over test images and, against baseline-float32 and the control, a paired bootstrap interval of the
+    # difference (`significant` / `significant_control`: it excludes 0). Fractions; deltas in points.
+    map: float | None = None
+    map50: float | None = None
+    map75: float | None = None
+    ar100: float | None = None
+    box_precision: float | None = None   # at evaluate.score_threshold and IoU 0.5
+    box_recall: float | None = None
+    val_map: float | None = None
+    test_objects: int | None = None
+    map_ci_low: float | None = None
+    map_ci_high: float | None = None
+    map_delta_pp: float | None = None
+    map_delta_ci_low_pp: float | None = None
+    map_delta_ci_high_pp: float | None = None
+    map_delta_control_pp: float | None = None
+    map_delta_control_ci_low_pp: float | None = None
+    map_delta_control_ci_high_pp: float | None = None
+    keras_map: float | None = None       # the Keras model's test mAP: a conversion bug shows as a gap to `map`
     keras_agreement: float | None = None
     baseline_agreement: float | None = None
     file_bytes: int | None = None

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from compresslab import variants
 from compresslab.errors import UserError
-from compresslab.results.task import CLASSIFICATION, Task
+from compresslab.results.task import Task, task_of
 
 # Drops come from float differences: (0.95 - 0.96) * 100 is -1.0000000000000009, which must pass --max-drop 1.
 TOLERANCE_PP = 1e-9
@@ -64,11 +64,13 @@ def reference_file(files: Collection[tuple[str, str]]) -> tuple[str, str] | None
 
 
 def measure_drop(files: Mapping[tuple[str, str], Mapping], file: tuple[str, str],
-                 task: Task = CLASSIFICATION) -> Drop | None:
+                 task: Task | None = None) -> Drop | None:
     """The drop of `file` against its run's reference, from one run's records (or rows) per (variant, mode).
 
-    Returns None when the run holds no reference or no figures for `file`.
+    Returns None when the run holds no reference or no figures for `file`. The task (accuracy or mAP) is the
+    one the run's figures hold, unless given.
     """
+    task = task or task_of(files.values())
     found = reference_file(files)
     if found is None or file not in files:
         return None

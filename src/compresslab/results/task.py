@@ -27,3 +27,14 @@ class Task:
 
 
 CLASSIFICATION = Task("classification", quality="accuracy", validation_quality="val_accuracy")
+DETECTION = Task("detection", quality="map", validation_quality="val_map")
+TASKS = {task.name: task for task in (CLASSIFICATION, DETECTION)}
+
+
+def task_of(records) -> Task:
+    """The task whose figures `records` hold (records or rows of one run): detection when any holds an mAP."""
+    for record in records:
+        figures = record if isinstance(record, dict) else record.__dict__
+        if figures.get(DETECTION.quality) is not None or figures.get(DETECTION.validation_quality) is not None:
+            return DETECTION
+    return CLASSIFICATION

@@ -27,6 +27,16 @@ STATISTICS_COLUMNS = (
     "accuracy_delta_control_pp", "p_value_control", "significant_control", "keras_agreement",
     "baseline_agreement",
 )
+# A detection study's rows (they hold `map`) lead with the COCO figures instead (the VOC study's CSV).
+DETECTION_BASE_COLUMNS = (
+    "variant", "mode", "file", "map", "map50", "map75", "ar100", "box_precision", "box_recall", "file_bytes",
+    "gzip_bytes", "parameters", "nonzero_parameters", "sparsity", "macs",
+)
+DETECTION_STATISTICS_COLUMNS = (
+    "test_images", "test_objects", "map_ci_low", "map_ci_high", "map_delta_pp", "map_delta_ci_low_pp",
+    "map_delta_ci_high_pp", "significant", "map_delta_control_pp", "map_delta_control_ci_low_pp",
+    "map_delta_control_ci_high_pp", "significant_control", "keras_map", "val_map",
+)
 TAIL_COLUMNS = ("peak_rss_mb", "model_rss_mb", "gzip_ratio", "latency_ratio", "error")
 # How much of each file XNNPACK runs (from its execution plan), when the rows hold it: where the time goes.
 DELEGATION_COLUMNS = ("xnnpack_partitions", "xnnpack_operator_share", "operators_outside_xnnpack", "sparse_inference",
@@ -52,8 +62,11 @@ def csv_columns(rows: Sequence[Record | Mapping]) -> list[str]:
     def held(keys):
         return [key for key in keys if any(key in row for row in encoded)]
 
-    at = BASE_COLUMNS.index("accuracy") + 1
-    columns = [*BASE_COLUMNS[:at], *held(STATISTICS_COLUMNS), *BASE_COLUMNS[at:],
+    detection = any("map" in row for row in encoded)
+    base, statistics, quality = ((DETECTION_BASE_COLUMNS, DETECTION_STATISTICS_COLUMNS, "ar100") if detection else
+                                 (BASE_COLUMNS, STATISTICS_COLUMNS, "accuracy"))
+    at = base.index(quality) + 1
+    columns = [*base[:at], *held(statistics), *base[at:],
                *held(thread_key(figure, n) for n in thread_counts(encoded) for figure in THREAD_FIGURES),
                *held(DELEGATION_COLUMNS), *TAIL_COLUMNS]
     known = set(columns)

@@ -146,6 +146,10 @@ def measure(model: keras.Model, train: training.Split, val: training.Split, cfg:
     Returns:
       A Sensitivity with one row per prunable layer, most sensitive to pruning first.
     """
+    if training.is_detector(model):
+        # Each arm is scored by top-1 accuracy; a detector's would be its validation mAP, not measured yet.
+        raise UserError("per-layer sensitivity (and prune.layers=auto) measures classification accuracy; for a "
+                        "detector choose the layers yourself: prune.layers=backbone, head, conv or a list of names")
     names, unprunable = prunable_layers(model, label)
     for name, reason in unprunable.items():
         print(f"{label}: no row for {name}: {reason}")

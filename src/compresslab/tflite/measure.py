@@ -4,6 +4,7 @@ of a second; scoring the predictions and comparing files is `reporting`'s job.
 """
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,9 +25,39 @@ def check_positive_class(cfg: EvaluateConfig, class_names: Sequence[str]) -> Non
                         f"name a folder of data/raw, or null")
 
 
+@dataclass(frozen=True)
+class Decoding:
+    """How a detector file's raw outputs become boxes (the `evaluate` group's detection keys, and the anchors
+    `convert` recorded)."""
+    anchors: np.ndarray
+    class_names: tuple[str, ...]
+    image_size: int
+    score_threshold: float = 0.05   # boxes kept for mAP: COCO ranks every box, low scores included
+    iou_threshold: float = 0.5
+    max_detections: int = 100
+
+    def detect(self, interpreter, images) -> list:
+        """The boxes the file finds on every image of `images` (a split or an array), a batch at a time."""
+        from compresslab.detection import postprocess  # noqa: PLC0415  (detection only)
+
+        found = []
+        for batch in shards.image_batches(images):
+            raw_boxes, scores = runtime.predict_detector(interpreter, batch)
+            found += postprocess.detect(raw_boxes, scores, self.anchors, score_threshold=self.score_threshold,
+                                        iou_threshold=self.iou_threshold, max_detections=self.max_detections)
+        return found
+
+    def map(self, interpreter, split) -> float:
+        """The file's COCO mAP@[.5:.95] on a stored detection split."""
+        from compresslab.detection import coco_metrics  # noqa: PLC0415
+
+        return coco_metrics.score(split.ground_truth(), self.detect(interpreter, split), list(self.class_names),
+                                  self.image_size)["map"]
+
+
 def measure_file(path: Path, x_test, cfg: Mapping,
                  keras_predictions: Sequence[int] | None = None, reference: Path | None = None,
-                 validation=None) -> dict:
+                 validation=None, decoding: Decoding | None = None) -> dict:
     """Every interpreter-measured figure of one .tflite file; raises UserError when the file is unusable.
 
     Args:
@@ -37,6 +68,8 @@ def measure_file(path: Path, x_test, cfg: Mapping,
       reference: baseline-float32's file, timed against this one in alternating rounds (None: no ratio).
       validation: the validation split (a StoredSplit, or images and labels): the file's val_accuracy, which
         choices made from these figures (`compresslab search`) use so that the test split stays held out.
+      decoding: for a detector file, how its outputs become boxes: the row then holds `detections` (per test
+        image, see detection/postprocess.py) instead of `y_pred`, and `val_map` instead of `val_accuracy`.
 
     Returns:
       A row: variant, mode, file, y_pred (predicted class per test image), keras_agreement (share of test
@@ -50,12 +83,11 @@ def measure_file(path: Path, x_test, cfg: Mapping,
     variant, mode = variants.split_label(path.stem)
     interpreter = runtime.load_interpreter(path)
     runtime.check_input_shape(interpreter, shards.image_shape(x_test))
-    y_pred = predicted_classes(interpreter, x_test)
     delegated = runtime.delegation(interpreter)
     stats = flatbuffer.weight_stats(path)
-    row = {"variant": variant, "mode": mode, "file": str(path), "y_pred": y_pred.tolist(),
-           "keras_agreement": (float(np.mean(y_pred == np.asarray(keras_predictions)))
-                               if keras_predictions is not None else None),
+    row = {"variant": variant, "mode": mode, "file": str(path),
+           **(predictions(interpreter, x_test, keras_predictions, validation) if decoding is None else
+              detections(interpreter, x_test, validation, decoding)),
            "file_bytes": path.stat().st_size, "gzip_bytes": flatbuffer.gzip_size(path),
            "parameters": stats["parameters"], "nonzero_parameters": stats["nonzero"],
            "sparsity": stats["sparsity"], "macs": stats["macs"],
@@ -63,9 +95,8 @@ def measure_file(path: Path, x_test, cfg: Mapping,
            "xnnpack_operator_share": delegated["delegated"] / max(delegated["operators"], 1),
            "operators_outside_xnnpack": counted(delegated["outside"]),
            "sparse_inference": sparse.sparse_inference(path)}
-    if validation is not None and shards.count(validation):
-        x_val, y_val = (validation, validation.labels()) if isinstance(validation, shards.StoredSplit) else validation
-        row["val_accuracy"] = float(np.mean(predicted_classes(interpreter, x_val) == y_val))
+    if "val_figure" in row:
+        row.update(row.pop("val_figure"))
     sample = next(shards.image_batches(x_test, 1))
     timings = timing.latency_by_threads(path, list(cfg["threads"]), warmup=cfg["warmup_runs"],
                                            min_runs=cfg["min_runs"], min_seconds=cfg["min_seconds"],
@@ -83,6 +114,29 @@ def measure_file(path: Path, x_test, cfg: Mapping,
     memory = timing.peak_memory(path, sample) if cfg.get("measure_memory", True) else {}
     row["peak_rss_mb"], row["model_rss_mb"] = memory.get("peak_rss_mb"), memory.get("model_rss_mb")
     return row
+
+
+def predictions(interpreter, x_test, keras_predictions, validation) -> dict:
+    """A classifier file's predicted class per test image, its agreement with its Keras model, and its
+    validation accuracy (kept aside as `val_figure`, placed after the file's other figures)."""
+    y_pred = predicted_classes(interpreter, x_test)
+    found = {"y_pred": y_pred.tolist(),
+             "keras_agreement": (float(np.mean(y_pred == np.asarray(keras_predictions)))
+                                 if keras_predictions is not None else None)}
+    if validation is not None and shards.count(validation):
+        x_val, y_val = (validation, validation.labels()) if isinstance(validation, shards.StoredSplit) else validation
+        found["val_figure"] = {"val_accuracy": float(np.mean(predicted_classes(interpreter, x_val) == y_val))}
+    return found
+
+
+def detections(interpreter, x_test, validation, decoding: Decoding) -> dict:
+    """A detector file's boxes per test image and its validation mAP (kept aside as `val_figure`)."""
+    from compresslab.detection import postprocess  # noqa: PLC0415  (detection only)
+
+    found = {"detections": postprocess.to_json(decoding.detect(interpreter, x_test)), "keras_agreement": None}
+    if validation is not None and shards.count(validation):
+        found["val_figure"] = {"val_map": decoding.map(interpreter, validation)}
+    return found
 
 
 def predicted_classes(interpreter, images) -> np.ndarray:

@@ -40,6 +40,38 @@ def single_io(interpreter: Interpreter) -> tuple[dict, dict]:
     return inputs[0], outputs[0]
 
 
+def model_input(interpreter: Interpreter) -> dict:
+    """The details of a one-input model's input (a classifier or a detector: one image in)."""
+    inputs = interpreter.get_input_details()
+    if len(inputs) != 1:
+        raise TfliteFileError(f"model has {len(inputs)} inputs; only single-input image models can be run")
+    return inputs[0]
+
+
+def detector_outputs(interpreter: Interpreter) -> tuple[dict, dict]:
+    """The (boxes, scores) output details of a detector file (models/detectors.py: two outputs).
+
+    The converter names outputs after the Keras output layers in the file's signature (`boxes`, `scores`,
+    or `quant_boxes`... after QAT), while the tensors' own names are the graph's; the order of the output
+    list is not promised. So the signature decides, and the shape (4 box regressions per anchor) where a file
+    has no signature."""
+    outputs = interpreter.get_output_details()
+    if len(outputs) != 2:
+        raise TfliteFileError(f"model has {len(outputs)} outputs; a detector has two (boxes, scores)")
+    by_index = {detail["index"]: detail for detail in outputs}
+    signatures = interpreter._get_full_signature_list() or {}
+    for signature in signatures.values():
+        named = signature.get("outputs", {})
+        boxes = [index for name, index in named.items() if "box" in name]
+        scores = [index for name, index in named.items() if "score" in name]
+        if len(boxes) == 1 and len(scores) == 1 and boxes[0] in by_index and scores[0] in by_index:
+            return by_index[boxes[0]], by_index[scores[0]]
+    boxes = [detail for detail in outputs if detail["shape"][-1] == 4]
+    if len(boxes) == 1:
+        return boxes[0], next(detail for detail in outputs if detail is not boxes[0])
+    return outputs[0], outputs[1]
+
+
 def input_details(path: str | Path) -> dict:
     """What the model in `path` takes as input.
 
@@ -47,7 +79,7 @@ def input_details(path: str | Path) -> dict:
       {'name', 'shape': tuple with None for a free (batch) dimension, 'dtype': e.g. 'float32' or 'int8',
        'scale', 'zero_point': quantization of an integer input (0.0 and 0 for a float input)}.
     """
-    inp, _ = single_io(load_interpreter(path))
+    inp = model_input(load_interpreter(path))
     scale, zero_point = inp["quantization"]
     return {"name": inp["name"], "shape": signature_shape(inp), "dtype": np.dtype(inp["dtype"]).name,
             "scale": float(scale), "zero_point": int(zero_point)}
@@ -60,7 +92,7 @@ def signature_shape(details: dict) -> tuple:
 
 def check_input_shape(interpreter: Interpreter, sample_shape) -> None:
     """Raise TfliteFileError unless samples of shape `sample_shape` (no batch axis) fit the model input."""
-    inp, _ = single_io(interpreter)
+    inp = model_input(interpreter)
     expected = signature_shape(inp)[1:]
     given = tuple(int(size) for size in sample_shape)
     if len(given) != len(expected) or any(e is not None and e != g for e, g in zip(expected, given)):
@@ -88,36 +120,54 @@ def predict(interpreter: Interpreter, x: np.ndarray, batch_size: int = 64) -> np
     Returns:
       float32 array (N, classes).
     """
+    single_io(interpreter)
+    return predict_outputs(interpreter, x, batch_size, outputs=None)[0]
+
+
+def predict_detector(interpreter: Interpreter, x: np.ndarray, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """A detector file's raw outputs for every sample of `x`: box regressions (N, anchors, 4) and class scores
+    (N, anchors, classes), dequantized; batched as `predict` does."""
+    boxes, scores = predict_outputs(interpreter, x, batch_size, outputs=detector_outputs(interpreter))
+    return boxes, scores
+
+
+def predict_outputs(interpreter: Interpreter, x: np.ndarray, batch_size: int, outputs) -> list[np.ndarray]:
+    """`outputs` (details; None: the single output) for every sample of `x`, the input resized for the run."""
     x = np.asarray(x, dtype=np.float32)
     check_input_shape(interpreter, x.shape[1:])
-    original = single_io(interpreter)[0]["shape"]
+    original = model_input(interpreter)["shape"]
     try:
-        return predict_batches(interpreter, x, run_batch_size(interpreter, batch_size, len(x)))
+        return predict_batches(interpreter, x, run_batch_size(interpreter, batch_size, len(x)), outputs)
     finally:
         resize_input(interpreter, original)
 
 
-def predict_batches(interpreter: Interpreter, x: np.ndarray, batch: int) -> np.ndarray:
-    """Scores of `x`, `batch` samples per invoke; the input is already allocated for `batch`."""
-    inp, out = single_io(interpreter)
-    rows = []
+def predict_batches(interpreter: Interpreter, x: np.ndarray, batch: int, outputs=None) -> list[np.ndarray]:
+    """Each of `outputs` for `x`, `batch` samples per invoke; the input is already allocated for `batch`. A
+    single output (a classifier's scores) comes flattened to one row per sample."""
+    inp = model_input(interpreter)
+    flatten = outputs is None
+    outputs = [single_io(interpreter)[1]] if outputs is None else list(outputs)
+    rows = [[] for _ in outputs]
     for start in range(0, len(x), batch):
         chunk = x[start:start + batch]
         if len(chunk) < batch:
             chunk = np.concatenate([chunk, np.zeros((batch - len(chunk),) + x.shape[1:], np.float32)])
         interpreter.set_tensor(inp["index"], quantize(chunk, inp))
         interpreter.invoke()
-        scores = dequantize(interpreter.get_tensor(out["index"]), out)
         kept = min(batch, len(x) - start)
-        rows.append(scores[:kept].reshape(kept, -1))
-    if not rows:
-        return np.zeros((0, int(np.prod(out["shape"][1:]))), np.float32)
-    return np.concatenate(rows)
+        for found, out in zip(rows, outputs):
+            values = dequantize(interpreter.get_tensor(out["index"]), out)[:kept]
+            found.append(values.reshape(kept, -1) if flatten else values)
+    if not rows[0]:
+        return [np.zeros((0, int(np.prod(out["shape"][1:]))) if flatten else (0, *out["shape"][1:]), np.float32)
+                for out in outputs]
+    return [np.concatenate(found) for found in rows]
 
 
 def run_batch_size(interpreter: Interpreter, batch_size: int, n: int) -> int:
     """Resize the input to the batch `predict` will use (at most `batch_size`, at most n) and return it."""
-    inp, _ = single_io(interpreter)
+    inp = model_input(interpreter)
     if signature_shape(inp)[0] is not None:  # batch fixed in the file
         return int(inp["shape"][0])
     batch = max(1, min(int(batch_size), n))
@@ -127,7 +177,7 @@ def run_batch_size(interpreter: Interpreter, batch_size: int, n: int) -> int:
 
 def resize_input(interpreter: Interpreter, shape) -> None:
     """Give the input tensor `shape` and reallocate, unless it has that shape already."""
-    inp, _ = single_io(interpreter)
+    inp = model_input(interpreter)
     if list(inp["shape"]) != list(shape):
         interpreter.resize_tensor_input(inp["index"], list(shape))
         interpreter.allocate_tensors()

@@ -1,0 +1,77 @@
+"""End to end: the real `dvc repro` of the detection task on a tiny copy of the project (the `detection_smoke`
+preset on a small digits-on-photos VOC folder): every stage, every technique, LiteRT evaluation with COCO mAP,
+the report with its intervals, per-class table and pictures, and the MLflow summary.
+"""
+
+import pandas as pd
+import pytest
+
+from compresslab import variants
+from compresslab.tools import sandbox
+from conftest import REPO, mlflow_runs, read_json, run, stages_ran
+
+pytestmark = pytest.mark.slow(minutes=7)
+
+FILES = sorted([f"{v}-{m}" for v in variants.FLOAT_VARIANTS for m in ("float32", "int8")]
+               + [f"{v}-int8" for v in variants.QAT_VARIANTS])
+
+
+@pytest.fixture(scope="module")
+def detection_project(tmp_path_factory):
+    """A copy of the project whose default is the detection_smoke preset, on 90 canvases, run once."""
+    from compresslab.data.detection_sample import write_detection_sample
+
+    root = tmp_path_factory.mktemp("detection") / "project"
+    root.mkdir()
+    sandbox.copy_project(REPO, root)
+    config = root / "conf" / "config.yaml"
+    config.write_text(config.read_text().replace("  - experiment: null", "  - experiment: detection_smoke"))
+    sandbox.init_git(root)
+    write_detection_sample(root / "data" / "raw_detection", images=90, size=64)
+    run(["dvc", "add", "-q", "data/raw_detection"], root)
+    run(["compresslab", "params"], root)
+    sandbox.commit_all(root, "tiny detection project")
+    result = run(["dvc", "repro"], root, timeout=1500)
+    (root / "repro.log").write_text(result.stdout + result.stderr)
+    return root
+
+
+def test_repro_runs_every_stage_and_converts_every_detector_file(detection_project):
+    ran = set(stages_ran((detection_project / "repro.log").read_text()))
+    assert {"prepare", "train", "finetune", "prune", "quantize", "pqat", "cluster", "cqat", "pcqat", "report"} <= ran
+    tflite = sorted(p.stem for p in (detection_project / "models" / "tflite").rglob("*.tflite"))
+    assert tflite == FILES
+    meta = read_json(detection_project / "data/prepared/meta.json")
+    assert meta["task"] == "detection" and meta["class_names"] == [str(d) for d in range(10)]
+
+
+def test_every_file_is_scored_by_coco_map_with_an_interval(detection_project):
+    rows = pd.read_csv(detection_project / "reports/variants.csv").set_index(["variant", "mode"])
+    assert len(rows) == len(FILES) and rows["error"].isna().all()
+    assert list(rows.columns[:6]) == ["file", "map", "map50", "map75", "ar100", "test_images"]
+    assert ((rows["map_ci_low"] <= rows["map"]) & (rows["map"] <= rows["map_ci_high"])).all()
+    assert (rows["map50"] >= rows["map"]).all() and rows["val_map"].notna().all()
+    baseline = rows.loc[("baseline", "float32")]
+    assert baseline["map_delta_pp"] == 0 and not baseline["significant"]
+    # the float32 file decodes like its Keras model: the same boxes, so the same mAP
+    assert baseline["keras_map"] == pytest.approx(baseline["map"], abs=0.01)
+    assert any(column.startswith("ap50_") for column in rows.columns)
+    for variant in variants.FLOAT_VARIANTS:
+        assert rows.loc[(variant, "int8"), "file_bytes"] < rows.loc[(variant, "float32"), "file_bytes"] / 2.5
+    metrics = read_json(detection_project / "reports/metrics.json")
+    assert set(metrics["baseline"]["float32"]) >= {"map", "map_ci_low", "map_ci_high", "val_map", "gzip_bytes"}
+
+
+def test_the_report_shows_the_per_class_table_the_curves_and_the_boxes(detection_project):
+    report = (detection_project / "reports/report.md").read_text()
+    assert "mAP [95% CI]" in report and "Average precision per class" in report
+    for picture in ("pr_curves.png", "detections.png", "tradeoff.png", "map_tradeoff.csv"):
+        assert (detection_project / "reports/plots" / picture).stat().st_size > 0, picture
+    assert "Data and pipelines are up to date" in run(["dvc", "status", "dvc.yaml"], detection_project).stdout
+
+
+def test_the_mlflow_summary_carries_every_files_map(detection_project):
+    summaries = [r for r in mlflow_runs(detection_project) if r.data.tags.get("task") == "detection"]
+    assert summaries, "no summary run tagged task=detection"
+    figures = summaries[0].data.metrics
+    assert "baseline.float32.map" in figures and "qat.int8.map_ci_high" in figures
