@@ -63,6 +63,8 @@ def run(params, variant: str) -> dict:
             rows.append(measure.error_row(variant, mode, str(err)))
             print(f"evaluate [{number}/{len(converted)}] {path.name}: FAILED: {err}")
             continue
+        if decoding is not None:
+            row["keras_map"] = record["keras_map"]   # beside the file's own mAP: a conversion bug shows as a gap
         if cfg.profile_seconds > 0:
             profiles[path.stem] = profile.try_profile(path, threads[0], next(shards.image_batches(splits["test"], 1)),
                                                       cfg.profile_seconds)

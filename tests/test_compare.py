@@ -118,11 +118,11 @@ def test_one_row_per_file_of_the_newest_run_with_the_swept_param_as_a_column(pro
     assert result.experiments == ["exp-c", "exp-b", "exp-a"]  # newest first
     assert result.varying == ["prune.final_sparsity"]  # the stale run's model.name=mlp no longer counts
     assert list(table.columns) == [
-        "experiment", "run_id", "prune.final_sparsity", "variant", "mode", "accuracy", "accuracy_delta_pp",
+        "experiment", "run_id", "prune.final_sparsity", "variant", "mode", "figure", "accuracy", "accuracy_delta_pp",
         "gzip_bytes", "gzip_ratio", "latency_median_ms", "latency_threads", "latency_ratio", "pareto_size",
         "pareto_latency",
         "accuracy_ci_low", "accuracy_ci_high", "p_value", "significant", "accuracy_delta_control_pp"]
-    assert len(table) == 12
+    assert len(table) == 12 and set(table["figure"]) == {"accuracy"}
     assert list(table.experiment[:4]) == ["exp-c"] * 4
     assert list(zip(table.variant[:4], table["mode"][:4])) == [
         ("baseline", "float32"), ("baseline", "int8"), ("pruned", "float32"), ("pruned", "int8")]

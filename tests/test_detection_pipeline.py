@@ -57,7 +57,8 @@ def test_every_file_is_scored_by_coco_map_with_an_interval(detection_project):
     assert baseline["keras_map"] == pytest.approx(baseline["map"], abs=0.01)
     assert any(column.startswith("ap50_") for column in rows.columns)
     for variant in variants.FLOAT_VARIANTS:
-        assert rows.loc[(variant, "int8"), "file_bytes"] < rows.loc[(variant, "float32"), "file_bytes"] / 2.5
+        assert rows.loc[(variant, "int8"), "file_bytes"] < rows.loc[(variant, "float32"), "file_bytes"] * 0.6
+    assert rows.loc[("pruned", "int8"), "sparsity"] > 0.3 > rows.loc[("baseline", "int8"), "sparsity"]
     metrics = read_json(detection_project / "reports/metrics.json")
     assert set(metrics["baseline"]["float32"]) >= {"map", "map_ci_low", "map_ci_high", "val_map", "gzip_bytes"}
 
@@ -70,8 +71,12 @@ def test_the_report_shows_the_per_class_table_the_curves_and_the_boxes(detection
     assert "Data and pipelines are up to date" in run(["dvc", "status", "dvc.yaml"], detection_project).stdout
 
 
-def test_the_mlflow_summary_carries_every_files_map(detection_project):
+def test_the_mlflow_summary_carries_every_files_map_and_compare_chooses_by_it(detection_project):
     summaries = [r for r in mlflow_runs(detection_project) if r.data.tags.get("task") == "detection"]
     assert summaries, "no summary run tagged task=detection"
     figures = summaries[0].data.metrics
-    assert "baseline.float32.map" in figures and "qat.int8.map_ci_high" in figures
+    assert "baseline.float32.map" in figures and "qat.int8.map_ci_high" in figures and "pcqat.int8.val_map" in figures
+    chosen = run(["compresslab", "compare", "--max-drop", "100"], detection_project).stdout
+    assert "within 100 pp of its run's finetune-float32" in chosen and "on the validation split" in chosen
+    table = pd.read_csv(detection_project / "reports/compare/compare.csv")
+    assert set(table["figure"]) == {"map"} and table["accuracy"].notna().all()

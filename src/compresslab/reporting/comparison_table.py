@@ -29,7 +29,7 @@ from compresslab.results.task import CLASSIFICATION, Task, task_of
 from compresslab.errors import UserError
 from compresslab.tracking.summaries import experiment_name
 
-FIGURE_COLUMNS = ("variant", "mode", "accuracy", "accuracy_delta_pp", "gzip_bytes", "gzip_ratio",
+FIGURE_COLUMNS = ("variant", "mode", "figure", "accuracy", "accuracy_delta_pp", "gzip_bytes", "gzip_ratio",
                   "latency_median_ms", "latency_threads", "latency_ratio", "pareto_size", "pareto_latency")
 # Carried from the report stage's scoring (Wilson interval, exact McNemar vs baseline-float32, change vs the
 # float control of the same mode); runs logged before it have none: empty cells.
@@ -107,7 +107,9 @@ def _seed_order(run: Run) -> tuple:
 def build_table(runs: Sequence[Run], varying: Sequence[str] = ()) -> pd.DataFrame:
     """One row per (experiment, variant, mode) with the figures that decide a trade-off.
 
-    Columns: experiment, run_id, the `varying` params (as logged, text), variant, mode, accuracy (fraction),
+    Columns: experiment, run_id, the `varying` params (as logged, text), variant, mode, figure (the run's
+    primary figure, results/task.py: `accuracy`, or `map` for a detection run, whose mAP figures then fill the
+    accuracy columns), accuracy (fraction),
     accuracy_delta_pp (vs. the run's own baseline-float32), gzip_bytes, gzip_ratio (vs. the same),
     latency_median_ms at `latency_threads` (the lowest thread count every run measured; each run's lowest
     when they share none), and pareto_size / pareto_latency: on the front of (gzip_bytes, accuracy) or
