@@ -5,7 +5,6 @@ where DVC runs every stage.
 
 from pathlib import Path
 
-RAW = Path("data/raw")                # the image folder data.dvc tracks
 PREPARED = Path("data/prepared")      # the splits `prepare` writes
 MODELS = Path("models")               # one Keras file per variant
 TFLITE = MODELS / "tflite"            # one folder of .tflite files per variant

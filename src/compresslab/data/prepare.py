@@ -237,9 +237,8 @@ def prepare(raw_dir: Path, out_dir: Path, cfg: DataConfig) -> dict:
             "skipped_files": len(found.skipped)}
 
 
-def check_decoded(found: Decoded, raw_dir: Path, max_bad_share: float, class_names: list[str], meta: dict) -> None:
-    """Warn about skipped files; raise a UserError when too many were, or when a class or split lost all of one
-    class."""
+def check_skipped(found: Decoded, raw_dir: Path, max_bad_share: float) -> None:
+    """Warn about files that could not be decoded; raise a UserError when more than `max_bad_share` were."""
     if found.skipped:
         share = len(found.skipped) / found.tried
         print(f"warning: skipped {len(found.skipped)} of {found.tried} image files that could not be decoded "
@@ -248,6 +247,12 @@ def check_decoded(found: Decoded, raw_dir: Path, max_bad_share: float, class_nam
             raise UserError(f"{len(found.skipped)} of {found.tried} images ({share:.1%}) in {raw_dir} could not be "
                             f"decoded, more than data.max_bad_share={max_bad_share}: remove or replace the corrupt "
                             f"files")
+
+
+def check_decoded(found: Decoded, raw_dir: Path, max_bad_share: float, class_names: list[str], meta: dict) -> None:
+    """Warn about skipped files; raise a UserError when too many were, or when a class or split lost all of one
+    class."""
+    check_skipped(found, raw_dir, max_bad_share)
     totals = np.sum([split["class_counts"] for split in meta["splits"].values()], axis=0)
     empty = [name for name, count in zip(class_names, totals) if count == 0]
     if empty:

@@ -18,7 +18,7 @@ from sklearn.model_selection import train_test_split
 
 from compresslab.data.annotations import Annotated, class_names
 from compresslab.data.coco import read_coco
-from compresslab.data.prepare import BATCH, Decoded, Encoding, decode_image, write_prepared
+from compresslab.data.prepare import BATCH, Decoded, Encoding, check_skipped, decode_image, write_prepared
 from compresslab.data.shards import BOX_BYTES, BOX_COLUMNS, COUNT_BYTES, SPLITS
 from compresslab.data.voc import read_voc
 from compresslab.errors import UserError
@@ -170,14 +170,7 @@ def prepare_detection(raw_dir: Path, out_dir: Path, cfg) -> dict:
 
 def check_decoded(found: Decoded, raw_dir: Path, max_bad_share: float, meta: dict) -> None:
     """Warn about skipped images; raise a UserError when more than `max_bad_share` were, or a split lost all."""
-    if found.skipped:
-        share = len(found.skipped) / found.tried
-        print(f"warning: skipped {len(found.skipped)} of {found.tried} image files that could not be decoded "
-              f"(first: {found.skipped[0]})")
-        if share > max_bad_share:
-            raise UserError(f"{len(found.skipped)} of {found.tried} images ({share:.1%}) in {raw_dir} could not be "
-                            f"decoded, more than data.max_bad_share={max_bad_share}: remove or replace the corrupt "
-                            f"files")
+    check_skipped(found, raw_dir, max_bad_share)
     for name, split in meta["splits"].items():
         if not split["images"]:
             raise UserError(f"the {name} split holds no readable image: replace the corrupt files or add images")

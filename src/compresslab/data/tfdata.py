@@ -16,7 +16,6 @@ import numpy as np
 import tensorflow as tf
 
 from compresslab.data import shards
-from compresslab.errors import UserError
 from compresslab.settings import AugmentConfig
 
 PADDING = -1.0  # the value of the box rows that pad a detection batch

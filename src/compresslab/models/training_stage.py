@@ -63,9 +63,9 @@ def begin(data: DataConfig, seed: int, parent: str, model_cfg: ModelConfig | Non
 
     Args:
       data: the data group (how the train split is shuffled and augmented).
-      model_cfg: the model group (a detector's anchors; unused for a classifier).
       seed: params.yaml's `seed`.
       parent: the variant whose Keras model the stage starts from (e.g. 'baseline').
+      model_cfg: the model group (a detector's anchors; unused for a classifier).
 
     Returns:
       (parent model, train, val, test), with every random source seeded from `seed` last, so the
@@ -124,7 +124,7 @@ def finish(made: Variant, params, groups: tuple[str, ...], model, test: training
     strategy = tf.distribute.get_strategy()
     training.compile_model(model)
     scores = training.evaluate(model, test)
-    quality = test_quality(model, test, params, scores)
+    quality = keras_quality(model, test, params, scores)
     if not distribute.is_chief(strategy):
         # Every worker saves (Keras' multi-worker contract); only the chief's model and reports are kept.
         with tempfile.TemporaryDirectory(prefix="compresslab-worker-") as folder:
@@ -156,7 +156,7 @@ def finish(made: Variant, params, groups: tuple[str, ...], model, test: training
     return {**metrics, **per_layer}
 
 
-def test_quality(model, test: training.Split, params, scores: Mapping) -> dict[str, float]:
+def keras_quality(model, test: training.Split, params, scores: Mapping) -> dict[str, float]:
     """The Keras model's primary figure on the test split: accuracy, or a detector's COCO mAP and mAP@0.5."""
     if not training.is_detector(model):
         return {"test_accuracy": scores["accuracy"]}
