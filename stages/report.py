@@ -36,9 +36,23 @@ def run(params) -> list[Record]:
     evaluations = [json.loads(paths.evaluation(v).read_text()) for v in variants.VARIANTS]
     rows = [row for evaluation in evaluations for row in evaluation["rows"]]
     fingerprint, fingerprint_notes = timing_fingerprint(evaluations)
+    write_json(paths.REPORTS / "fingerprint.json", fingerprint)
+    profiles = {name: profile for evaluation in evaluations for name, profile in evaluation.get("profiles", {}).items()}
+    write_json(paths.REPORTS / "profile.json", profiles)
+    # The task's own scoring and report; the frame around them (timing, profiles, failures) is shared.
+    report_task = detection_report if shards.load_meta().get("task") == "detection" else classification_report
+    records = report_task(params, cfg, rows, fingerprint, fingerprint_notes, profiles)
+    failed = [record.label for record in records if record.failed]
+    if failed:
+        raise UserError(f"{len(failed)} file(s) could not be evaluated: {', '.join(failed)} (reasons in "
+                        f"reports/report.md); the other files are reported")
+    return records
+
+
+def classification_report(params, cfg, rows: list[dict], fingerprint: dict, fingerprint_notes: list[str],
+                          profiles: dict) -> list[Record]:
+    """Accuracy with Wilson intervals and McNemar tests, the confusion matrices, report.md and the summary."""
     meta = shards.load_meta()
-    if meta.get("task") == "detection":
-        return detection_run(params, cfg, evaluations, rows, fingerprint, fingerprint_notes)
     y_true = shards.load_labels("test")
     predictions = scoring.take_predictions(rows)
     confusions = scoring.score_rows(rows, predictions, y_true, meta["class_names"], cfg.positive_class,
@@ -49,23 +63,16 @@ def run(params) -> list[Record]:
     if variants.BASELINE_FILE in predictions:  # DVC's confusion plot reads one line per test image
         data_files.write_confusion_samples(y_true, predictions[variants.BASELINE_FILE], meta["class_names"],
                                            paths.PLOTS / "confusion.csv")
-    write_json(paths.REPORTS / "fingerprint.json", fingerprint)
-    profiles = {name: profile for evaluation in evaluations for name, profile in evaluation.get("profiles", {}).items()}
-    write_json(paths.REPORTS / "profile.json", profiles)
     records = [Record.from_row(row) for row in rows]
     write_outputs(params, records, confusions, notes, fingerprint, profiles)
-    failed = [record.label for record in records if record.failed]
-    if failed:
-        raise UserError(f"{len(failed)} file(s) could not be evaluated: {', '.join(failed)} (reasons in "
-                        f"reports/report.md); the other files are reported")
     return records
 
 
-def detection_run(params, cfg, evaluations: list[dict], rows: list[dict], fingerprint: dict,
-                  fingerprint_notes: list[str]) -> list[Record]:
-    """The report of a detection study: COCO scores with bootstrap intervals and paired changes, per-class AP,
-    PR curves, the boxes drawn on test images; the same metrics.json, variants.csv and MLflow summary."""
-    from compresslab.reporting import detection_report, detection_scoring  # noqa: PLC0415  (detection only)
+def detection_report(params, cfg, rows: list[dict], fingerprint: dict, fingerprint_notes: list[str],
+                     profiles: dict) -> list[Record]:
+    """COCO scores with bootstrap intervals and paired changes, per-class AP, PR curves, the boxes drawn on test
+    images; the same metrics.json, variants.csv and MLflow summary as a classification study."""
+    from compresslab.reporting import detection_report as markdown, detection_scoring  # noqa: PLC0415
 
     test = shards.open_split("test")
     detections = detection_scoring.take_detections(rows)
@@ -76,14 +83,11 @@ def detection_run(params, cfg, evaluations: list[dict], rows: list[dict], finger
         fingerprint_notes
     for note in notes:
         print(f"report: {note}")
-    write_json(paths.REPORTS / "fingerprint.json", fingerprint)
-    profiles = {name: profile for evaluation in evaluations for name, profile in evaluation.get("profiles", {}).items()}
-    write_json(paths.REPORTS / "profile.json", profiles)
     records = [Record.from_row(row) for row in rows]
-    shown = detection_report.picture_files(rows, scored, detections)
-    images = detection_report.first_images(test, PICTURE_IMAGES)
+    images = markdown.first_images(test, PICTURE_IMAGES)
     pictures = {"images": images, "ground_truth": test.ground_truth()[:len(images)],
-                "detections": {name: found[:len(images)] for name, found in shown.items()},
+                "detections": {name: found[:len(images)]
+                               for name, found in markdown.picture_files(rows, scored, detections).items()},
                 "class_names": test.meta["class_names"], "score_threshold": cfg.score_threshold}
     write_json(paths.REPORTS / "metrics.json", headline_metrics(records))
     data_files.write_variants_csv(records, paths.REPORTS / "variants.csv")
@@ -91,14 +95,9 @@ def detection_run(params, cfg, evaluations: list[dict], rows: list[dict], finger
     data_files.write_plot_data(encoded, paths.PLOTS)
     summary = {**study_summary(params, fingerprint), "data": f"{params.data.name} ({params.data.image_size}px, "
                f"{len(test.meta['class_names'])} classes, {len(test)} test images)"}
-    report_path = detection_report.write_report(encoded, scored, pictures, paths.REPORTS,
-                                                title="compresslab report (detection)", config_summary=summary,
-                                                notes=notes + report_notes())
+    report_path = markdown.write_report(encoded, scored, pictures, paths.REPORTS, title="compresslab report "
+                                        "(detection)", config_summary=summary, notes=notes + report_notes())
     log_summary(params, records, report_path, fingerprint, len(encoded))
-    failed = [record.label for record in records if record.failed]
-    if failed:
-        raise UserError(f"{len(failed)} file(s) could not be evaluated: {', '.join(failed)} (reasons in "
-                        f"reports/report.md); the other files are reported")
     return records
 
 
