@@ -108,8 +108,16 @@ def uncertainty_notes(rows: Sequence[Mapping]) -> list[str]:
     collapsed = [r for r in rows if r.get("map") is not None and r["mode"] == "int8"
                  and r["map"] < 0.5 * baseline["map"]]
     for row in collapsed:
-        notes.append(f"{label(row)} collapsed: mAP {row['map']:.3f} against baseline-float32's {baseline['map']:.3f}. "
-                     f"Full-integer post-training quantization of a detector can lose its box and score ranges "
-                     f"(TF Model Garden: RetinaNet-MobileNetV2 23.3 -> 0.04 mAP after int8 PTQ); compare the "
-                     f"QAT files (qat-int8, pqat-int8), which learn the ranges while training.")
+        keras_map = row.get("keras_map")
+        if keras_map is not None and keras_map < 0.5 * baseline["map"]:
+            notes.append(f"{label(row)} collapsed: mAP {row['map']:.3f} against baseline-float32's "
+                         f"{baseline['map']:.3f}, and its Keras model's mAP is {keras_map:.3f} too: the fine-tuning "
+                         f"of {row['variant']} lost the detector, not its conversion. Look at its stage's training "
+                         f"curves (reports/<stage>/history.csv) and try a lower learning rate or fewer layers.")
+        else:
+            notes.append(f"{label(row)} collapsed: mAP {row['map']:.3f} against baseline-float32's "
+                         f"{baseline['map']:.3f} while its Keras model holds: full-integer quantization of a "
+                         f"detector can lose its box and score ranges (TF Model Garden: RetinaNet-MobileNetV2 23.3 "
+                         f"-> 0.04 mAP after int8 PTQ); compare the QAT files, which learn the ranges while "
+                         f"training.")
     return notes
