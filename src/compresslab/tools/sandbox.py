@@ -5,8 +5,10 @@ import shutil
 import subprocess
 from pathlib import Path
 
-# Results and history of the source workspace stay behind: the copy produces its own.
-LEFT_BEHIND = ("tests/", "dvc.lock", "analysis/dvc.lock", "reports/")
+# Results and history of the source workspace stay behind: the copy produces its own. So does the detection
+# sample's .dvc file: a copy that never writes that sample would hold a DVC output with no data and no cache,
+# which `dvc checkout` refuses (a copy that wants it writes the sample and `dvc add`s it).
+LEFT_BEHIND = ("tests/", "dvc.lock", "analysis/dvc.lock", "reports/", "data_detection.dvc")
 
 
 def copy_project(source: Path, dest: Path) -> Path:
