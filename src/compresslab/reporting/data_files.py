@@ -25,7 +25,7 @@ def write_variants_csv(rows: Sequence[Mapping], path: str | Path) -> Path:
 
 
 def write_plot_data(rows: Sequence[Mapping], out_dir: str | Path) -> list[Path]:
-    """The CSVs `dvc plots` draws: tradeoff.csv and latency.csv in out_dir.
+    """The CSVs `dvc plots` draws: tradeoff.csv (map_tradeoff.csv for detection) and latency.csv in out_dir.
 
     tradeoff.csv: label, variant, mode, gzip_kb, accuracy (a fraction, like metrics.json), one line per
     file with both figures. latency.csv, long format: label, threads, median_ms, one line per file and
@@ -51,8 +51,19 @@ def write_plot_data(rows: Sequence[Mapping], out_dir: str | Path) -> list[Path]:
                for row in shown for n in threads
                if as_number(row.get(thread_key("median_ms", n))) is not None]
     tradeoff_columns = ["label", "variant", "mode", "gzip_kb", quality]
-    return [_write_frame(tradeoff, tradeoff_columns, out_dir / name),
-            _write_frame(latency, ["label", "threads", "median_ms"], out_dir / "latency.csv")]
+    written = [_write_frame(tradeoff, tradeoff_columns, out_dir / name),
+               _write_frame(latency, ["label", "threads", "median_ms"], out_dir / "latency.csv")]
+    # dvc.yaml declares every task's plots; the other task's files are written empty (a header), so that
+    # `dvc plots show` draws nothing for them instead of warning about missing files.
+    for other, columns in OTHER_TASK_PLOTS[quality].items():
+        _write_frame([], columns, out_dir / other)
+    return written
+
+
+# The `dvc plots` files of the other task, by the quality this one draws: written as headers only.
+OTHER_TASK_PLOTS = {"accuracy": {"map_tradeoff.csv": ["label", "variant", "mode", "gzip_kb", "map"]},
+                    "map": {"tradeoff.csv": ["label", "variant", "mode", "gzip_kb", "accuracy"],
+                            "confusion.csv": ["actual", "predicted"]}}
 
 
 def write_confusion_samples(y_true: Sequence[int], y_pred: Sequence[int], class_names: Sequence[str],
