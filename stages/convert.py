@@ -70,18 +70,18 @@ def run(params, variant: str) -> dict:
 
 def keras_reference(model, test, model_cfg) -> dict:
     """What the Keras model does on the test split, which `evaluate` compares each file with: a classifier's
-    predicted classes; a detector's anchors (evaluate decodes the files with them, without TensorFlow) and its
-    own COCO mAP."""
+    predicted classes; a detector's anchors and NMS settings (evaluate decodes the files with them, without
+    TensorFlow, as the Keras model was decoded here) and its own COCO mAP."""
     if test.task != "detection":
         keras_predictions = np.argmax(model.predict(tfdata.pipeline(test, 256), verbose=0), axis=1)
         return {"keras_predictions": keras_predictions.tolist()}
-    from compresslab.detection import coco_metrics, keras_model  # noqa: PLC0415  (detection only)
+    from compresslab.detection import keras_model  # noqa: PLC0415  (detection only)
 
-    spec = keras_model.anchors_of(model_cfg.model_dump(exclude_none=True), test.meta["image_size"])
-    found = keras_model.keras_detections(model, test, spec)
-    scored = coco_metrics.score(test.ground_truth(), found, test.meta["class_names"], test.meta["image_size"])
-    return {"task": "detection", "anchors": dataclasses.asdict(spec), "keras_map": scored["map"],
-            "keras_map50": scored["map50"]}
+    spec = keras_model.anchors_of(model_cfg, test.meta["image_size"])
+    decoder = keras_model.decoder_of(model_cfg, test.meta["image_size"])
+    scored = keras_model.keras_scores(model, test, decoder)
+    return {"task": "detection", "anchors": dataclasses.asdict(spec), "decoding": decoder.settings(),
+            "keras_map": scored["map"], "keras_map50": scored["map50"]}
 
 
 def main() -> None:

@@ -46,7 +46,7 @@ def run(params, variant: str) -> dict:
         raise UserError(f"{record_path} not found: run `dvc repro convert@{variant}` first")
     record = json.loads(record_path.read_text())
     validation = splits["val"]   # for choices (compresslab search): the test split stays held out
-    decoding = detector_decoding(record, cfg, splits["test"].meta)
+    decoding = detector_decoding(record, splits["test"].meta)
     rows = [measure.error_row(variant, mode, f"conversion failed: {reason}")
             for mode, reason in record["failures"].items()]
     profiles = {}
@@ -56,7 +56,6 @@ def run(params, variant: str) -> dict:
     for number, mode in enumerate(converted, 1):
         path = paths.tflite_file(variant, mode)
         try:
-            # measure_file still reads a mapping of the checked values (its row building is being reworked).
             row = measure.measure_file(path, splits["test"], cfg.model_dump(), record.get("keras_predictions"),
                                        reference if reference.is_file() else None, validation, decoding)
         except UserError as err:
@@ -83,18 +82,18 @@ def run(params, variant: str) -> dict:
     return result
 
 
-def detector_decoding(record: dict, cfg, meta: dict) -> measure.Decoding | None:
-    """How a detector's files become boxes: the anchors `convert` recorded, the `evaluate` group's NMS keys.
-    None for a classifier."""
+def detector_decoding(record: dict, meta: dict) -> measure.Decoding | None:
+    """How a detector's files become boxes: the anchors and NMS settings `convert` recorded, with which it
+    decoded the Keras model too. None for a classifier."""
     if record.get("task") != "detection":
         return None
     from compresslab.detection.anchors import AnchorSpec  # noqa: PLC0415  (detection only; NumPy)
+    from compresslab.detection.postprocess import Decoder  # noqa: PLC0415
 
     spec = AnchorSpec(**{key: tuple(tuple(v) if isinstance(v, list) else v for v in value)
                          if isinstance(value, list) else value for key, value in record["anchors"].items()})
-    return measure.Decoding(anchors=spec.boxes(), class_names=tuple(meta["class_names"]),
-                            image_size=int(meta["image_size"]), iou_threshold=cfg.nms_iou,
-                            max_detections=cfg.max_detections)
+    return measure.Decoding(Decoder(spec.boxes(), **record["decoding"]), class_names=tuple(meta["class_names"]),
+                            image_size=int(meta["image_size"]))
 
 
 def main() -> None:

@@ -17,14 +17,17 @@ Checks that need the model (layer selection, cluster counts against a layer's we
 """
 
 import re
-from collections.abc import Callable
 from typing import Annotated, Literal
 
 from omegaconf import DictConfig, OmegaConf
 from pydantic import BaseModel, BeforeValidator, ConfigDict, TypeAdapter, ValidationError, model_validator
 
 from compresslab.config import require_groups
+from compresslab.detection.schema import AnchorsConfig, NmsConfig
 from compresslab.errors import UserError
+from compresslab.validation import (POSITIVE, TRUE_OR_FALSE, Epochs, Flag, Layers, LearningRate, PRUNE_FRACTION,
+                                      Refused, Step, fraction, is_number, is_whole, nullable, one_of, positive,
+                                      rule, whole_from, whole_runs, flag)
 from compresslab.variants import MODES
 
 # The names each choice accepts (with the library's name for it, where the name differs).
@@ -48,73 +51,6 @@ MAX_PRESERVED_CLUSTERS = 1024
 DEFAULT_IMAGES_PER_SHARD = 2048  # 25 MB of 64x64x3 pixels before compression
 SHUFFLE_BUFFER = 4096            # images a training pipeline shuffles among
 M_BY_N_PATTERN = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*$")
-
-
-class Refused(ValueError):
-    """A value the schema refuses. A field rule's message names the key as {key} and the value as {value}."""
-
-    def __init__(self, message: str, value=None, *, templated: bool = False):
-        super().__init__(message)
-        self.message, self.value, self.templated = message, value, templated
-
-    def text(self, key: str) -> str:
-        return self.message.format(key=key, value=self.value) if self.templated else self.message
-
-
-def is_whole(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)  # YAML's true is an int to Python
-
-
-def is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def rule(*checks: tuple[Callable[[object], bool], str]) -> BeforeValidator:
-    """A field's declared check: each (accepts, message) in turn; the first refusal is that message."""
-    def validate(value):
-        for accepts, message in checks:
-            if not accepts(value):
-                raise Refused(message, value, templated=True)
-        return value
-    return BeforeValidator(validate)
-
-
-def nullable(accepts: Callable[[object], bool]) -> Callable[[object], bool]:
-    return lambda value: value is None or accepts(value)
-
-
-def whole_from(least: int) -> Callable[[object], bool]:
-    return lambda value: is_whole(value) and value >= least
-
-
-def fraction(value) -> bool:
-    return is_number(value) and 0 <= value < 1
-
-
-def positive(value) -> bool:
-    return is_number(value) and value > 0
-
-
-def flag(value) -> bool:
-    return isinstance(value, bool)
-
-
-POSITIVE = (positive, "{key} must be a positive number, got {value!r}: set it to a value above 0")
-TRUE_OR_FALSE = "{key} must be true or false, got {value!r}"
-Epochs = Annotated[int, rule(POSITIVE, (is_whole, "{key} must be a whole number of epochs, got {value!r}: "
-                                                  "write it without a point"))]
-LearningRate = Annotated[int | float, rule(POSITIVE)]
-Flag = Annotated[bool, rule((flag, TRUE_OR_FALSE))]
-Layers = str | list[str]
-PRUNE_FRACTION = (nullable(fraction), "{key} must be a fraction in [0, 1), got {value!r}: "
-                                      "set it to e.g. 0.5 for half the weights zeroed")
-Step = Annotated[int | None, rule((nullable(whole_from(0)), "{key} must be a whole number of training steps >= "
-                                   "0, got {value!r}: fix it, or leave it null to derive it from the fine-tuning "
-                                   "length"))]
-
-
-def one_of(choices, what: str) -> BeforeValidator:
-    return rule((lambda value: value in choices, f"{{key}}={{value!r}} is not {what}: use one of {', '.join(choices)}"))
 
 
 def parse_m_by_n(value) -> tuple[int, int] | None:
@@ -212,23 +148,6 @@ class DataConfig(Group):
         return self.format or "voc"
 
 
-class AnchorsConfig(BaseModel):
-    """model.anchors of a detector (see detection/anchors.py): one feature level per stride, the anchor sides
-    of each level as fractions of the image side, the width / height ratios used at every level."""
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    strides: Annotated[list[int], rule((lambda v: isinstance(v, list) and v and all(
-        map(whole_from(2), v)) and v == sorted(set(v)), "{key}={value!r} must be an increasing list of strides "
-                                                        "(pixels per cell), e.g. [16, 32]"))]
-    sizes: Annotated[list[list[int | float]], rule((lambda v: isinstance(v, list) and v and all(
-        isinstance(level, list) and level and all(is_number(s) and 0 < s <= 1 for s in level) for level in v),
-        "{key}={value!r} must be one list per stride of anchor sides as fractions of the image in (0, 1]"))]
-    aspect_ratios: Annotated[list[int | float], rule((lambda v: isinstance(v, list) and v and all(
-        map(positive, v)), "{key}={value!r} must be a list of width / height ratios above 0, e.g. [1.0, 2.0, 0.5]"))]
-    match_iou: Annotated[int | float, rule((lambda v: is_number(v) and 0 < v < 1, "{key} must lie in (0, 1), "
-                                            "got {value!r}: the IoU at which an anchor learns a box, e.g. 0.5"))] = 0.5
-
-
 class ModelConfig(Group):
     """The model group: `name` picks a builder of the model zoo (`models.build_model`, which knows the names and
     refuses others); the other keys are the options some models take (mlp: hidden_units, dropout; mobilenetv2:
@@ -242,7 +161,8 @@ class ModelConfig(Group):
                                                                    "got {value!r}"))] = None
     width: Annotated[int | None, rule((nullable(whole_from(1)), "{key} must be a whole number of filters >= 1, "
                                                                 "got {value!r}"))] = None
-    anchors: AnchorsConfig | None = None
+    anchors: AnchorsConfig | None = None   # a detector's (detection/schema.py)
+    nms: NmsConfig | None = None
 
 
 class TrainConfig(Budget):
@@ -349,10 +269,6 @@ class ConvertConfig(Group):
     sparse_weights: Flag = False
 
 
-def whole_runs(least: int) -> BeforeValidator:
-    return rule((whole_from(least), f"{{key}} must be a whole number ({least} or more), got {{value!r}}"))
-
-
 class EvaluateConfig(Group):
     threads: Annotated[list[int], rule((lambda v: isinstance(v, list) and v and all(map(whole_from(1), v)),
                                         "{key}={value} must be a non-empty list of positive thread counts, "
@@ -366,12 +282,10 @@ class EvaluateConfig(Group):
     measure_memory: Flag = True
     profile_seconds: Annotated[int | float, rule((lambda v: is_number(v) and v >= 0, "{key} must be a number of "
                                                   "seconds >= 0 (0: no profile), got {value!r}"))] = 0
-    # Detection only: a detector's raw outputs become boxes in `evaluate` (NumPy), scored by the COCO protocol.
+    # Detection only (decoding is the model's: model.nms): precision and recall's operating point, and the
+    # resamples behind every mAP interval.
     score_threshold: Annotated[int | float, rule((fraction, "{key} must lie in [0, 1), got {value!r}: the score "
                                                   "at which precision and recall are counted, e.g. 0.5"))] = 0.5
-    nms_iou: Annotated[int | float, rule((lambda v: is_number(v) and 0 < v < 1, "{key} must lie in (0, 1), got "
-                                          "{value!r}: boxes of one class overlapping more are suppressed"))] = 0.5
-    max_detections: Annotated[int, rule((whole_from(1), "{key} must be a whole number >= 1, got {value!r}"))] = 100
     bootstrap_samples: Annotated[int, rule((whole_from(100), "{key} must be a whole number >= 100, got {value!r}: "
                                             "resamples of the test images behind every mAP interval"))] = 1000
 
@@ -389,6 +303,7 @@ class SensitivityConfig(Group):
     calibration_batches: Annotated[int, rule((whole_from(1), "{key} must be a whole number >= 1, got {value!r}: "
                                                              "set how many training batches calibrate the int8 "
                                                              "ranges, e.g. 8"))]
+    layers: Layers = "all"   # which layers get a row (techniques/layers.py's words or names), checked on the model
 
 
 Seed = Annotated[int, rule((whole_from(0), "{key} must be a whole number >= 0, got {value!r}: it seeds Python, "

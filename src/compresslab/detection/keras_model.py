@@ -5,19 +5,28 @@ The stages that train or convert a detector read the `model` group for its ancho
 in the Keras file); `evaluate` reads them from `convert`'s record, so it stays free of TensorFlow.
 """
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 
 import numpy as np
 
 from compresslab.detection.anchors import AnchorSpec
 from compresslab.detection import postprocess
+from compresslab.detection.schema import NmsConfig
+from compresslab.settings import ModelConfig
 
 
-def anchors_of(model_cfg: Mapping, image_size: int) -> AnchorSpec:
+def anchors_of(model_cfg: ModelConfig, image_size: int) -> AnchorSpec:
     """The anchors of the detector `model_cfg` names, at `image_size` (the model's defaults where unset)."""
     from compresslab.models import detectors  # noqa: PLC0415  (imports TensorFlow)
 
-    return detectors.anchors_for(dict(model_cfg), int(image_size))
+    return detectors.anchors_for(model_cfg.model_dump(exclude_none=True), int(image_size))
+
+
+def decoder_of(model_cfg: ModelConfig, image_size: int) -> postprocess.Decoder:
+    """How the detector `model_cfg` names is decoded: its anchors and `model.nms` (NMS defaults where unset)."""
+    nms = model_cfg.nms or NmsConfig()
+    return postprocess.Decoder(anchors_of(model_cfg, image_size).boxes(), iou_threshold=float(nms.iou),
+                               max_detections=int(nms.max_detections))
 
 
 def training_targets(spec: AnchorSpec, num_classes: int, match_iou: float = 0.5) -> Callable:
@@ -33,17 +42,22 @@ def training_targets(spec: AnchorSpec, num_classes: int, match_iou: float = 0.5)
     return targets
 
 
-def keras_detections(model, split, spec: AnchorSpec, *, score_threshold: float = 0.05, iou_threshold: float = 0.5,
-                     max_detections: int = 100, batch_size: int = 64) -> list[postprocess.Detections]:
-    """The boxes the Keras detector `model` finds on every image of `split`, decoded as `evaluate` decodes a
-    converted file's outputs."""
+def keras_detections(model, images, decoder: postprocess.Decoder, *, batch_size: int = 64,
+                     fresh_model: bool = False) -> list[postprocess.Detections]:
+    """The boxes the Keras detector `model` finds on every image of `images` (a split or an array), decoded as
+    `evaluate` decodes a converted file's outputs. `fresh_model`: call the model directly instead of
+    `predict_on_batch`, which would trace a new graph for every one of many short-lived models."""
     from compresslab.data import shards  # noqa: PLC0415
 
-    anchors = spec.boxes()
-    found = []
-    for images in shards.image_batches(split, batch_size):
-        raw_boxes, scores = model.predict_on_batch(np.asarray(images, np.float32))
-        found += postprocess.detect(np.asarray(raw_boxes), np.asarray(scores), anchors,
-                                    score_threshold=score_threshold, iou_threshold=iou_threshold,
-                                    max_detections=max_detections)
-    return found
+    def predict(batch):
+        batch = np.asarray(batch, np.float32)
+        return model(batch, training=False) if fresh_model else model.predict_on_batch(batch)
+    return decoder.detect_batches(predict, shards.image_batches(images, batch_size))
+
+
+def keras_scores(model, split, decoder: postprocess.Decoder, **options) -> dict:
+    """The COCO figures (`coco_metrics.score`) of the Keras detector `model` on a stored split."""
+    from compresslab.detection import coco_metrics  # noqa: PLC0415
+
+    return coco_metrics.score(split.ground_truth(), keras_detections(model, split, decoder, **options),
+                              split.meta["class_names"], split.meta["image_size"])

@@ -4,9 +4,11 @@ The LiteRT evaluation stage imports this, and that stage must start without Tens
 in `boxes`) may import it.
 
     found = detect(outputs["boxes"], outputs["scores"], spec.boxes())   # one Detections per image
+    found = Decoder(spec.boxes(), iou_threshold=0.5).detect_batches(predict, batches)  # a model, batch by batch
     json.dump(to_json(found), f); found = from_json(json.load(f))
 """
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,6 +16,8 @@ import numpy as np
 from compresslab.detection.boxes import decode, iou
 
 DECIMALS = 5  # a 1/100000 image side is far below a pixel of any image this project handles
+# The lowest score a box needs to be kept for mAP: COCO ranks every box, so low scores count too.
+MIN_SCORE = 0.05
 
 
 @dataclass
@@ -93,7 +97,7 @@ def _detect_one(raw_boxes: np.ndarray, scores: np.ndarray, anchors: np.ndarray, 
                       classes[kept].astype(np.int64))
 
 
-def detect(raw_boxes: np.ndarray, scores: np.ndarray, anchors: np.ndarray, score_threshold: float = 0.05,
+def detect(raw_boxes: np.ndarray, scores: np.ndarray, anchors: np.ndarray, score_threshold: float = MIN_SCORE,
            iou_threshold: float = 0.5, max_detections: int = 100) -> list[Detections]:
     """Detections of a batch from a detector's two outputs.
 
@@ -116,6 +120,34 @@ def detect(raw_boxes: np.ndarray, scores: np.ndarray, anchors: np.ndarray, score
                          f"{raw_boxes.shape}, {scores.shape} and {anchors.shape}")
     return [_detect_one(b, s, anchors, score_threshold, iou_threshold, max_detections)
             for b, s in zip(raw_boxes, scores)]
+
+
+@dataclass(frozen=True)
+class Decoder:
+    """How one detector's raw outputs become boxes: its anchors and its NMS settings (`model.nms`). A Keras
+    model and each of its .tflite files are decoded by equal Decoders, so their mAPs compare."""
+    anchors: np.ndarray   # (A, 4) [cy, cx, h, w], `AnchorSpec.boxes()`
+    iou_threshold: float = 0.5
+    max_detections: int = 100
+    score_threshold: float = MIN_SCORE
+
+    def detect(self, raw_boxes: np.ndarray, scores: np.ndarray) -> list[Detections]:
+        return detect(raw_boxes, scores, self.anchors, score_threshold=self.score_threshold,
+                      iou_threshold=self.iou_threshold, max_detections=self.max_detections)
+
+    def detect_batches(self, predict: Callable, batches: Iterable[np.ndarray]) -> list[Detections]:
+        """The detections of every image of `batches`, where predict(batch) gives a model's (raw boxes,
+        scores): a Keras model's call or a LiteRT interpreter's, so both decode in one loop."""
+        found = []
+        for batch in batches:
+            raw_boxes, scores = predict(batch)
+            found += self.detect(np.asarray(raw_boxes), np.asarray(scores))
+        return found
+
+    def settings(self) -> dict:
+        """What a record stores to build an equal Decoder again beside the anchors: Decoder(anchors, **settings)."""
+        return {"iou_threshold": self.iou_threshold, "max_detections": self.max_detections,
+                "score_threshold": self.score_threshold}
 
 
 def to_json(detections: list[Detections]) -> list:

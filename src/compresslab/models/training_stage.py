@@ -40,7 +40,7 @@ def load_splits(data: DataConfig, model: ModelConfig | None = None) -> Splits:
             raise TypeError("a detection split needs the model config for its anchors")
         from compresslab.detection import keras_model  # noqa: PLC0415  (detection only)
 
-        spec = keras_model.anchors_of(model.model_dump(exclude_none=True), splits["train"].meta["image_size"])
+        spec = keras_model.anchors_of(model, splits["train"].meta["image_size"])
         match_iou = model.anchors.match_iou if model.anchors is not None else 0.5
         targets = keras_model.training_targets(spec, len(splits["train"].meta["class_names"]), match_iou)
     train = dataclasses.replace(splits["train"], shuffle_buffer=data.shuffle_buffer, augment=data.augment,
@@ -160,13 +160,11 @@ def keras_quality(model, test: training.Split, params, scores: Mapping) -> dict[
     """The Keras model's primary figure on the test split: accuracy, or a detector's COCO mAP and mAP@0.5."""
     if not training.is_detector(model):
         return {"test_accuracy": scores["accuracy"]}
-    from compresslab.detection import coco_metrics, keras_model  # noqa: PLC0415  (detection only)
+    from compresslab.detection import keras_model  # noqa: PLC0415  (detection only)
     from compresslab import settings  # noqa: PLC0415
 
     (model_cfg,) = settings.read(params, "model")
-    spec = keras_model.anchors_of(model_cfg.model_dump(exclude_none=True), test.meta["image_size"])
-    found = keras_model.keras_detections(model, test, spec)
-    scored = coco_metrics.score(test.ground_truth(), found, test.meta["class_names"], test.meta["image_size"])
+    scored = keras_model.keras_scores(model, test, keras_model.decoder_of(model_cfg, test.meta["image_size"]))
     return {"test_map": scored["map"], "test_map50": scored["map50"]}
 
 

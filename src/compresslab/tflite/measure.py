@@ -11,6 +11,7 @@ import numpy as np
 
 from compresslab import variants
 from compresslab.data import shards
+from compresslab.detection import postprocess
 from compresslab.errors import UserError
 from compresslab.settings import EvaluateConfig
 from compresslab.tflite import flatbuffer, runtime, sparse
@@ -27,29 +28,20 @@ def check_positive_class(cfg: EvaluateConfig, class_names: Sequence[str]) -> Non
 
 @dataclass(frozen=True)
 class Decoding:
-    """How a detector file's raw outputs become boxes (the `evaluate` group's detection keys, and the anchors
-    `convert` recorded)."""
-    anchors: np.ndarray
+    """How a detector file's raw outputs become boxes (the decoder `convert` recorded) and what they are scored
+    against."""
+    decoder: postprocess.Decoder
     class_names: tuple[str, ...]
     image_size: int
-    score_threshold: float = 0.05   # boxes kept for mAP: COCO ranks every box, low scores included
-    iou_threshold: float = 0.5
-    max_detections: int = 100
 
     def detect(self, interpreter, images) -> list:
         """The boxes the file finds on every image of `images` (a split or an array), a batch at a time."""
-        from compresslab.detection import postprocess  # noqa: PLC0415  (detection only)
-
-        found = []
-        for batch in shards.image_batches(images):
-            raw_boxes, scores = runtime.predict_detector(interpreter, batch)
-            found += postprocess.detect(raw_boxes, scores, self.anchors, score_threshold=self.score_threshold,
-                                        iou_threshold=self.iou_threshold, max_detections=self.max_detections)
-        return found
+        return self.decoder.detect_batches(lambda batch: runtime.predict_detector(interpreter, batch),
+                                           shards.image_batches(images))
 
     def map(self, interpreter, split) -> float:
         """The file's COCO mAP@[.5:.95] on a stored detection split."""
-        from compresslab.detection import coco_metrics  # noqa: PLC0415
+        from compresslab.detection import coco_metrics  # noqa: PLC0415  (detection only)
 
         return coco_metrics.score(split.ground_truth(), self.detect(interpreter, split), list(self.class_names),
                                   self.image_size)["map"]
@@ -85,18 +77,18 @@ def measure_file(path: Path, x_test, cfg: Mapping,
     runtime.check_input_shape(interpreter, shards.image_shape(x_test))
     delegated = runtime.delegation(interpreter)
     stats = flatbuffer.weight_stats(path)
-    row = {"variant": variant, "mode": mode, "file": str(path),
-           **(predictions(interpreter, x_test, keras_predictions, validation) if decoding is None else
-              detections(interpreter, x_test, validation, decoding)),
+    # The test outputs lead the row and the validation figure follows the file's other figures: that order is
+    # variants.csv's column order.
+    outputs, validation_figure = (predictions(interpreter, x_test, keras_predictions, validation)
+                                  if decoding is None else detections(interpreter, x_test, validation, decoding))
+    row = {"variant": variant, "mode": mode, "file": str(path), **outputs,
            "file_bytes": path.stat().st_size, "gzip_bytes": flatbuffer.gzip_size(path),
            "parameters": stats["parameters"], "nonzero_parameters": stats["nonzero"],
            "sparsity": stats["sparsity"], "macs": stats["macs"],
            "xnnpack_partitions": delegated["partitions"],
            "xnnpack_operator_share": delegated["delegated"] / max(delegated["operators"], 1),
            "operators_outside_xnnpack": counted(delegated["outside"]),
-           "sparse_inference": sparse.sparse_inference(path)}
-    if "val_figure" in row:
-        row.update(row.pop("val_figure"))
+           "sparse_inference": sparse.sparse_inference(path), **validation_figure}
     sample = next(shards.image_batches(x_test, 1))
     timings = timing.latency_by_threads(path, list(cfg["threads"]), warmup=cfg["warmup_runs"],
                                            min_runs=cfg["min_runs"], min_seconds=cfg["min_seconds"],
@@ -116,27 +108,25 @@ def measure_file(path: Path, x_test, cfg: Mapping,
     return row
 
 
-def predictions(interpreter, x_test, keras_predictions, validation) -> dict:
-    """A classifier file's predicted class per test image, its agreement with its Keras model, and its
-    validation accuracy (kept aside as `val_figure`, placed after the file's other figures)."""
+def predictions(interpreter, x_test, keras_predictions, validation) -> tuple[dict, dict]:
+    """A classifier file's (predicted class per test image and agreement with its Keras model, {val_accuracy}
+    when there is a validation split)."""
     y_pred = predicted_classes(interpreter, x_test)
-    found = {"y_pred": y_pred.tolist(),
-             "keras_agreement": (float(np.mean(y_pred == np.asarray(keras_predictions)))
-                                 if keras_predictions is not None else None)}
-    if validation is not None and shards.count(validation):
-        x_val, y_val = (validation, validation.labels()) if isinstance(validation, shards.StoredSplit) else validation
-        found["val_figure"] = {"val_accuracy": float(np.mean(predicted_classes(interpreter, x_val) == y_val))}
-    return found
+    outputs = {"y_pred": y_pred.tolist(),
+               "keras_agreement": (float(np.mean(y_pred == np.asarray(keras_predictions)))
+                                   if keras_predictions is not None else None)}
+    if validation is None or not shards.count(validation):
+        return outputs, {}
+    x_val, y_val = (validation, validation.labels()) if isinstance(validation, shards.StoredSplit) else validation
+    return outputs, {"val_accuracy": float(np.mean(predicted_classes(interpreter, x_val) == y_val))}
 
 
-def detections(interpreter, x_test, validation, decoding: Decoding) -> dict:
-    """A detector file's boxes per test image and its validation mAP (kept aside as `val_figure`)."""
-    from compresslab.detection import postprocess  # noqa: PLC0415  (detection only)
-
-    found = {"detections": postprocess.to_json(decoding.detect(interpreter, x_test)), "keras_agreement": None}
-    if validation is not None and shards.count(validation):
-        found["val_figure"] = {"val_map": decoding.map(interpreter, validation)}
-    return found
+def detections(interpreter, x_test, validation, decoding: Decoding) -> tuple[dict, dict]:
+    """A detector file's (boxes per test image, {val_map} when there is a validation split)."""
+    outputs = {"detections": postprocess.to_json(decoding.detect(interpreter, x_test)), "keras_agreement": None}
+    if validation is None or not shards.count(validation):
+        return outputs, {}
+    return outputs, {"val_map": decoding.map(interpreter, validation)}
 
 
 def predicted_classes(interpreter, images) -> np.ndarray:
