@@ -45,21 +45,15 @@ def pipeline(split, batch_size: int, *, training: bool = False,
             targets = split.targets
         return detection_pipeline(split, batch_size, training=training, targets=targets)
     if isinstance(split, shards.StoredSplit):
-        shape = split.image_shape
-        records = tf.data.TFRecordDataset([str(path) for path in split.shards], compression_type="GZIP")
-        elements = records.map(lambda record: decode_record(record, shape), num_parallel_calls=tf.data.AUTOTUNE)
+        elements = stored_elements(split, decode_record)
         buffer, augment = split.shuffle_buffer, split.augment
     else:
         x, y = split
         elements = tf.data.Dataset.from_tensor_slices((np.asarray(x, np.float32), np.asarray(y, np.int64)))
         buffer, augment = len(y), None
     if training:
-        elements = elements.shuffle(min(buffer, max(shards.count(split), 1)), reshuffle_each_iteration=True)
-        if augment is not None and augment.augmenting:
-            randoms = tf.data.Dataset.random(rerandomize_each_iteration=True)
-            elements = tf.data.Dataset.zip((elements, randoms)).map(
-                lambda element, draw: (augmented(element[0], draw, augment), element[1]),
-                num_parallel_calls=tf.data.AUTOTUNE)
+        elements = in_training_order(elements, min(buffer, max(shards.count(split), 1)), augment,
+                                     lambda element, draw: (augmented(element[0], draw, augment), element[1]))
     return with_sharding(elements.batch(int(batch_size)).prefetch(tf.data.AUTOTUNE))
 
 
@@ -67,10 +61,7 @@ def detection_pipeline(split, batch_size: int, *, training: bool = False,
                        targets: Callable[[tf.Tensor, tf.Tensor], tuple] | None = None) -> tf.data.Dataset:
     """`pipeline` for a detection split: (image, boxes) elements, augmented boxes and all, then `targets`."""
     if isinstance(split, shards.StoredSplit):
-        shape = split.image_shape
-        records = tf.data.TFRecordDataset([str(path) for path in split.shards], compression_type="GZIP")
-        elements = records.map(lambda record: decode_detection_record(record, shape),
-                               num_parallel_calls=tf.data.AUTOTUNE)
+        elements = stored_elements(split, decode_detection_record)
         buffer, augment = split.shuffle_buffer, split.augment
     else:
         x, rows = split
@@ -83,18 +74,32 @@ def detection_pipeline(split, batch_size: int, *, training: bool = False,
             lambda image, start, n: (image, flat[start:start + n]))
         buffer, augment = len(rows), None
     if training:
-        elements = elements.shuffle(min(buffer, max(shards.count(split), 1)), reshuffle_each_iteration=True)
-        if augment is not None and augment.augmenting:
-            randoms = tf.data.Dataset.random(rerandomize_each_iteration=True)
-            elements = tf.data.Dataset.zip((elements, randoms)).map(
-                lambda element, draw: augmented_detection(element[0], element[1], draw, augment),
-                num_parallel_calls=tf.data.AUTOTUNE)
+        elements = in_training_order(elements, min(buffer, max(shards.count(split), 1)), augment,
+                                     lambda element, draw: augmented_detection(element[0], element[1], draw, augment))
     if targets is not None:
         batches = elements.map(targets, num_parallel_calls=tf.data.AUTOTUNE).batch(int(batch_size))
     else:
         batches = elements.padded_batch(int(batch_size), padded_shapes=(elements.element_spec[0].shape, [None, 5]),
                                         padding_values=(0.0, PADDING))
     return with_sharding(batches.prefetch(tf.data.AUTOTUNE))
+
+
+def stored_elements(split: shards.StoredSplit, decode: Callable) -> tf.data.Dataset:
+    """The split's records in stored order, each decoded by decode(record, image shape)."""
+    shape = split.image_shape
+    records = tf.data.TFRecordDataset([str(path) for path in split.shards], compression_type="GZIP")
+    return records.map(lambda record: decode(record, shape), num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def in_training_order(elements: tf.data.Dataset, buffer: int, augment: AugmentConfig | None,
+                      augment_element: Callable) -> tf.data.Dataset:
+    """Shuffled in a bounded buffer (reshuffled each epoch), then, when `augment` augments, each element passed
+    through augment_element(element, draw) with its own random draw, the task's augmentation."""
+    elements = elements.shuffle(buffer, reshuffle_each_iteration=True)
+    if augment is not None and augment.augmenting:
+        randoms = tf.data.Dataset.random(rerandomize_each_iteration=True)
+        elements = tf.data.Dataset.zip((elements, randoms)).map(augment_element, num_parallel_calls=tf.data.AUTOTUNE)
+    return elements
 
 
 def with_sharding(batches: tf.data.Dataset) -> tf.data.Dataset:
