@@ -27,8 +27,8 @@ data: setup  ## write the bundled samples into data/raw and data/raw_detection (
 run: data  ## set up, write the sample data and run the whole pipeline (dvc repro)
 	. $(BIN)/activate && dvc repro
 
-sensitivity: data  ## each layer pruned alone and quantized alone: reports/sensitivity/ (not in `make run`)
-	. $(BIN)/activate && dvc repro analysis/dvc.yaml:sensitivity
+sensitivity: data  ## each layer pruned alone and quantized alone, and the drops they explain: reports/sensitivity/ (not in `make run`)
+	. $(BIN)/activate && dvc repro analysis/dvc.yaml
 
 # Tests run in one pytest-xdist worker per core, a module to a worker (module fixtures train once). On 2 cores
 # two workers took the suite from 26.5 to 18.5 minutes; a third gained nothing (18.2: every test slower).

@@ -27,7 +27,7 @@ def run(params) -> dict:
         auto = {}
         if cfg.layers == settings.AUTO_LAYERS:
             choice = sensitivity.choose_layers_to_prune(model, train, val, cfg, batch_size=train_cfg.batch_size,
-                                                        seed=seed)
+                                                        seed=seed, model_cfg=model_cfg)
             cfg = cfg.model_copy(update={"layers": choice.chosen})
             auto = {"auto_drop_pp": {row.layer: row.pruned_drop_pp for row in choice.rows},
                     "auto_chosen": {row.layer: int(row.layer in choice.chosen) for row in choice.rows}}

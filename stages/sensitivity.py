@@ -1,5 +1,5 @@
 """Stage `sensitivity` (analysis/dvc.yaml, not part of a plain `dvc repro`): each prunable layer of the baseline
-pruned alone, and quantized alone to int8, and the validation accuracy it costs.
+pruned alone, and quantized alone to int8, and the validation accuracy (a detector's mAP) it costs.
 
     dvc repro analysis/dvc.yaml:sensitivity      # or `make sensitivity`; reads params: seed, train.batch_size,
                                                  # sensitivity
@@ -22,12 +22,13 @@ from compresslab.techniques import sensitivity
 
 
 def run(params) -> dict:
-    seed, data, train_cfg, cfg = settings.read(params, "seed", "data", "train", "sensitivity")
-    model, train, val, _ = training_stage.begin(data, seed, "baseline")
-    result = asdict(sensitivity.measure(model, train, val, cfg, batch_size=train_cfg.batch_size, seed=seed))
+    seed, data, model_cfg, train_cfg, cfg = settings.read(params, "seed", "data", "model", "train", "sensitivity")
+    model, train, val, _ = training_stage.begin(data, seed, "baseline", model_cfg)
+    result = asdict(sensitivity.measure(model, train, val, cfg, batch_size=train_cfg.batch_size, seed=seed,
+                                        model_cfg=model_cfg))
     written = report.write_outputs(result, paths.stage_reports("sensitivity"))
     print(f"sensitivity: wrote {', '.join(map(str, written))}")
-    mlflow_log.log_run("sensitivity", params=section(params, "seed", "train", "sensitivity"),
+    mlflow_log.log_run("sensitivity", params=section(params, "seed", "model", "train", "sensitivity"),
                      metrics=report.headline_metrics(result), artifacts=written)
     return result
 

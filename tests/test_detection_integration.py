@@ -2,6 +2,8 @@
 detector read by LiteRT, and the scoring of evaluated files (the whole pipeline runs in
 test_detection_pipeline.py)."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from omegaconf import OmegaConf
@@ -34,6 +36,13 @@ def test_anchors_are_checked_at_the_boundary():
                                                           "aspect_ratios": [1]}})
     with pytest.raises(UserError, match=r"model.anchors.sizes=\[\[1.5\]\]"):
         settings.parse("model", {"name": "x", "anchors": {"strides": [8], "sizes": [[1.5]], "aspect_ratios": [1]}})
+    assert settings.parse("model", {"name": "x", "nms": {"iou": 0.6}}).nms.max_detections == 100
+    with pytest.raises(UserError, match=r"model.nms.iou must lie in \(0, 1\), got 1.5"):
+        settings.parse("model", {"name": "x", "nms": {"iou": 1.5}})
+    # decoding is the model's: evaluate no longer takes NMS keys
+    with pytest.raises(UserError, match=r"evaluate has unknown key\(s\) \['nms_iou'\]"):
+        settings.parse("evaluate", {"threads": [1], "warmup_runs": 1, "min_runs": 1, "min_seconds": 0,
+                                    "nms_iou": 0.5})
 
 
 def test_a_model_of_the_other_task_is_named_as_such():
@@ -66,6 +75,7 @@ def test_a_converted_detector_is_decoded_like_its_keras_model(tmp_path):
     from compresslab.detection import keras_model
     from compresslab.models import detectors
     from compresslab.tflite import converter, runtime
+    from compresslab.settings import ModelConfig
     from compresslab.tflite.measure import Decoding
 
     model = detectors.ssdlite_mobilenetv2((64, 64, 3), 4, {"name": "ssdlite_mobilenetv2", "alpha": 0.35})
@@ -79,10 +89,16 @@ def test_a_converted_detector_is_decoded_like_its_keras_model(tmp_path):
     assert boxes.shape == (5, spec.count, 4) and scores.shape == (5, spec.count, 4)
     np.testing.assert_allclose(boxes, keras_boxes, atol=1e-4)
     np.testing.assert_allclose(scores, keras_scores, atol=1e-5)
-    decoding = Decoding(anchors=spec.boxes(), class_names=("a", "b", "c", "d"), image_size=64)
+    decoder = keras_model.decoder_of(ModelConfig(name="ssdlite_mobilenetv2", nms={"iou": 0.4, "max_detections": 7}), 64)
+    assert (decoder.iou_threshold, decoder.max_detections) == (0.4, 7)
+    np.testing.assert_array_equal(decoder.anchors, spec.boxes())
+    decoding = Decoding(decoder, class_names=("a", "b", "c", "d"), image_size=64)
     found = decoding.detect(interpreter, images)
-    expected = keras_model.keras_detections(model, images, spec)
-    assert len(found) == 5 and all(np.allclose(a.scores, b.scores, atol=1e-4) for a, b in zip(found, expected))
+    expected = keras_model.keras_detections(model, images, decoder)
+    eager = keras_model.keras_detections(model, images, decoder, fresh_model=True)
+    assert len(found) == 5 and all(len(a) <= 7 for a in found)
+    assert all(np.allclose(a.scores, b.scores, atol=1e-4) for a, b in zip(found, expected))
+    assert all(np.allclose(a.scores, b.scores, atol=1e-5) for a, b in zip(eager, expected))
     with pytest.raises(Exception, match="only single-input, single-output"):
         runtime.predict(interpreter, images)
 
@@ -142,10 +158,74 @@ def test_a_detection_run_is_selected_by_its_map_on_the_validation_split():
 
 def test_the_detection_presets_compose_and_validate(tmp_path):
     from compresslab.tools.search_request import composed_params
-    from pathlib import Path
+
 
     for preset in ("ssd_study", "yolo_study", "ssd_coco_study", "detection_smoke"):
         composed = OmegaConf.create(composed_params(Path(__file__).resolve().parents[1], [f"experiment={preset}"]))
         typed = dict(zip(settings.GROUPS, settings.read(composed, *settings.GROUPS)))
         assert typed["data"].task == "detection", preset
         assert typed["model"].name in ("ssdlite_mobilenetv2", "yolo_grid"), preset
+
+
+def annotate_with_own_detections(model, decoder, raw: Path, size: int) -> None:
+    """Rewrite the VOC folder's annotations as `model`'s best box on each image: a data set the model detects
+    well by construction, so that its mAP is high before any training and a damaged layer shows as a drop."""
+    from compresslab.data import shards
+    from compresslab.data.prepare import decode_image
+
+    for path in sorted((raw / "JPEGImages").iterdir()):
+        image = shards.to_model_input(decode_image(path, size, 3))[None]
+        best = decoder.detect_batches(lambda batch: model.predict_on_batch(batch), [image])[0]
+        y0, x0, y1, x1 = (np.clip(best.boxes[0], 0, 1) * size).round().astype(int)
+        x1, y1 = max(x1, x0 + 1), max(y1, y0 + 1)
+        (raw / "Annotations" / f"{path.stem}.xml").write_text(
+            f"<annotation><filename>{path.name}</filename><size><width>{size}</width><height>{size}</height>"
+            f"<depth>3</depth></size><object><name>{best.classes[0]}</name><bndbox><xmin>{x0 + 1}</xmin>"
+            f"<ymin>{y0 + 1}</ymin><xmax>{x1}</xmax><ymax>{y1}</ymax></bndbox></object></annotation>")
+
+
+def test_per_layer_sensitivity_scores_a_detector_by_its_validation_map(tmp_path, capsys):
+    """The sensitivity stage (and prune.layers=auto) measure a detector by validation mAP, decoded with its
+    model.nms as evaluate decodes its files, and its int8-alone arm runs on the detector's layers."""
+    from types import SimpleNamespace
+
+    from compresslab.data import shards
+    from compresslab.data.detection_sample import write_detection_sample
+    from compresslab.data.prepare_detection import prepare_detection
+    from compresslab.detection import keras_model
+    from compresslab.models import detectors
+    from compresslab.techniques import sensitivity
+
+    model_cfg = settings.parse("model", {"name": "ssdlite_mobilenetv2", "alpha": 0.35, "nms": {"max_detections": 20}})
+    model = detectors.ssdlite_mobilenetv2((64, 64, 3), 10, model_cfg.model_dump(exclude_none=True))
+    for layer in model.layers:   # scores near 0.5 instead of the 0.01 prior: boxes to score before any training
+        if layer.name in ("scores_8", "scores_16"):
+            layer.set_weights([layer.get_weights()[0], np.zeros_like(layer.get_weights()[1])])
+    decoder = keras_model.decoder_of(model_cfg, 64)
+    write_detection_sample(tmp_path / "raw", images=40, size=64)
+    annotate_with_own_detections(model, decoder, tmp_path / "raw", 64)
+    prepare_detection(tmp_path / "raw", tmp_path / "prepared", SimpleNamespace(
+        **{**DATA, "val_fraction": 0.3}, images_per_shard=64, max_images_per_class=None, format=None,
+        classes=[str(digit) for digit in range(10)]))
+    splits = shards.open_splits(tmp_path / "prepared")
+    cfg = settings.parse("sensitivity", {"sparsity": 0.9, "quantize": True, "epochs": 0, "learning_rate": 0.001,
+                                         "calibration_batches": 1, "layers": "head"})
+    result = sensitivity.measure(model, splits["train"], splits["val"], cfg, batch_size=8, seed=0,
+                                 model_cfg=model_cfg)
+    assert result.figure == "mAP" and decoder.max_detections == 20
+    # the reference is the model's own validation mAP, decoded with its model.nms
+    assert result.reference_accuracy == pytest.approx(keras_model.keras_scores(model, splits["val"], decoder)["map"],
+                                                      abs=1e-6)
+    assert result.reference_accuracy > 0.15   # its own best boxes (ranked across images; chance is about 0)
+    # the head's 1x1 predictors; its depthwise convolutions have nothing TFMOT prunes, and say so
+    assert sorted(row.layer for row in result.layers) == ["boxes_16", "boxes_8", "scores_16", "scores_8"]
+    assert set(result.unprunable) == {"boxes_8_depthwise", "boxes_16_depthwise", "scores_8_depthwise",
+                                      "scores_16_depthwise"}
+    for row in result.layers:
+        assert row.int8_skipped is None and row.int8_accuracy is not None, row
+        assert row.pruned_drop_pp == pytest.approx(100 * (result.reference_accuracy - row.pruned_accuracy), abs=1e-3)
+        assert row.int8_drop_pp == pytest.approx(100 * (result.reference_accuracy - row.int8_accuracy), abs=1e-3)
+    assert max(row.pruned_drop_pp for row in result.layers) > 5   # a head layer pruned to 90 % moves the boxes
+    assert "val mAP" in capsys.readouterr().out
+    with pytest.raises(TypeError, match="model config"):
+        sensitivity.measure(model, splits["train"], splits["val"], cfg, batch_size=8, seed=0)

@@ -5,6 +5,8 @@ import compresslab  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow lo
 
 import importlib.util
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -289,3 +291,35 @@ def test_dvc_runs_sensitivity_only_when_asked_and_a_plain_repro_leaves_it_alone(
         for path in (*folder.glob("*"), project / "analysis" / "dvc.lock"):
             path.unlink(missing_ok=True)
         restore_committed(project)
+
+
+def test_drops_md_sets_each_significant_loss_beside_what_the_int8_ranges_cost():
+    from compresslab.reporting.sensitivity_files import drops_markdown
+
+    result = {"figure": "mAP", "reference_accuracy": 0.55, "images": 150, "layers": [
+        {"layer": "head", "int8_drop_pp": 0.1}, {"layer": "stem", "int8_drop_pp": 0.05},
+        {"layer": "mid", "int8_drop_pp": -0.02}, {"layer": "odd", "int8_drop_pp": None}]}
+    header = "variant,mode,map_delta_pp,significant,map_delta_control_pp,significant_control\n"
+    table = header + ("baseline,float32,0.0,False,,\nbaseline,int8,-0.2,False,-0.3,False\n"
+                      "finetune,float32,0.1,False,0.0,False\nqat,int8,-4.0,True,-4.21,True\n"
+                      "clustered,float32,-3.0,True,-3.1,True\n")
+    text = drops_markdown(result, table)
+    lines = {line.split(" | ")[0].lstrip("| "): line for line in text.splitlines() if line.startswith("| ")}
+    assert set(lines) == {"file", "---", "qat-int8", "clustered-float32"}
+    assert "(worst: head (+0.10), stem (+0.05), mid (-0.02))" in text and "-0.20 points, not significant" in text
+    assert "-4.21" in lines["qat-int8"] and "not the int8 ranges" in lines["qat-int8"]
+    assert "fine-tuning under the quantization wrappers" in lines["qat-int8"]
+    assert "not an int8 file" in lines["clustered-float32"]
+    # when full-integer ranges cost the baseline most of a file's loss, the worst layers are named
+    ranges = header + "baseline,int8,-3.5,True,-3.6,True\nqat,int8,-4.0,True,-4.21,True\n"
+    named = {line.split(" | ")[0].lstrip("| "): line for line in drops_markdown(result, ranges).splitlines()}
+    assert "keep the worst layers (head, stem, mid) in float" in named["qat-int8"]
+    assert "keep the worst" in named["baseline-int8"]
+    assert "nothing to explain" in drops_markdown(result, header + "qat,int8,1.0,True,1.0,True\n")
+
+
+def test_the_drops_stage_without_its_inputs_is_one_line_naming_the_command(tmp_path):
+    result = subprocess.run([sys.executable, str(REPO / "stages" / "sensitivity_drops.py")], cwd=tmp_path,
+                            capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0 and "dvc repro analysis/dvc.yaml" in result.stderr

@@ -105,6 +105,12 @@ def uncertainty_notes(rows: Sequence[Mapping]) -> list[str]:
         notes.append(f"The float control changes mAP by {control['map_delta_pp']:+.2f} points over the baseline, "
                      f"significantly: the baseline had not converged. Read 'Δ ctrl', or train longer "
                      f"(train.epochs, train.patience).")
+    below = [label(r) for r in rows if r["mode"] == "int8" and r.get("significant_control")
+             and (r.get("map_delta_control_pp") or 0) < 0]
+    if below:
+        notes.append(f"{', '.join(below)} lose mAP against the float control beyond chance. Which layers' int8 "
+                     f"ranges account for that: `make sensitivity` measures each layer quantized alone on "
+                     f"validation mAP and sets these drops beside it in reports/sensitivity/drops.md.")
     collapsed = [r for r in rows if r.get("map") is not None and r["mode"] == "int8"
                  and r["map"] < 0.5 * baseline["map"]]
     for row in collapsed:

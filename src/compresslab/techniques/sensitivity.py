@@ -1,10 +1,12 @@
-"""Per-layer sensitivity: what each prunable layer costs in validation accuracy when it alone is pruned, or
-alone quantized to int8, the rest of the model left as trained.
+"""Per-layer sensitivity: what each prunable layer costs in validation quality when it alone is pruned, or
+alone quantized to int8, the rest of the model left as trained. Quality is the task's primary figure: top-1
+accuracy for a classifier, COCO mAP@[.5:.95] for a detector (decoded with its `model.nms`, as `evaluate` decodes
+its files); drops are in percentage points of accuracy, or points of mAP x 100.
 
     dvc repro analysis/dvc.yaml:sensitivity      # or `make sensitivity`: reports/sensitivity/
     dvc exp run -S experiment=auto_prune          # prune.layers: auto prunes only the layers that cost little
 
-Accuracy is measured on the validation split, never the test split: the layers chosen from these figures
+Quality is measured on the validation split, never the test split: the layers chosen from these figures
 (`prune.layers: auto`) shape the model that the test split then grades, so choosing them on test images
 would leak the test set into the result.
 
@@ -28,9 +30,9 @@ from compresslab.models import training
 from compresslab.errors import UserError
 from compresslab.models.saving import copy_model
 from compresslab.models.seeding import seed_everything
-from compresslab.settings import PruneConfig, SensitivityConfig
+from compresslab.settings import ModelConfig, PruneConfig, SensitivityConfig
 from compresslab.techniques import pruning, quantization
-from compresslab.techniques.layers import layer_kind
+from compresslab.techniques.layers import layer_kind, select_layers
 
 PREDICT_BATCH = 256
 
@@ -39,7 +41,7 @@ PREDICT_BATCH = 256
 class LayerSensitivity:
     """One prunable layer's row.
 
-    Attributes:
+    Attributes (an "accuracy" is the task's primary figure, `Sensitivity.figure`):
       layer, kind: the layer's name and 'dense' / 'conv'.
       weights: how many weights pruning acts on (the kernel; biases are left alone).
       pruned_accuracy: validation accuracy with this layer alone pruned to the target sparsity.
@@ -62,6 +64,7 @@ class Sensitivity:
     """What `measure` returns.
 
     Attributes:
+      figure: what every accuracy field holds: "accuracy" (top-1), or "mAP" for a detector.
       reference_accuracy: validation accuracy of the unmodified model (fine-tuned like the variants when
         epochs > 0); every drop is against it.
       images: validation images scored.
@@ -75,6 +78,7 @@ class Sensitivity:
     epochs: int
     layers: list[LayerSensitivity]
     unprunable: dict[str, str]
+    figure: str = "accuracy"
 
 
 @dataclass
@@ -119,9 +123,58 @@ def correct_predictions(model: keras.Model, split: training.Split) -> int:
     return correct
 
 
-def prunable_layers(model: keras.Model, label: str) -> tuple[list[str], dict[str, str]]:
-    """(names of the dense/conv layers TFMOT can prune, {other dense/conv layer: why not})."""
-    names = [layer.name for layer in model.layers if layer_kind(layer) != "other"]
+class AccuracyScore:
+    """A classifier's validation accuracy, counted in correct images so that every figure is an exact fraction."""
+    figure = "accuracy"
+
+    def __init__(self, val: training.Split):
+        self.val, self.total = val, shards.count(val)
+
+    def raw(self, model: keras.Model) -> int:
+        return correct_predictions(model, self.val)
+
+    def value(self, raw: int) -> float:
+        return round(raw / self.total, 6)
+
+    def drop_pp(self, reference: int, raw: int) -> float:
+        return round(100 * (reference - raw) / self.total, 4) + 0.0   # + 0.0: no -0.0 in the files
+
+
+class MapScore:
+    """A detector's validation COCO mAP@[.5:.95]; a drop is in mAP points (x 100), like the report's deltas."""
+    figure = "mAP"
+
+    def __init__(self, val: training.Split, model_cfg: ModelConfig):
+        from compresslab.detection import keras_model  # noqa: PLC0415  (detection only)
+
+        self.val, self.keras_model = val, keras_model
+        self.decoder = keras_model.decoder_of(model_cfg, val.meta["image_size"])
+
+    def raw(self, model: keras.Model) -> float:
+        # fresh_model: every layer's copy is a new model, which `predict_on_batch` would trace anew.
+        return self.keras_model.keras_scores(model, self.val, self.decoder, fresh_model=True)["map"]
+
+    def value(self, raw: float) -> float:
+        return round(raw, 6)
+
+    def drop_pp(self, reference: float, raw: float) -> float:
+        return round(100 * (reference - raw), 4) + 0.0
+
+
+def scorer(model: keras.Model, val: training.Split, model_cfg: ModelConfig | None):
+    """The task's score of `model` on `val`: MapScore for a detector (its anchors and NMS from `model_cfg`),
+    AccuracyScore otherwise."""
+    if not training.is_detector(model):
+        return AccuracyScore(val)
+    if model_cfg is None:
+        raise TypeError("a detector's sensitivity needs the model config (its anchors and NMS settings)")
+    return MapScore(val, model_cfg)
+
+
+def prunable_layers(model: keras.Model, label: str, selection="all") -> tuple[list[str], dict[str, str]]:
+    """(names of the dense/conv layers of `selection` that TFMOT can prune, {other such layer: why not})."""
+    chosen = set(select_layers(model, selection, "sensitivity.layers"))
+    names = [layer.name for layer in model.layers if layer.name in chosen and layer_kind(layer) != "other"]
     if not names:
         raise UserError(f"{label}: model {model.name!r} has no dense or conv layer to measure: use a model "
                         f"with weighted layers")
@@ -131,26 +184,24 @@ def prunable_layers(model: keras.Model, label: str) -> tuple[list[str], dict[str
 
 
 def measure(model: keras.Model, train: training.Split, val: training.Split, cfg: SensitivityConfig, *, batch_size: int,
-            seed: int, label: str = "sensitivity") -> Sensitivity:
-    """Prune (and int8-quantize) each prunable layer of `model` alone and measure the validation accuracy drop.
+            seed: int, label: str = "sensitivity", model_cfg: ModelConfig | None = None) -> Sensitivity:
+    """Prune (and int8-quantize) each prunable layer of `model` alone and measure the validation quality drop.
 
     Args:
-      model: a trained flat Keras model; it is not modified.
+      model: a trained flat Keras model (a classifier or a detector); it is not modified.
       train: the training split: int8 calibration batches and, with epochs > 0, the fine-tune.
-      val: the validation split every accuracy is measured on.
-      cfg: the sensitivity group (sparsity, quantize, epochs, learning_rate, calibration_batches).
+      val: the validation split every figure is measured on.
+      cfg: the sensitivity group (sparsity, quantize, epochs, learning_rate, calibration_batches, layers).
       batch_size: batch size of calibration passes and fine-tunes.
       seed: seeds the calibration images and every fine-tune alike, so results repeat byte for byte.
       label: the prefix of the progress line printed per layer.
+      model_cfg: the model group; a detector is decoded with its anchors and `model.nms`.
 
     Returns:
       A Sensitivity with one row per prunable layer, most sensitive to pruning first.
     """
-    if training.is_detector(model):
-        # Each arm is scored by top-1 accuracy; a detector's would be its validation mAP, not measured yet.
-        raise UserError("per-layer sensitivity (and prune.layers=auto) measures classification accuracy; for a "
-                        "detector choose the layers yourself: prune.layers=backbone, head, conv or a list of names")
-    names, unprunable = prunable_layers(model, label)
+    score = scorer(model, val, model_cfg)
+    names, unprunable = prunable_layers(model, label, cfg.layers)
     for name, reason in unprunable.items():
         print(f"{label}: no row for {name}: {reason}")
     sparsity, epochs = float(cfg.sparsity), int(cfg.epochs)
@@ -164,30 +215,28 @@ def measure(model: keras.Model, train: training.Split, val: training.Split, cfg:
                          learning_rate=cfg.learning_rate, callbacks=callbacks)
 
     fine_tune(work)
-    reference = correct_predictions(work, val)
-    total = shards.count(val)
+    reference = score.raw(work)
     calibration = calibration_images(train, int(cfg.calibration_batches), batch_size, seed)
     rows = []
-    for name in names:
+    for number, name in enumerate(names, 1):
         work.set_weights(original)
         prunable = pruning.prunable_weights(work.get_layer(name))
         for weight in prunable:
             weight.assign(prune_by_magnitude(weight.numpy(), sparsity))
         fine_tune(work, [KeepPruned(prunable)])
-        correct = correct_predictions(work, val)
+        measured = score.raw(work)
         row = LayerSensitivity(layer=name, kind=layer_kind(work.get_layer(name)),
                                weights=sum(int(np.prod(w.shape)) for w in prunable),
-                               pruned_accuracy=round(correct / total, 6),
-                               pruned_drop_pp=round(100 * (reference - correct) / total, 4))
+                               pruned_accuracy=score.value(measured), pruned_drop_pp=score.drop_pp(reference, measured))
         if cfg.quantize:
-            _measure_int8(row, model, name, calibration, fine_tune, val, reference, batch_size)
+            _measure_int8(row, model, name, calibration, fine_tune, score, reference, batch_size)
         else:
             row.int8_skipped = "not measured (quantize is off)"
         rows.append(row)
-        print(f"{label}: {_describe(row, sparsity)}")
+        print(f"{label}: [{number}/{len(names)}] {_describe(row, sparsity, score.figure)}")
     rows.sort(key=lambda row: -row.pruned_drop_pp)  # stable: model order among equal drops
-    return Sensitivity(reference_accuracy=round(reference / total, 6), images=total, sparsity=sparsity,
-                       epochs=epochs, layers=rows, unprunable=unprunable)
+    return Sensitivity(reference_accuracy=score.value(reference), images=shards.count(val), sparsity=sparsity,
+                       epochs=epochs, layers=rows, unprunable=unprunable, figure=score.figure)
 
 
 def calibration_images(train: training.Split, batches: int, batch_size: int, seed: int) -> np.ndarray:
@@ -196,8 +245,8 @@ def calibration_images(train: training.Split, batches: int, batch_size: int, see
     return shards.take(train, order[:batches * int(batch_size)])
 
 
-def _measure_int8(row: LayerSensitivity, model: keras.Model, name: str, calibration: np.ndarray, fine_tune,
-                  val: training.Split, reference: int, batch_size: int) -> None:
+def _measure_int8(row: LayerSensitivity, model: keras.Model, name: str, calibration: np.ndarray, fine_tune, score,
+                  reference, batch_size: int) -> None:
     """Fill the row's int8 figures, or its int8_skipped reason when TFMOT cannot quantize the layer."""
     try:
         quantized = quantization.quantize_layers(model, [name], "sensitivity.quantize", "measured for pruning only")
@@ -209,21 +258,21 @@ def _measure_int8(row: LayerSensitivity, model: keras.Model, name: str, calibrat
         return
     quantization.calibrate_ranges(quantized, calibration, batch_size)
     fine_tune(quantized)
-    correct = correct_predictions(quantized, val)
-    row.int8_accuracy = round(correct / shards.count(val), 6)
-    row.int8_drop_pp = round(100 * (reference - correct) / shards.count(val), 4)
+    measured = score.raw(quantized)
+    row.int8_accuracy, row.int8_drop_pp = score.value(measured), score.drop_pp(reference, measured)
 
 
-def _describe(row: LayerSensitivity, sparsity: float) -> str:
-    text = (f"{row.layer} ({row.kind}, {row.weights} weights): pruned to {sparsity:.0%} -> val accuracy "
-            f"{row.pruned_accuracy:.4f} (drop {row.pruned_drop_pp:.2f} pp)")
+def _describe(row: LayerSensitivity, sparsity: float, figure: str = "accuracy") -> str:
+    unit = "pp" if figure == "accuracy" else "points"
+    text = (f"{row.layer} ({row.kind}, {row.weights} weights): pruned to {sparsity:.0%} -> val {figure} "
+            f"{row.pruned_accuracy:.4f} (drop {row.pruned_drop_pp:.2f} {unit})")
     if row.int8_accuracy is not None:
-        return text + f"; int8 -> {row.int8_accuracy:.4f} (drop {row.int8_drop_pp:.2f} pp)"
+        return text + f"; int8 -> {row.int8_accuracy:.4f} (drop {row.int8_drop_pp:.2f} {unit})"
     return text + ("" if row.int8_skipped.startswith("not measured") else f"; int8 skipped: {row.int8_skipped}")
 
 
 def choose_layers_to_prune(model: keras.Model, train: training.Split, val: training.Split, prune_cfg: PruneConfig, *,
-                           batch_size: int, seed: int) -> AutoChoice:
+                           batch_size: int, seed: int, model_cfg: ModelConfig | None = None) -> AutoChoice:
     """`prune.layers: auto`: measure every prunable layer pruned alone and keep those that cost little.
 
     Each layer is pruned alone to the prune config's own final sparsity, without fine-tuning and without the
@@ -242,7 +291,8 @@ def choose_layers_to_prune(model: keras.Model, train: training.Split, val: train
                         f"raise the prune schedule's final sparsity")
     settings = SensitivityConfig(sparsity=sparsity, quantize=False, epochs=0, learning_rate=prune_cfg.learning_rate,
                                  calibration_batches=1)
-    result = measure(model, train, val, settings, batch_size=batch_size, seed=seed, label="prune: auto")
+    result = measure(model, train, val, settings, batch_size=batch_size, seed=seed, label="prune: auto",
+                     model_cfg=model_cfg)
     order = [layer.name for layer in model.layers]
     rows = sorted(result.layers, key=lambda row: order.index(row.layer))
     chosen = [row.layer for row in rows if row.pruned_drop_pp <= max_drop]
@@ -250,7 +300,7 @@ def choose_layers_to_prune(model: keras.Model, train: training.Split, val: train
         verdict = "chosen " if row.layer in chosen else "skipped"
         sign = "<=" if row.layer in chosen else ">"
         print(f"prune: auto: {verdict} {row.layer}: pruned alone to {sparsity:.0%} it costs "
-              f"{row.pruned_drop_pp:.2f} pp of validation accuracy {sign} prune.auto_max_drop={max_drop:g}")
+              f"{row.pruned_drop_pp:.2f} pp of validation {result.figure} {sign} prune.auto_max_drop={max_drop:g}")
     if not chosen:
         least = min(result.layers, key=lambda row: row.pruned_drop_pp)
         raise UserError(f"prune.layers=auto: no layer stays within prune.auto_max_drop={max_drop:g} pp at "
