@@ -298,10 +298,13 @@ def front_text(table: pd.DataFrame) -> str:
     if not front:
         return "  (no file has both an accuracy and a size or latency)"
     front.sort(key=lambda row: (row["gzip_bytes"] is None, row["gzip_bytes"] or 0, file_name(row)))
+    # The accuracy columns hold the task's primary figure (`figure`: accuracy, or a detector's mAP).
+    mean_ap = any(row.get("figure") == "map" for row in front)
     shown = pd.DataFrame({
         "file": [file_name(row) for row in front],
-        "acc %": [fmt(row["accuracy"], "{:.2f}", 100) + _spread(row.get("accuracy_std"), 100) for row in front],
-        "Δ pp": [fmt(row["accuracy_delta_pp"], "{:+.2f}") + _spread(row.get("accuracy_delta_pp_std"))
+        "mAP x100" if mean_ap else "acc %": [fmt(row["accuracy"], "{:.2f}", 100)
+                                             + _spread(row.get("accuracy_std"), 100) for row in front],
+        "Δ points" if mean_ap else "Δ pp": [fmt(row["accuracy_delta_pp"], "{:+.2f}") + _spread(row.get("accuracy_delta_pp_std"))
                  for row in front],
         "gzip KB": [fmt(row["gzip_bytes"], "{:.1f}", 1 / KB) for row in front],
         "ms": [fmt(row["latency_median_ms"], "{:.3f}") for row in front],
