@@ -1,6 +1,7 @@
 """Stage `cqat`: cluster-preserving QAT of the clustered model.
 
-    dvc repro cqat           # reads params: seed, model (a detector's anchors), train.batch_size, cluster.layers, cqat
+    dvc repro cqat           # reads params: seed, model (a detector's anchors), train.batch_size, cluster.layers,
+                             # quantize.calibration_batches, cqat
 
 Outputs: models/cqat.keras; reports/cqat/metrics.json (distinct values and sparsity after fine-tuning and their
 drift from the clustered parent) and history.csv.
@@ -9,7 +10,7 @@ drift from the clustered parent) and history.csv.
 import compresslab  # noqa: F401  (prepares the environment before TensorFlow is imported)
 from compresslab import settings, variants
 from compresslab.models import training_stage
-from compresslab.techniques import clustering
+from compresslab.techniques import clustering, quantization
 from compresslab.config import load_params
 from compresslab.errors import run_main
 
@@ -17,15 +18,17 @@ MAKES = variants.made_by("cqat")   # its variant and parent, declared in compres
 
 
 def run(params) -> dict:
-    seed, data, model_cfg, train_cfg, cluster_cfg, cfg = settings.read(params, "seed", "data", "model", "train",
-                                                                       "cluster", "cqat")
+    seed, data, model_cfg, train_cfg, cluster_cfg, quantize_cfg, cfg = settings.read(
+        params, "seed", "data", "model", "train", "cluster", "quantize", "cqat")
     with training_stage.distributed(train_cfg.strategy):  # before any TensorFlow work: see train.strategy
         model, train, val, test = training_stage.begin(data, seed, MAKES.parent, model_cfg)
         result = clustering.cqat(model, cfg, train, val, batch_size=train_cfg.batch_size,
-                                 clustered=clustering.clustered_selection(model, cluster_cfg))
+                                 clustered=clustering.clustered_selection(model, cluster_cfg),
+                                 calibration=quantization.calibration_of(quantize_cfg, train, train_cfg.batch_size,
+                                                                         seed))
         print(f"cqat: distinct values per layer {result.unique_values_before} -> {result.unique_values_after}")
-        return training_stage.finish(MAKES, params, ("seed", "data", "model", "train", "cluster", "cqat"), result.model, test,
-                                     clustering_measurements(result), result.history,
+        return training_stage.finish(MAKES, params, ("seed", "data", "model", "train", "cluster", "quantize", "cqat"),
+                                     result.model, test, clustering_measurements(result), result.history,
                                      strategy_name=train_cfg.strategy)
 
 

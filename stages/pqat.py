@@ -1,6 +1,7 @@
 """Stage `pqat`: pruning-preserving QAT of the pruned model, measuring how far its zeros drift.
 
-    dvc repro pqat           # reads params: seed, model (a detector's anchors), train.batch_size, pqat
+    dvc repro pqat           # reads params: seed, model (a detector's anchors), train.batch_size,
+                             # quantize.calibration_batches, pqat
 
 Outputs: models/pqat.keras; reports/pqat/metrics.json (sparsity before and after, drift) and history.csv.
 """
@@ -16,15 +17,19 @@ MAKES = variants.made_by("pqat")   # its variant and parent, declared in compres
 
 
 def run(params) -> dict:
-    seed, data, model_cfg, train_cfg, cfg = settings.read(params, "seed", "data", "model", "train", "pqat")
+    seed, data, model_cfg, train_cfg, quantize_cfg, cfg = settings.read(params, "seed", "data", "model", "train",
+                                                                        "quantize", "pqat")
     with training_stage.distributed(train_cfg.strategy):  # before any TensorFlow work: see train.strategy
         model, train, val, test = training_stage.begin(data, seed, MAKES.parent, model_cfg)
-        result = quantization.pqat(model, cfg, train, val, batch_size=train_cfg.batch_size)
+        result = quantization.pqat(model, cfg, train, val, batch_size=train_cfg.batch_size,
+                                   calibration=quantization.calibration_of(quantize_cfg, train,
+                                                                           train_cfg.batch_size, seed))
         measurements = {"sparsity_before": result.sparsity_before["overall"],
                         "sparsity": result.sparsity_after["overall"], "sparsity_drift": result.drift["overall"],
                         "layer_sparsity": result.sparsity_after["layers"], "layer_drift": result.drift["layers"]}
-        return training_stage.finish(MAKES, params, ("seed", "data", "model", "train", "pqat"), result.model, test,
-                                     measurements, result.history, strategy_name=train_cfg.strategy)
+        return training_stage.finish(MAKES, params, ("seed", "data", "model", "train", "quantize", "pqat"),
+                                     result.model, test, measurements, result.history,
+                                     strategy_name=train_cfg.strategy)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,9 @@ def run(params) -> dict:
     seed, data, model_cfg, train_cfg, cfg = settings.read(params, "seed", "data", "model", "train", "quantize")
     with training_stage.distributed(train_cfg.strategy):  # before any TensorFlow work: see train.strategy
         model, train, val, test = training_stage.begin(data, seed, MAKES.parent, model_cfg)
-        result = quantization.quantize_aware(model, cfg, train, val, batch_size=train_cfg.batch_size)
+        calibration = quantization.calibration_of(cfg, train, train_cfg.batch_size, seed)
+        result = quantization.quantize_aware(model, cfg, train, val, batch_size=train_cfg.batch_size,
+                                             calibration=calibration)
         return training_stage.finish(MAKES, params, ("seed", "data", "model", "train", "quantize"), result.model, test,
                                      {"quantized_layers": len(result.quantized_layers)}, result.history,
                                      strategy_name=train_cfg.strategy)

@@ -330,3 +330,20 @@ def test_pcqat_of_some_layers_keeps_the_zeros_of_the_pruned_layers_it_does_not_c
     assert np.all(weights.kernels(result.cluster.model)["fc"][fc_zeros] == 0)   # frozen while clustering
     assert np.all(weights.kernels(result.model)["fc"][fc_zeros] == 0)           # and masked by CQAT
     assert result.cluster.model.get_layer("fc").trainable   # trainable again for CQAT
+
+
+def test_cqat_from_calibrated_ranges_keeps_its_clusters(clustered, data):
+    """quantize.calibration_batches under CQAT: the ranges start where the images reach, and calibrating leaves
+    the centroids alone (only min/max variables are set)."""
+    from compresslab.techniques import quantization
+
+    images = quantization.calibration_images(data[0], 2, BATCH, seed=0)
+    result = clustering.cqat(clustered.model, CQAT_CFG, *data, batch_size=BATCH, calibration=images)
+    assert result.unique_values_after["fc"] <= CLUSTERS and result.channel_unique_values_after["conv"] <= CLUSTERS
+    seen = float(keras.Model(clustered.model.input, clustered.model.get_layer("conv").output)(images).numpy().max())
+    assert seen < 3   # far below TFMOT's initial 6, so a calibrated start is told apart
+    qat_model = clustering.quantize_preserving_clusters(clustered.model, False, None)
+    quantization.start_ranges(qat_model, images, BATCH, "cqat")
+    (conv_max,) = [found["max_var"] for q, found in quantization.range_quantizers(qat_model)
+                   if "max_var" in found and found["max_var"].name == "quant_conv/post_activation_max:0"]
+    assert float(conv_max.numpy()) == pytest.approx(seen, rel=1e-3)

@@ -41,6 +41,10 @@ def test_repro_runs_every_stage_and_converts_every_detector_file(detection_proje
     assert {"prepare", "train", "finetune", "prune", "quantize", "pqat", "cluster", "cqat", "pcqat", "report"} <= ran
     tflite = sorted(p.stem for p in (detection_project / "models" / "tflite").rglob("*.tflite"))
     assert tflite == FILES
+    # the preset's quantize.calibration_batches: 2 batches of 16 set every QAT-family model's starting ranges
+    log = (detection_project / "repro.log").read_text()
+    for stage in ("quantize", "pqat", "cqat", "pcqat"):
+        assert f"{stage}: ranges calibrated on 32 training images before fine-tuning" in log, stage
     meta = read_json(detection_project / "data/prepared/meta.json")
     assert meta["task"] == "detection" and meta["class_names"] == [str(d) for d in range(10)]
 

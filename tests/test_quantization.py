@@ -237,3 +237,59 @@ def test_qat_of_weightless_layers_alone_is_refused_before_training(data):
     with pytest.raises(UserError, match=r"quantize.layers=\['drop', 'flat'\] holds no layer with weights"):
         quantization.quantize_aware(firenet_like(), qat_cfg(layers=["flat", "drop"], epochs=100), data, data,
                                     batch_size=BATCH)
+
+
+def conv_output_range(model) -> float:
+    (found,) = [found for q, found in quantization.range_quantizers(model)
+                if any(v.name == "quant_conv/post_activation_max:0" for v in found.values())]
+    return float(found["max_var"].numpy())
+
+
+@pytest.mark.parametrize("technique", ["qat", "pqat"])
+def test_qat_starts_from_calibrated_ranges_when_asked_and_from_tfmots_otherwise(data, technique):
+    """quantize.calibration_batches: the conv's output range starts at what the calibration images reach (then
+    follows TFMOT's moving average), instead of TFMOT's 6 that a few steps barely move."""
+    images = quantization.calibration_images(data, 2, BATCH, seed=0)
+    assert images.shape == (2 * BATCH, 8, 8, 1)
+    np.testing.assert_array_equal(images, quantization.calibration_images(data, 2, BATCH, seed=0))   # seeded
+    assert quantization.calibration_of(qat_cfg(), data, BATCH, 0) is None   # 0 batches, the default: no images
+    ranges = {}
+    for calibrated in (False, True):
+        keras.utils.set_random_seed(3)
+        model = zero_smallest_half(firenet_like())
+        calibration = images if calibrated else None
+        if technique == "qat":
+            result = quantization.quantize_aware(model, qat_cfg(learning_rate=1e-9), data, data, batch_size=BATCH,
+                                                 calibration=calibration)
+        else:
+            result = quantization.pqat(model, pqat_cfg(learning_rate=1e-9), data, data, batch_size=BATCH,
+                                       calibration=calibration)
+        ranges[calibrated] = conv_output_range(result.model)
+        seen = float(keras.Model(model.input, model.get_layer("conv").output)(images).numpy().max())
+    assert ranges[False] > 5.9                                    # TFMOT's initial 6, 4 steps of decay 0.999
+    assert ranges[True] == pytest.approx(seen, rel=0.05) and ranges[True] < 0.5 * ranges[False]
+
+
+def test_whole_model_annotation_leaves_concatenate_to_the_converter():
+    """PQAT/CQAT annotate every layer but Concatenate (TFMOT's ConcatTransform mis-quantizes one fed by
+    Conv-BN-ReLU); a model without one is annotated by TFMOT's own call."""
+    keras.utils.set_random_seed(5)
+    inputs = keras.Input((8, 8, 1))
+    branches = [L.ReLU(name=f"relu{i}")(L.BatchNormalization(name=f"bn{i}")(L.Conv2D(4, 3, padding="same",
+                                                                                      name=f"conv{i}")(inputs)))
+                for i in range(2)]
+    x = L.Concatenate(name="cat")(branches)
+    model = keras.Model(inputs, L.Dense(3, activation="softmax", name="out")(L.Flatten(name="flat")(x)))
+    annotated = quantization.annotate_whole_model(model)
+    kinds = {layer.name: type(layer).__name__ for layer in annotated.layers}
+    assert kinds["cat"] == "Concatenate"
+    assert all(kind == "QuantizeAnnotate" for name, kind in kinds.items() if kind not in ("Concatenate", "InputLayer"))
+    plain = quantization.annotate_whole_model(firenet_like())
+    assert [type(layer).__name__ for layer in plain.layers] == [
+        type(layer).__name__ for layer in qk.quantize_annotate_model(firenet_like()).layers]
+    # the prune-preserving scheme applies to it, and with calibrated ranges it predicts what the float model does
+    images = np.random.default_rng(0).random((32, 8, 8, 1), dtype=np.float32)
+    wrapped = qk.quantize_apply(annotated, qk.collab_opts.Default8BitPrunePreserveQuantizeScheme())
+    quantization.calibrate_ranges(wrapped, images, 16)
+    np.testing.assert_allclose(wrapped(images, training=False).numpy(), model(images, training=False).numpy(),
+                               atol=0.05)

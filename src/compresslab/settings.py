@@ -239,6 +239,10 @@ class PruneConfig(Budget):
 class QuantizeConfig(Budget):
     layers: Annotated[Layers, rule((lambda v: v is not None, "{key} is not set: use all, dense, conv or a list "
                                                              "of layer names"))]
+    # 0: QAT starts from TFMOT's initial ranges ([-6, 6], followed by a slow moving average); N: from the ranges
+    # N seeded training batches give (as post-training calibration would), for QAT, PQAT, CQAT and PCQAT alike.
+    calibration_batches: Annotated[int, rule((whole_from(0), "{key} must be a whole number >= 0, got {value!r}: "
+                                              "0 starts QAT from TFMOT's ranges, e.g. 8 calibrates them first"))] = 0
 
 
 class ClusterConfig(Budget):

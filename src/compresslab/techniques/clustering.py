@@ -38,7 +38,7 @@ from compresslab.models import training
 from compresslab.errors import UserError
 from compresslab.models.saving import copy_model
 from compresslab.settings import CENTROID_INITS, Budget, ClusterConfig, PcqatConfig
-from compresslab.techniques import weights
+from compresslab.techniques import quantization, weights
 from compresslab.techniques.cluster_plan import (LayerClusters, check_cluster_counts, clusterable_kernels,
                                                   plan_clusters)
 from compresslab.techniques.layers import select_layers
@@ -286,7 +286,7 @@ def quantize_preserving_clusters(model: keras.Model, preserve_sparsity: bool = F
     lets them train; kernels with more than 1024 distinct values get plain QAT, and so do the layers not in
     `clustered` (None: every layer is taken as clustered, TFMOT's own rule).
     """
-    annotated = tfmot.quantization.keras.quantize_annotate_model(model)
+    annotated = quantization.annotate_whole_model(model)
     return tfmot.quantization.keras.quantize_apply(annotated, _PerLayerClusterPreserveScheme(preserve_sparsity,
                                                                                            clustered))
 
@@ -321,7 +321,8 @@ def expected_gradient_warning_silenced():
 
 
 def cqat(clustered_model: keras.Model, cfg: Budget, train: training.Split, val: training.Split, *,
-         batch_size: int, preserve_sparsity: bool = False, clustered: Sequence[str] | None = None) -> CqatResult:
+         batch_size: int, preserve_sparsity: bool = False, clustered: Sequence[str] | None = None,
+         calibration: np.ndarray | None = None) -> CqatResult:
     """Cluster-preserving quantization-aware training of a clustered model.
 
     During training TFMOT writes the centroid-gathered kernel into each layer's kernel variable, which is
@@ -335,6 +336,7 @@ def cqat(clustered_model: keras.Model, cfg: Budget, train: training.Split, val: 
       batch_size: fine-tuning batch size.
       preserve_sparsity: also keep zero weights at zero (PCQAT).
       clustered: the layers the cluster step clustered (`cluster.layers`); the others get plain QAT. None: all.
+      calibration: images that set the ranges before fine-tuning (`quantization.start_ranges`); None: TFMOT's.
 
     Returns:
       CqatResult with the QAT-wrapped model (clustering variables stripped, so it saves, reloads and
@@ -343,6 +345,7 @@ def cqat(clustered_model: keras.Model, cfg: Budget, train: training.Split, val: 
     reject_wrapped(clustered_model, "clustered")
     parent = weights.kernels(clustered_model)
     qat_model = quantize_preserving_clusters(clustered_model, preserve_sparsity, clustered)
+    quantization.start_ranges(qat_model, calibration, batch_size, "pcqat" if preserve_sparsity else "cqat")
     with expected_gradient_warning_silenced():
         history = training.fit(qat_model, train, val, epochs=int(cfg.epochs), batch_size=batch_size,
                                learning_rate=cfg.learning_rate)
@@ -358,7 +361,7 @@ def cqat(clustered_model: keras.Model, cfg: Budget, train: training.Split, val: 
 
 
 def pcqat(pruned_model: keras.Model, cluster_cfg: ClusterConfig, pcqat_cfg: PcqatConfig, train: training.Split,
-          val: training.Split, *, batch_size: int) -> PcqatResult:
+          val: training.Split, *, batch_size: int, calibration: np.ndarray | None = None) -> PcqatResult:
     """Prune-cluster-preserving QAT: sparsity-preserving clustering, then sparsity-preserving CQAT.
 
     Args:
@@ -368,6 +371,7 @@ def pcqat(pruned_model: keras.Model, cluster_cfg: ClusterConfig, pcqat_cfg: Pcqa
       pcqat_cfg: the pcqat group: cluster_epochs, epochs and learning_rate of the QAT step.
       train, val: (images, integer labels) for fine-tuning.
       batch_size: fine-tuning batch size.
+      calibration: images that set the ranges before the QAT step (`quantization.start_ranges`).
 
     Returns:
       PcqatResult with the parent's sparsity and both stages' results; .model is the final QAT model.
@@ -376,5 +380,5 @@ def pcqat(pruned_model: keras.Model, cluster_cfg: ClusterConfig, pcqat_cfg: Pcqa
     clustered = cluster(pruned_model, cluster_cfg, train, val, batch_size=batch_size, preserve_sparsity=True,
                         epochs=int(pcqat_cfg.cluster_epochs))
     quantized = cqat(clustered.model, pcqat_cfg, train, val, batch_size=batch_size, preserve_sparsity=True,
-                     clustered=clustered_selection(pruned_model, cluster_cfg))
+                     clustered=clustered_selection(pruned_model, cluster_cfg), calibration=calibration)
     return PcqatResult(parent_sparsity=parent_sparsity, cluster=clustered, cqat=quantized)

@@ -216,7 +216,7 @@ def measure(model: keras.Model, train: training.Split, val: training.Split, cfg:
 
     fine_tune(work)
     reference = score.raw(work)
-    calibration = calibration_images(train, int(cfg.calibration_batches), batch_size, seed)
+    calibration = quantization.calibration_images(train, int(cfg.calibration_batches), batch_size, seed)
     rows = []
     for number, name in enumerate(names, 1):
         work.set_weights(original)
@@ -237,12 +237,6 @@ def measure(model: keras.Model, train: training.Split, val: training.Split, cfg:
     rows.sort(key=lambda row: -row.pruned_drop_pp)  # stable: model order among equal drops
     return Sensitivity(reference_accuracy=score.value(reference), images=shards.count(val), sparsity=sparsity,
                        epochs=epochs, layers=rows, unprunable=unprunable, figure=score.figure)
-
-
-def calibration_images(train: training.Split, batches: int, batch_size: int, seed: int) -> np.ndarray:
-    """A fixed, seeded sample of `batches` training batches (fewer when the split is smaller)."""
-    order = np.random.default_rng(seed).permutation(shards.count(train))
-    return shards.take(train, order[:batches * int(batch_size)])
 
 
 def _measure_int8(row: LayerSensitivity, model: keras.Model, name: str, calibration: np.ndarray, fine_tune, score,
