@@ -503,8 +503,8 @@ def test_the_plot_draws_seed_intervals_per_experiment_and_the_newest_groups_cont
 def test_the_front_names_the_figure_its_quality_columns_hold():
     from compresslab.tools.compare import front_text
 
-    row = {"experiment": "ssd", "variant": "pruned", "mode": "int8", "accuracy": 0.582, "accuracy_delta_pp": -0.45, "gzip_bytes": 156000,
-           "latency_median_ms": 1.2, "pareto_size": True, "pareto_latency": False}
+    row = {"experiment": "ssd", "variant": "pruned", "mode": "int8", "accuracy": 0.582, "accuracy_delta_pp": -0.45,
+           "gzip_bytes": 156000, "latency_median_ms": 1.2, "pareto_size": True, "pareto_latency": False}
     detection = front_text(pd.DataFrame([{**row, "figure": "map"}]))
     classification = front_text(pd.DataFrame([{**row, "figure": "accuracy"}]))
     assert "mAP x100" in detection and "Δ points" in detection and "acc %" not in detection

@@ -304,8 +304,8 @@ def front_text(table: pd.DataFrame) -> str:
         "file": [file_name(row) for row in front],
         "mAP x100" if mean_ap else "acc %": [fmt(row["accuracy"], "{:.2f}", 100)
                                              + _spread(row.get("accuracy_std"), 100) for row in front],
-        "Δ points" if mean_ap else "Δ pp": [fmt(row["accuracy_delta_pp"], "{:+.2f}") + _spread(row.get("accuracy_delta_pp_std"))
-                 for row in front],
+        "Δ points" if mean_ap else "Δ pp": [fmt(row["accuracy_delta_pp"], "{:+.2f}")
+                                            + _spread(row.get("accuracy_delta_pp_std")) for row in front],
         "gzip KB": [fmt(row["gzip_bytes"], "{:.1f}", 1 / KB) for row in front],
         "ms": [fmt(row["latency_median_ms"], "{:.3f}") for row in front],
         "front": [", ".join(name for name, flag in (("size", row["pareto_size"]),
