@@ -84,3 +84,16 @@ def test_the_mlflow_summary_carries_every_files_map_and_compare_chooses_by_it(de
     assert "within 100 pp of its run's finetune-float32" in chosen and "on the validation split" in chosen
     table = pd.read_csv(detection_project / "reports/compare/compare.csv")
     assert set(table["figure"]) == {"map"} and table["accuracy"].notna().all()
+
+
+def test_the_chosen_detector_file_is_registered_by_the_same_rule(detection_project):
+    from mlflow.tracking import MlflowClient
+
+    result = run(["compresslab", "compare", "--max-drop", "100", "--register", "detector"], detection_project)
+    chosen = read_json(detection_project / "reports/compare/selection.json")["chosen"]
+    label = f"{chosen['variant']}-{chosen['mode']}"
+    assert f"registered {label}.tflite as detector version 1" in result.stdout
+    client = MlflowClient(f"sqlite:///{detection_project / 'mlflow.db'}")
+    tags = client.get_model_version_by_alias("detector", "champion").tags
+    assert tags["selection.reference"] == "finetune-float32" and tags["selection.split"] == "val"
+    assert tags["file"] == f"{label}.tflite"
