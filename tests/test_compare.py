@@ -509,3 +509,18 @@ def test_the_front_names_the_figure_its_quality_columns_hold():
     classification = front_text(pd.DataFrame([{**row, "figure": "accuracy"}]))
     assert "mAP x100" in detection and "Δ points" in detection and "acc %" not in detection
     assert "acc %" in classification and "Δ pp" in classification and "58.20" in detection
+
+
+def test_a_detection_choice_is_told_in_map():
+    from compresslab.results.selection import Drop
+    from compresslab.tools.compare import Selection
+
+    row = {"experiment": "ssd", "variant": "pruned", "mode": "int8", "figure": "map", "accuracy": 0.582,
+           "accuracy_delta_pp": -1.88, "gzip_bytes": 156000, "latency_median_ms": 1.2, "latency_threads": 1}
+    drop = Drop("finetune-float32", "val", 0.5531, 0.5559, 0.28, 0.582, 0.586, 0.38)
+    lines = selection_lines(Selection(1.0, "size", row, [], drop))
+    assert lines[0].endswith("within 1 pp of its run's finetune-float32 mAP on the validation split")
+    assert "ssd/pruned-int8: mAP 0.5820 (-0.38 pp vs finetune-float32, held-out test)" in lines[1]
+    assert "decided on the validation split: mAP 0.5531 (-0.28 pp" in "\n".join(lines)
+    classification = selection_lines(Selection(1.0, "size", {**row, "figure": "accuracy"}, [], drop))
+    assert "finetune-float32 accuracy on the validation split" in classification[0] and "58.20 %" in classification[1]

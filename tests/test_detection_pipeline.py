@@ -81,7 +81,8 @@ def test_the_mlflow_summary_carries_every_files_map_and_compare_chooses_by_it(de
     figures = summaries[0].data.metrics
     assert "baseline.float32.map" in figures and "qat.int8.map_ci_high" in figures and "pcqat.int8.val_map" in figures
     chosen = run(["compresslab", "compare", "--max-drop", "100"], detection_project).stdout
-    assert "within 100 pp of its run's finetune-float32" in chosen and "on the validation split" in chosen
+    assert "within 100 pp of its run's finetune-float32 mAP on the validation split" in chosen
+    assert ": mAP 0." in chosen   # the chosen file's figure, named
     table = pd.read_csv(detection_project / "reports/compare/compare.csv")
     assert set(table["figure"]) == {"map"} and table["accuracy"].notna().all()
 

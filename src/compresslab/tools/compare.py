@@ -343,10 +343,13 @@ def selection_lines(selection: Selection) -> list[str]:
     split = "" if drop.split == LEGACY_SPLIT else f" on the {rule.SPLIT_NAMES[drop.split]} split"
     against = "" if drop.split == LEGACY_SPLIT else f" vs {drop.reference}, held-out test"
     test_change = "" if drop.test_drop_pp is None else f" ({rule.pp(-drop.test_drop_pp, signed=True)} pp{against})"
+    # `accuracy` holds the task's primary figure: a detection run's is its COCO mAP.
+    figure, quality = (("mAP", f"mAP {row['accuracy']:.4f}") if row.get("figure") == "map" else
+                       ("accuracy", f"{row['accuracy'] * 100:.2f} %"))
     lines = [f"selection: the {'smallest' if selection.objective == 'size' else 'fastest'} file within "
-             f"{selection.max_drop:g} pp of its run's {drop.reference} accuracy{split}"
+             f"{selection.max_drop:g} pp of its run's {drop.reference} {figure}{split}"
              f"{' (means over seeds)' if 'seeds' in row else ''}",
-             f"chosen: {file_name(row)}: {row['accuracy'] * 100:.2f} %{test_change}, "
+             f"chosen: {file_name(row)}: {quality}{test_change}, "
              f"{fmt(row['gzip_bytes'], '{:.1f}', 1 / KB)} KB gzipped{latency}"]
     # The spread over seeds is of the change against baseline-float32 (accuracy_delta_pp_std): so is this line.
     delta, spread = row["accuracy_delta_pp"], row.get("accuracy_delta_pp_std")
@@ -359,15 +362,16 @@ def selection_lines(selection: Selection) -> list[str]:
                          f"seeds, so over seeds this file is not told apart from baseline-float32")
     elif "seeds" in row:
         lines.append("  one seed only: no spread is known for this file")
-    lines.append(_decided_on(drop))
+    lines.append(_decided_on(drop, figure))
     return [*lines, f"  file {paths.tflite_file(row['variant'], row['mode'])} of {where}",
             *(f"rejected {name}: {reason}" for name, reason in selection.rejected)]
 
 
-def _decided_on(drop: rule.Drop) -> str:
+def _decided_on(drop: rule.Drop, figure: str = "accuracy") -> str:
     """Which split chose the file: the validation split keeps the test figures above held out."""
     if drop.split == "val":
-        return (f"  decided on the validation split: {drop.decision * 100:.2f} % "
+        decision = f"mAP {drop.decision:.4f}" if figure == "mAP" else f"{drop.decision * 100:.2f} %"
+        return (f"  decided on the validation split: {decision} "
                 f"({rule.pp(-drop.drop_pp, signed=True)} pp vs {drop.reference}); the test figures above are held "
                 f"out, so the choice does not inflate them")
     return (f"  decided on the test split (pp vs {drop.reference}): these runs hold no validation figures, so the "
