@@ -101,17 +101,30 @@ def wait_for_idle_workers(seconds: float = 60.0) -> None:
         time.sleep(POLL_SECONDS / 3)
 
 
-def stop_probes(names: Sequence[str]) -> None:
-    """Take the named experiments out of the queue: remove the waiting ones, kill the running ones (best effort:
-    this runs on the way out of a failed or interrupted search)."""
-    try:
-        status = queue_status()
-    except UserError:
-        return
-    for command, states in (("remove", ("Queued", "Failed")), ("kill", ("Running",))):
+def stop_probes(names: Sequence[str], wait_seconds: float = 60.0) -> None:
+    """Take the named experiments out of the queue (best effort: this runs on the way out of a failed or
+    interrupted search): remove the waiting ones first, so no worker starts them, then kill the running ones,
+    wait until DVC has marked them failed (a loaded machine takes seconds), and remove those too."""
+    def dvc_queue(command: str, states: tuple[str, ...]) -> list[str]:
         doomed = [name for name in names if status.get(name) in states]
         if doomed:
             subprocess.run([sys.executable, "-m", "dvc", "queue", command, *doomed], capture_output=True)
+        return doomed
+
+    try:
+        status = queue_status()
+        dvc_queue("remove", ("Queued", "Failed"))
+        killed = dvc_queue("kill", ("Running",))
+        deadline = time.monotonic() + wait_seconds
+        while killed and time.monotonic() < deadline:
+            status = queue_status()
+            if not any(status.get(name) == "Running" for name in killed):
+                break
+            time.sleep(POLL_SECONDS / 3)
+        if killed:
+            dvc_queue("remove", ("Queued", "Failed"))
+    except UserError:
+        return
 
 
 def queue_status() -> dict[str, str]:
