@@ -3,6 +3,7 @@ through imports, derived here from the import graph (direct imports, imports ins
 packages' `__init__` files that importing a module runs)."""
 
 import ast
+import subprocess
 import sys
 from pathlib import Path
 
@@ -111,11 +112,18 @@ def test_analysis_stages_run_from_the_root():
 
 
 def test_per_variant_stages_cover_every_variant():
-    spec = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    """convert and evaluate run for each declared variant and the report reads them all, with no list to keep."""
+    listed = set(subprocess.run([sys.executable, "-m", "dvc", "stage", "list", "--name-only"], cwd=REPO, check=True, capture_output=True,
+                                text=True).stdout.split())   # as DVC resolves dvc.yaml's templates
+    assert {f"{stage}@{variant}" for stage in ("convert", "evaluate") for variant in variants.VARIANTS} <= listed
+    assert not {name for name in listed if "@" in name} - {f"{stage}@{variant}" for stage in ("convert", "evaluate")
+                                                            for variant in variants.VARIANTS}
+    spec = yaml.safe_load((REPO / "dvc.yaml").read_text())
+    assert "src/compresslab/variants.py:DECLARATIONS" in spec["vars"]
     for name in ("convert", "evaluate"):
-        assert spec[name]["foreach"] == list(variants.VARIANTS), name
-    report_deps = {entry if isinstance(entry, str) else next(iter(entry)) for entry in spec["report"]["deps"]}
-    assert {f"reports/evaluate/{name}.json" for name in variants.VARIANTS} <= report_deps
+        assert spec["stages"][name]["foreach"] == "${DECLARATIONS}", name
+    report_deps = {entry if isinstance(entry, str) else next(iter(entry)) for entry in spec["stages"]["report"]["deps"]}
+    assert "reports/evaluate" in report_deps
 
 
 @pytest.mark.parametrize("variant", variants.DECLARED, ids=lambda variant: variant.name)
@@ -153,3 +161,43 @@ def test_dvc_reads_its_yaml_files_with_the_c_parser():
 if __name__ == "__main__":  # print each stage script's deps: python tests/test_dvc_deps.py stages/train.py
     for script in sys.argv[1:]:
         print(script, *sorted(reached_files(REPO / script) - CANNOT_CHANGE_RESULTS), sep="\n      - ")
+
+
+def test_a_new_technique_touches_its_four_places_and_its_declaration(tmp_path):
+    """The README's recipe, done to a copy: a `refine` stage making a `refined` variant from the baseline. DVC
+    converts, evaluates and reports it, and the configuration reads its group, with no other file edited."""
+    from conftest import copy_project, run
+
+    root = copy_project(tmp_path / "project", preset=None)
+    (root / "stages" / "refine.py").write_text((root / "stages" / "finetune.py").read_text()
+                                               .replace('made_by("finetune")', 'made_by("refine")')
+                                               .replace('"finetune")', '"refine")'))
+    (root / "conf" / "refine").mkdir()
+    (root / "conf" / "refine" / "default.yaml").write_text("name: default\nepochs: 1\nlearning_rate: 0.0001\n")
+    config = root / "conf" / "config.yaml"
+    config.write_text(config.read_text().replace("  - finetune: default\n", "  - finetune: default\n"
+                                                                         "  - refine: default\n"))
+    dvc_yaml = yaml.safe_load((root / "dvc.yaml").read_text())
+    stanza = yaml.safe_load(yaml.safe_dump(dvc_yaml["stages"]["finetune"]).replace("finetune", "refine"))
+    stanza["outs"] = ["models/refined.keras"]
+    dvc_yaml["stages"]["refine"] = stanza
+    (root / "dvc.yaml").write_text(yaml.safe_dump(dvc_yaml, sort_keys=False))
+    declarations = root / "src" / "compresslab" / "variants.py"
+    declarations.write_text(declarations.read_text().replace(
+        '    "pruned": {"stage": "prune"', '    "refined": {"stage": "refine", "parent": "baseline"},\n'
+                                          '    "pruned": {"stage": "prune"'))
+
+    changed = run(["git", "status", "--porcelain", "--untracked-files=all"], root).stdout.split("\n")
+    assert sorted(line[3:] for line in changed if line) == [
+        "conf/config.yaml", "conf/refine/default.yaml", "dvc.yaml", "src/compresslab/variants.py", "stages/refine.py"]
+
+    env = {"PYTHONPATH": str(root / "src")}   # the copy's package, not the one installed from this checkout
+    run(["compresslab", "params"], root, env=env)
+    assert run([sys.executable, "-c", "import compresslab; from compresslab import config, settings, variants; "
+                                      "print(settings.read(config.load_params(), 'refine')[0].epochs, "
+                                      "variants.made_by('refine').parent, variants.REPORT_ORDER.index('refined'))"],
+               root, env=env).stdout.split() == ["1", "baseline", "2"]
+    listed = set(run(["dvc", "stage", "list", "--name-only"], root).stdout.split())
+    assert {"refine", "convert@refined", "evaluate@refined"} <= listed
+    dag = run(["dvc", "dag", "--dot", "report"], root).stdout
+    assert all(stage in dag for stage in ('"refine"', '"convert@refined"', '"evaluate@refined"'))

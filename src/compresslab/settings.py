@@ -28,7 +28,7 @@ from compresslab.errors import UserError
 from compresslab.validation import (POSITIVE, TRUE_OR_FALSE, Epochs, Flag, Layers, LearningRate, PRUNE_FRACTION,
                                       Refused, Step, fraction, is_number, is_whole, nullable, one_of, positive,
                                       rule, whole_from, whole_runs, flag)
-from compresslab.variants import MODES
+from compresslab.variants import DECLARED, MODES
 
 # The names each choice accepts (with the library's name for it, where the name differs).
 SCHEDULES = ("polynomial", "constant")
@@ -313,10 +313,14 @@ class SensitivityConfig(Group):
 Seed = Annotated[int, rule((whole_from(0), "{key} must be a whole number >= 0, got {value!r}: it seeds Python, "
                                            "NumPy and TensorFlow"))]
 
-# Every top-level key of params.yaml but `experiment` (a preset's name, read by no stage), and its schema.
-GROUPS = {"seed": Seed, "data": DataConfig, "model": ModelConfig, "train": TrainConfig, "finetune": Budget,
-          "prune": PruneConfig, "quantize": QuantizeConfig, "pqat": Budget, "cluster": ClusterConfig, "cqat": Budget,
-          "pcqat": PcqatConfig, "convert": ConvertConfig, "evaluate": EvaluateConfig, "sensitivity": SensitivityConfig}
+# The groups with keys of their own, and their schemas.
+OWN_SCHEMAS = {"seed": Seed, "data": DataConfig, "model": ModelConfig, "train": TrainConfig, "prune": PruneConfig,
+               "quantize": QuantizeConfig, "cluster": ClusterConfig, "pcqat": PcqatConfig, "convert": ConvertConfig,
+               "evaluate": EvaluateConfig, "sensitivity": SensitivityConfig}
+# Every top-level key of params.yaml but `experiment` (a preset's name, read by no stage), and its schema. A
+# variant's stage reads the group of its own name (variants.py); a technique whose group is only a fine-tuning
+# budget (finetune, pqat, cqat) needs no line above.
+GROUPS = {**OWN_SCHEMAS, **{variant.stage: Budget for variant in DECLARED if variant.stage not in OWN_SCHEMAS}}
 ADAPTERS = {group: TypeAdapter(kind) for group, kind in GROUPS.items()}
 
 

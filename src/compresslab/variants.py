@@ -27,19 +27,23 @@ class Variant:
     qat: bool = False
 
 
-# Every variant, declared once, in the order the report lists them. The stage and variant names, the parents,
-# the float and QAT groups and the report order follow from here; tests/test_dvc_deps.py checks that dvc.yaml's
-# stages and `foreach` lists agree.
-DECLARED = (
-    Variant("baseline", stage="train", parent=None),
-    Variant("finetune", stage="finetune", parent="baseline"),   # the float control: no compression
-    Variant("pruned", stage="prune", parent="baseline"),
-    Variant("qat", stage="quantize", parent="baseline", qat=True),
-    Variant("pqat", stage="pqat", parent="pruned", qat=True),
-    Variant("clustered", stage="cluster", parent="baseline"),
-    Variant("cqat", stage="cqat", parent="clustered", qat=True),
-    Variant("pcqat", stage="pcqat", parent="pruned", qat=True),
-)
+# Every variant, declared once, in the order the report lists them: the DVC stage that makes it (its script
+# stages/<stage>.py and its config group conf/<stage>/), the variant that stage starts from, and whether it
+# trains with quantization wrappers. Plain literals on purpose: dvc.yaml loads this mapping as `vars` (DVC reads
+# a Python file's literal assignments) and runs `convert@<variant>` and `evaluate@<variant>` for each key, so a
+# variant declared here is converted, evaluated and reported with no list to edit anywhere else.
+# tests/test_dvc_deps.py checks that each stage makes its variant from its parent.
+DECLARATIONS = {
+    "baseline": {"stage": "train", "parent": None},
+    "finetune": {"stage": "finetune", "parent": "baseline"},   # the float control: no compression
+    "pruned": {"stage": "prune", "parent": "baseline"},
+    "qat": {"stage": "quantize", "parent": "baseline", "qat": True},
+    "pqat": {"stage": "pqat", "parent": "pruned", "qat": True},
+    "clustered": {"stage": "cluster", "parent": "baseline"},
+    "cqat": {"stage": "cqat", "parent": "clustered", "qat": True},
+    "pcqat": {"stage": "pcqat", "parent": "pruned", "qat": True},
+}
+DECLARED = tuple(Variant(name, **fields) for name, fields in DECLARATIONS.items())
 REPORT_ORDER = tuple(variant.name for variant in DECLARED)
 FLOAT_VARIANTS = tuple(variant.name for variant in DECLARED if not variant.qat)
 QAT_VARIANTS = tuple(variant.name for variant in DECLARED if variant.qat)
