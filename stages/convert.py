@@ -78,7 +78,7 @@ def keras_reference(model, test, model_cfg) -> dict:
     from compresslab.detection import keras_model  # noqa: PLC0415  (detection only)
 
     spec = keras_model.anchors_of(model_cfg, test.meta["image_size"])
-    decoder = keras_model.decoder_of(model_cfg, test.meta["image_size"])
+    decoder = keras_model.decoder_of(model_cfg, test.meta["image_size"], anchors=spec)
     scored = keras_model.keras_scores(model, test, decoder)
     return {"task": "detection", "anchors": dataclasses.asdict(spec), "decoding": decoder.settings(),
             "keras_map": scored["map"], "keras_map50": scored["map50"]}

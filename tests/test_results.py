@@ -6,7 +6,7 @@ import pytest
 from compresslab.results.headline import headline_metrics, records_from_headline
 from compresslab.results.record import Record, ThreadLatency, parse_thread_key, thread_counts, thread_key
 from compresslab.results.summary import summary_metrics, records_from_summary
-from compresslab.results.variants_csv import csv_columns
+from compresslab.results.variants_csv import csv_columns, records_from_csv, variants_csv
 
 
 def evaluated_row() -> dict:
@@ -93,3 +93,15 @@ def test_thread_counts_and_csv_columns_read_records_and_rows_alike():
     # val_accuracy and unknown keys follow the tail, where variants.csv has always had them.
     assert columns[-3:] == ["error", "val_accuracy", "converter"]
     assert columns.index("macs") + 1 == columns.index("latency_median_ms_t1")
+
+
+def test_variants_csv_reads_back_as_typed_records_and_writes_the_same_text():
+    failed = {"variant": "cqat", "mode": "int8", "file": "cqat-int8.tflite", "error": "conversion failed: x"}
+    text = variants_csv([evaluated_row(), failed])
+    record, broken = records_from_csv(text)
+    assert record.significant is False and record.significant_control is False   # not the string "False"
+    assert record.test_images == 750 and isinstance(record.test_images, int)
+    assert record.accuracy == 0.9587 and record.at(2).median_ms == pytest.approx(0.2)
+    assert record.positive_class is None and "positive_class" in record.no_value
+    assert broken.failed and broken.accuracy is None
+    assert variants_csv([record, broken]) == text

@@ -22,10 +22,12 @@ def anchors_of(model_cfg: ModelConfig, image_size: int) -> AnchorSpec:
     return detectors.anchors_for(model_cfg.model_dump(exclude_none=True), int(image_size))
 
 
-def decoder_of(model_cfg: ModelConfig, image_size: int) -> postprocess.Decoder:
-    """How the detector `model_cfg` names is decoded: its anchors and `model.nms` (NMS defaults where unset)."""
+def decoder_of(model_cfg: ModelConfig, image_size: int, anchors: AnchorSpec | None = None) -> postprocess.Decoder:
+    """How the detector `model_cfg` names is decoded: its anchors (`anchors`, when the caller has built them)
+    and `model.nms` (NMS defaults where unset)."""
     nms = model_cfg.nms or NmsConfig()
-    return postprocess.Decoder(anchors_of(model_cfg, image_size).boxes(), iou_threshold=float(nms.iou),
+    spec = anchors or anchors_of(model_cfg, image_size)
+    return postprocess.Decoder(spec.boxes(), iou_threshold=float(nms.iou),
                                max_detections=int(nms.max_detections))
 
 

@@ -15,6 +15,7 @@ from matplotlib.figure import Figure
 
 from compresslab import variants
 from compresslab.outputs import atomic_path, write_json, write_text
+from compresslab.results.variants_csv import records_from_csv
 
 CSV_COLUMNS = ("layer", "kind", "weights", "pruned_drop_pp", "int8_drop_pp", "pruned_accuracy", "int8_accuracy")
 DPI = 150
@@ -96,10 +97,13 @@ def drops_markdown(result: Mapping, variants_csv: str) -> str:
       result: layers.json (`techniques.sensitivity.Sensitivity` as a dict).
       variants_csv: the text of reports/variants.csv.
     """
-    rows = list(csv.DictReader(io.StringIO(variants_csv)))
+    records = records_from_csv(variants_csv)
     figure = result.get("figure", "accuracy")
     unit = "pp" if figure == "accuracy" else "points"
     column = "map" if figure == "mAP" else "accuracy"
+
+    def delta(record, against: str = "") -> float | None:   # against "" (baseline-float32) or "_control"
+        return getattr(record, f"{column}_delta{against}_pp")
     int8 = sorted((row for row in result["layers"] if row["int8_drop_pp"] is not None),
                   key=lambda row: -row["int8_drop_pp"])
     worst = ", ".join(f"{row['layer']} ({row['int8_drop_pp']:+.2f})" for row in int8[:3])
@@ -109,23 +113,21 @@ def drops_markdown(result: Mapping, variants_csv: str) -> str:
              + (f"Each layer quantized alone to int8 costs at most {int8[0]['int8_drop_pp']:.2f} {unit} "
                 f"(worst: {worst})." if int8 else "The int8-alone arm was not measured (sensitivity.quantize "
                                                   "is false).")]
-    ptq = next((row for row in rows if (row["variant"], row["mode"]) == (variants.BASELINE, "int8")), None)
-    ptq_loss = -_number(ptq.get(f"{column}_delta_pp")) if ptq and _number(ptq.get(f"{column}_delta_pp")) is not None \
-        else None
-    ptq_significant = bool(ptq) and ptq.get("significant") == "True"
+    ptq = next((record for record in records if (record.variant, record.mode) == (variants.BASELINE, "int8")), None)
+    ptq_loss = -delta(ptq) if ptq and delta(ptq) is not None else None
+    ptq_significant = bool(ptq and ptq.significant)
     if ptq_loss is not None:
         lines.append(f"All ranges at once (baseline-int8 against baseline-float32, test): {-ptq_loss:+.2f} {unit}, "
                      f"{'significant' if ptq_significant else 'not significant (ns)'}.")
-    dropped = [row for row in rows if row.get("significant_control") == "True"
-               and (_number(row.get(f"{column}_delta_control_pp")) or 0) < 0]
+    dropped = [record for record in records if record.significant_control and (delta(record, "_control") or 0) < 0]
     lines.append("")
     if not dropped:
         lines.append("No file loses significantly against the float control: nothing to explain.")
         return "\n".join(lines) + "\n"
     lines += [f"| file | Δ ctrl ({unit}, test) | reading |", "| --- | --- | --- |"]
-    for row in dropped:
-        loss = -_number(row[f"{column}_delta_control_pp"])
-        if row["mode"] != "int8":
+    for record in dropped:
+        loss = -delta(record, "_control")
+        if record.mode != "int8":
             reading = "not an int8 file: its technique, not a range, costs this"
         elif ptq_loss is None or not int8:
             reading = "not known: needs baseline-int8 in the report and sensitivity.quantize=true"
@@ -137,13 +139,7 @@ def drops_markdown(result: Mapping, variants_csv: str) -> str:
             reading = (f"not the int8 ranges (they cost the baseline {ptq_loss:.2f} {unit} at once, one layer "
                        f"at most {int8[0]['int8_drop_pp']:.2f}): "
                        + ("its fine-tuning under the quantization wrappers; see its stage's history.csv"
-                          if variants.is_qat(row["variant"]) else "its technique"))
-        lines.append(f"| {row['variant']}-{row['mode']} | {-loss:+.2f} | {reading} |")
+                          if variants.is_qat(record.variant) else "its technique"))
+        lines.append(f"| {record.label} | {-loss:+.2f} | {reading} |")
     return "\n".join(lines) + "\n"
 
-
-def _number(text) -> float | None:
-    try:
-        return float(text)
-    except (TypeError, ValueError):
-        return None

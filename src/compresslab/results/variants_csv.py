@@ -10,6 +10,7 @@ import csv
 import io
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import fields
 
 import numpy as np
 
@@ -72,6 +73,36 @@ def csv_columns(rows: Sequence[Record | Mapping]) -> list[str]:
     known = set(columns)
     extras = [key for row in encoded for key in row if key not in known]
     return columns + list(dict.fromkeys(extras))
+
+
+def records_from_csv(text: str) -> list[Record]:
+    """variants.csv read back as records: each cell decoded by its field's type (empty: None; latency figures
+    and unknown numeric columns as floats)."""
+    return [Record.from_row({key: _decoded(key, cell) for key, cell in row.items()})
+            for row in csv.DictReader(io.StringIO(text))]
+
+
+def _decoded(key: str, cell: str):
+    if key in ("variant", "mode") or cell is None:
+        return cell
+    if cell == "":
+        return None
+    kind = _FIELD_TYPES.get(key)
+    if kind is str:
+        return cell
+    if kind is bool:
+        return cell == "True"
+    if kind is int:
+        return int(cell)
+    try:
+        return float(cell)
+    except ValueError:
+        return cell   # a text column this contract does not know
+
+
+# The type of each scalar field of Record (its annotation is `T | None`).
+_FIELD_TYPES = {item.name: next(arg for arg in item.type.__args__ if arg is not type(None))
+                for item in fields(Record) if getattr(item.type, "__args__", None) and type(None) in item.type.__args__}
 
 
 def _csv_cell(value) -> str:

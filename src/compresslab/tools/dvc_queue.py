@@ -105,7 +105,7 @@ def stop_probes(names: Sequence[str], wait_seconds: float = 60.0) -> None:
     """Take the named experiments out of the queue (best effort: this runs on the way out of a failed or
     interrupted search): remove the waiting ones first, so no worker starts them, then kill the running ones,
     wait until DVC has marked them failed (a loaded machine takes seconds), and remove those too."""
-    def dvc_queue(command: str, states: tuple[str, ...]) -> list[str]:
+    def dvc_queue(command: str, status: dict[str, str], states: tuple[str, ...]) -> list[str]:
         doomed = [name for name in names if status.get(name) in states]
         if doomed:
             subprocess.run([sys.executable, "-m", "dvc", "queue", command, *doomed], capture_output=True)
@@ -113,8 +113,8 @@ def stop_probes(names: Sequence[str], wait_seconds: float = 60.0) -> None:
 
     try:
         status = queue_status()
-        dvc_queue("remove", ("Queued", "Failed"))
-        killed = dvc_queue("kill", ("Running",))
+        dvc_queue("remove", status, ("Queued", "Failed"))
+        killed = dvc_queue("kill", status, ("Running",))
         deadline = time.monotonic() + wait_seconds
         while killed and time.monotonic() < deadline:
             status = queue_status()
@@ -122,7 +122,7 @@ def stop_probes(names: Sequence[str], wait_seconds: float = 60.0) -> None:
                 break
             time.sleep(POLL_SECONDS / 3)
         if killed:
-            dvc_queue("remove", ("Queued", "Failed"))
+            dvc_queue("remove", status, ("Queued", "Failed"))
     except UserError:
         return
 
