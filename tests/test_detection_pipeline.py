@@ -94,6 +94,7 @@ def test_the_chosen_detector_file_is_registered_by_the_same_rule(detection_proje
     chosen = read_json(detection_project / "reports/compare/selection.json")["chosen"]
     label = f"{chosen['variant']}-{chosen['mode']}"
     assert f"registered {label}.tflite as detector version 1" in result.stdout
+    assert 'download_artifacts("models:/detector@champion")' in result.stdout   # a file: its decoding is not served
     client = MlflowClient(f"sqlite:///{detection_project / 'mlflow.db'}")
     tags = client.get_model_version_by_alias("detector", "champion").tags
     assert tags["selection.reference"] == "finetune-float32" and tags["selection.split"] == "val"

@@ -2,18 +2,79 @@
 and the file back by `models:/NAME@champion`."""
 
 import hashlib
+import json
+import os
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
 
 import mlflow
+import numpy as np
 import pytest
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from compresslab.data import shards
 from compresslab.tools import registry
 from compresslab.errors import UserError
-from conftest import REPO, read_json, restore_committed, run
+from conftest import BIN, REPO, free_port, read_json, restore_committed, run
+
 
 
 def md5(path) -> str:
     return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def served(model_uri: str, images: np.ndarray, env: dict, cwd: Path, log: Path) -> dict:
+    """Start `mlflow models serve` on a free loopback port, POST the images and three bad requests to
+    /invocations, and say what it answered and whether it still answers afterwards."""
+    port = free_port()
+    server = subprocess.Popen([str(BIN / "mlflow"), "models", "serve", "-m", model_uri, "--env-manager", "local",
+                               "-h", "127.0.0.1", "-p", str(port), "-w", "1"], cwd=cwd, env={**_env(), **env},
+                              stdout=subprocess.DEVNULL, stderr=log.open("w"))
+    base = f"http://127.0.0.1:{port}"
+
+    def post(body) -> tuple[int, dict]:
+        request = urllib.request.Request(f"{base}/invocations", data=json.dumps(body).encode(),
+                                         headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=60) as answer:
+                return answer.status, json.loads(answer.read())
+        except urllib.error.HTTPError as err:
+            return err.code, json.loads(err.read() or b"{}")
+
+    try:
+        for _ in range(120):
+            try:
+                urllib.request.urlopen(f"{base}/ping", timeout=2)
+                break
+            except OSError:
+                assert server.poll() is None, log.read_text()[-3000:]
+                time.sleep(1)
+        else:
+            raise AssertionError("mlflow models serve did not answer within 120 s")
+        status, good = post({"inputs": images.tolist()})
+        assert status == 200, good
+        rows = good["predictions"]
+        answered = {"good": {"class_index": [row["class_index"] for row in rows],
+                             "class": [row["class"] for row in rows]}}
+        for bad, body in (("shape", {"inputs": images[:, :-1].tolist()}),
+                          ("dtype", {"inputs": [[["a"]]]}), ("garbage", {"nothing": 1})):
+            status, error = post(body)
+            answered[bad] = {"status": status, "message": error.get("message")}
+        answered["alive_after"] = post({"inputs": images[:1].tolist()})[0] == 200
+        return answered
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def _env() -> dict:
+    """This environment without MLflow settings, the virtual environment first on PATH (it runs `uvicorn`)."""
+    kept = {key: value for key, value in os.environ.items() if not key.startswith("MLFLOW_")}
+    return {**kept, "PATH": f"{BIN}{os.pathsep}{kept.get('PATH', '')}"}
 
 
 @pytest.mark.slow(minutes=1.2)
@@ -35,7 +96,7 @@ def test_the_chosen_file_is_registered_with_its_lineage_and_a_better_choice_move
     head = run(["git", "rev-parse", "HEAD"], project).stdout.strip()
     data_md5 = next(line.split()[-1] for line in (project / "data.dvc").read_text().splitlines() if "md5" in line)
     assert tags["dvc_exp_name"] == "reg-a" and tags["git_commit"] == head and tags["data_hash"] == data_md5
-    assert any(key.startswith("dvc.dep.reports/evaluate/") for key in tags)   # the dvc.lock hashes it came from
+    assert "dvc.dep.reports/evaluate" in tags   # the dvc.lock hashes it came from
     assert tags["param.evaluate.min_runs"] == "6" and "param.prune.final_sparsity" in tags
     # The rule compare and search share: the run's float control, on the validation split.
     assert tags["selection.rule"] == "the smallest file within 100 pp of its run's finetune-float32 on the " \
@@ -46,10 +107,30 @@ def test_the_chosen_file_is_registered_with_its_lineage_and_a_better_choice_move
 
     # The file back through the alias is the experiment's file, byte for byte (`dvc exp run` left it here).
     mlflow.set_tracking_uri(mlflow_server)
-    folder = mlflow.artifacts.download_artifacts("models:/edge@champion", dst_path=str(tmp_path / "back"))
-    (back,) = list((tmp_path / "back").iterdir()) if folder else []
-    assert back.name == f"{label}.tflite"
+    folder = Path(mlflow.artifacts.download_artifacts("models:/edge@champion", dst_path=str(tmp_path / "back")))
+    back = folder / "artifacts" / f"{label}.tflite"
     assert md5(back) == tags["file_md5"] == md5(project / "models" / "tflite" / chosen["variant"] / back.name)
+    requirements = (folder / "requirements.txt").read_text()
+    assert "ai-edge-litert==" in requirements and "tensorflow" not in requirements
+    assert (folder / "input_example.json").is_file()   # three of the project's test images
+
+    # The version is a model MLflow loads and serves with LiteRT, answering as `evaluate` did for that file.
+    test = shards.open_split("test", project / "data" / "prepared")
+    images = test.take(range(shards.count(test)))   # every test image the tiny project has
+    evaluated = next(row for row in read_json(project / "reports" / "evaluate" / f"{chosen['variant']}.json")["rows"]
+                     if row["mode"] == chosen["mode"])["y_pred"]
+    class_names = shards.load_meta(project / "data" / "prepared")["class_names"]
+    predicted = mlflow.pyfunc.load_model("models:/edge@champion").predict(images)
+    assert predicted["class_index"].tolist() == evaluated
+    assert predicted["class"].tolist() == [class_names[k] for k in evaluated]
+    assert np.allclose([sum(p) for p in predicted["probabilities"]], 1, atol=1e-2)   # softmax scores
+    with pytest.raises(MlflowException, match="shape"):
+        mlflow.pyfunc.load_model("models:/edge@champion").predict(images[:, :-1])
+    answered = served("models:/edge@champion", images, env, project, tmp_path / "serve.log")
+    assert answered["good"]["class_index"] == evaluated and answered["good"]["class"] == predicted["class"].tolist()
+    for bad in ("shape", "dtype", "garbage"):
+        assert answered[bad]["status"] == 400 and answered[bad]["message"], answered[bad]
+    assert answered["alive_after"]
 
     # A larger file leaves the alias where it is; an equal or smaller one moves it.
     summary = client.get_run(chosen["run_id"])
@@ -63,9 +144,10 @@ def test_the_chosen_file_is_registered_with_its_lineage_and_a_better_choice_move
                               figures={"gzip_bytes": chosen["gzip_bytes"]}, rule={"rule": "test"}, uri=mlflow_server)
     assert (moved.version, moved.alias_moved) == ("3", True)
     assert client.get_model_version_by_alias("edge", "champion").version == "3"
-    # The registered file is logged once into its run, whatever the number of versions.
-    logged = client.list_artifacts(chosen["run_id"], f"registry/{label}")
-    assert [item.path for item in logged] == [f"registry/{label}/{label}.tflite"]
+    # The registered file's model is logged once into its run, whatever the number of versions.
+    experiment = client.get_run(chosen["run_id"]).info.experiment_id
+    logged = client.search_logged_models([experiment], filter_string=f"source_run_id = '{chosen['run_id']}'")
+    assert sorted(model.name for model in logged) == sorted({label, "baseline-float32"})
 
 
 @pytest.mark.parametrize("name, alias", [("a/b", "champion"), ("", "champion"), ("edge", "latest"),

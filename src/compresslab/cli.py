@@ -130,8 +130,7 @@ def search(args: argparse.Namespace) -> None:
 
 def registered_line(registered) -> str:
     return (f"registered {registered.file} as {registered.name} version {registered.version}; "
-            f"{registered.why}; load it with mlflow.artifacts.download_artifacts("
-            f"\"models:/{registered.name}@{registered.alias}\")")
+            f"{registered.why}; load it with {registered.how_to_load()}")
 
 
 def add_register_options(command: argparse.ArgumentParser) -> None:

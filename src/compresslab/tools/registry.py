@@ -4,8 +4,11 @@
     compresslab search prune.final_sparsity --max-drop 1 --register firenet
     mlflow.artifacts.download_artifacts("models:/firenet@champion")   # the file back, anywhere
 
-The version's source is a folder holding only the chosen file, logged into the summary run it came from
-(`registry/<variant>-<mode>/`), so `models:/NAME@ALIAS` downloads exactly that file. The version carries the
+A classifier's version is an MLflow model logged into the summary run it came from (named by its label,
+`tracking/litert_pyfunc.py`: LiteRT, no TensorFlow), so `mlflow.pyfunc.load_model("models:/NAME@ALIAS")`
+predicts, `mlflow models serve -m models:/NAME@ALIAS --env-manager local` answers, and the file itself is its
+artifact `artifacts/<label>.tflite`, byte for byte. A detector's version is a folder holding only the chosen
+file (`registry/<label>/`): its decoding (anchors, NMS) is not served yet. The version carries the
 run's lineage (data hash, git commit, DVC experiment, the dvc.lock hashes the report stage read), the file's
 md5 and figures, the experiment's params (`param.<key>`) and the selection rule (`selection.*`) as tags.
 
@@ -14,11 +17,15 @@ objective (smaller gzipped size, or a lower latency ratio); either way the comma
 """
 
 import hashlib
+import json
+from importlib import metadata
 import re
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from compresslab import variants
 from compresslab.errors import UserError
@@ -31,6 +38,9 @@ LINEAGE_PREFIXES = ("dvc.dep.", "dvc.out.")
 FIGURES = ("accuracy", "accuracy_delta_pp", "val_accuracy", "gzip_bytes", "latency_ratio", "latency_median_ms")
 # What the alias compares, per objective (lower is better): the selection rule's own ranking.
 COSTS = OBJECTIVES
+# The model's code (executed where it is loaded, never imported here) and what serving it installs: no TensorFlow.
+PYFUNC_CODE = Path(__file__).resolve().parents[1] / "tracking" / "litert_pyfunc.py"
+SERVING_PACKAGES = ("mlflow", "ai-edge-litert", "numpy", "pandas")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\- ]{0,254}$")
 
 
@@ -42,6 +52,12 @@ class Registration:
     alias_moved: bool
     why: str
     file: str
+    servable: bool   # a pyfunc model (a classifier), or a folder holding the file (a detector)
+
+    def how_to_load(self) -> str:
+        uri = f"models:/{self.name}@{self.alias}"
+        return (f'mlflow.pyfunc.load_model("{uri}").predict(images), or `mlflow models serve -m {uri} '
+                f'--env-manager local`' if self.servable else f'mlflow.artifacts.download_artifacts("{uri}")')
 
 
 def check_name(name: str, alias: str = DEFAULT_ALIAS) -> None:
@@ -71,13 +87,20 @@ def register(name: str, *, run_id: str, variant: str, mode: str, figures: Mappin
     from compresslab.tracking import mlflow_log
 
     check_name(name, alias)
-    client = MlflowClient(uri or mlflow_log.tracking_uri())
+    uri = uri or mlflow_log.tracking_uri()
+    client = MlflowClient(uri, registry_uri=uri)   # the registry of the same store, whatever the defaults
     run = client.get_run(run_id)
     label = variants.label(variant, mode)
-    source = _log_file(client, run, variant, label)
+    local, md5 = _fetch_file(client, run, variant, label)
+    servable = run.data.tags.get("task", "classification") == "classification"
+    if servable:
+        model = _logged_model(client, uri, run, label, local)
+        source, model_id = model.artifact_location, model.model_id
+    else:
+        source, model_id = _log_folder(client, run, label, local), None
     tags = {**_lineage(run.data.tags), **{f"param.{k}": v for k, v in run.data.params.items()},
             **{f"selection.{k}": str(v) for k, v in rule.items()}, "selection.objective": objective,
-            "file": f"{label}.tflite", "file_md5": source[1],
+            "file": f"{label}.tflite", "file_md5": md5,
             **{key: str(figures[key]) for key in FIGURES if figures.get(key) is not None}}
     try:
         client.create_registered_model(name, description="TFLite files chosen by compresslab (compare or search "
@@ -85,27 +108,80 @@ def register(name: str, *, run_id: str, variant: str, mode: str, figures: Mappin
     except MlflowException as err:
         if err.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
-    version = client.create_model_version(name, source=source[0], run_id=run_id, tags=tags,
+    version = client.create_model_version(name, source=source, run_id=run_id, tags=tags, model_id=model_id,
                                           description=f"{label}.tflite from experiment {_experiment(run)}")
     moved, why = _move_alias(client, name, alias, version.version, tags, objective)
-    return Registration(name, str(version.version), alias, moved, why, f"{label}.tflite")
+    return Registration(name, str(version.version), alias, moved, why, f"{label}.tflite", servable)
 
 
-def _log_file(client, run, variant: str, label: str) -> tuple[str, str]:
-    """Copy the file into the run's registry/<label>/ folder (once) and return (source URI, file md5)."""
+def _fetch_file(client, run, variant: str, label: str) -> tuple[Path, str]:
+    """The run's `<label>.tflite` in a scratch folder that lives as long as the process, and its md5."""
     from mlflow.exceptions import MlflowException
 
+    scratch = tempfile.mkdtemp(prefix="compresslab-register-")
+    try:
+        local = Path(client.download_artifacts(run.info.run_id, f"tflite/{variant}/{label}.tflite", scratch))
+    except (MlflowException, OSError):
+        raise UserError(f"run {run.info.run_id} holds no tflite/{variant}/{label}.tflite artifact: was its "
+                        f"report stage run by an older pipeline? Re-run the experiment") from None
+    return local, hashlib.md5(local.read_bytes()).hexdigest()
+
+
+def _log_folder(client, run, label: str, local: Path) -> str:
+    """The URI of the run's registry/<label>/ folder holding only the file (logged once)."""
     folder = f"{ARTIFACT_DIR}/{label}"
-    with tempfile.TemporaryDirectory() as scratch:
-        try:
-            local = client.download_artifacts(run.info.run_id, f"tflite/{variant}/{label}.tflite", scratch)
-        except (MlflowException, OSError):
-            raise UserError(f"run {run.info.run_id} holds no tflite/{variant}/{label}.tflite artifact: was its "
-                            f"report stage run by an older pipeline? Re-run the experiment") from None
-        md5 = hashlib.md5(Path(local).read_bytes()).hexdigest()
-        if not client.list_artifacts(run.info.run_id, folder):
-            client.log_artifact(run.info.run_id, local, artifact_path=folder)
-    return f"{run.info.artifact_uri}/{folder}", md5
+    if not client.list_artifacts(run.info.run_id, folder):
+        client.log_artifact(run.info.run_id, str(local), artifact_path=folder)
+    return f"{run.info.artifact_uri}/{folder}"
+
+
+def _logged_model(client, uri: str, run, label: str, local: Path):
+    """The run's pyfunc model of `label` (a LoggedModel: LiteRT), logged on its first registration, with its
+    signature and, where the workspace holds the run's prepared test split, three of its images as example."""
+    import mlflow  # noqa: PLC0415
+
+    found = client.search_logged_models([run.info.experiment_id], filter_string=f"name = '{label}' AND "
+                                                                               f"source_run_id = '{run.info.run_id}'")
+    if found:
+        return found[0]
+    class_names = run.data.tags.get("class_names")
+    if class_names is None:
+        raise UserError(f"run {run.info.run_id} does not name its classes (tag class_names): its report stage "
+                        f"was run by an older pipeline; re-run the experiment to register a servable model")
+    params = run.data.params
+    shape = (-1, int(params["data.image_size"]), int(params["data.image_size"]), int(params["data.channels"]))
+    from mlflow.models import ModelSignature  # noqa: PLC0415
+    from mlflow.types.schema import Array, ColSpec, DataType, Schema, TensorSpec  # noqa: PLC0415
+
+    # Images as `prepare` stores them: float32 in [0, 1]; MLflow refuses another shape or dtype before predict.
+    signature = ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(np.float32), shape)]),   # unnamed: predict gets the array itself
+        outputs=Schema([ColSpec(DataType.string, "class"), ColSpec(DataType.long, "class_index"),
+                        ColSpec(Array(DataType.float), "probabilities")]))
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    try:
+        with mlflow.start_run(run_id=run.info.run_id):
+            info = mlflow.pyfunc.log_model(
+                name=label, python_model=str(PYFUNC_CODE), artifacts={"tflite": str(local)},
+                model_config={"class_names": json.loads(class_names), "num_threads": 1}, signature=signature,
+                input_example=_example(shape), tags={"file": f"{label}.tflite"},
+                pip_requirements=[f"{name}=={metadata.version(name)}" for name in SERVING_PACKAGES])
+    finally:
+        mlflow.set_tracking_uri(previous)
+    return client.get_logged_model(info.model_id)
+
+
+def _example(shape: tuple) -> np.ndarray | None:
+    """Three test images of the workspace's prepared data, when they have the model's input shape."""
+    from compresslab.data import shards  # noqa: PLC0415
+
+    try:
+        test = shards.open_split("test")
+        images = test.take(range(min(3, shards.count(test))))
+    except (UserError, OSError, KeyError):
+        return None
+    return images if images.shape[1:] == shape[1:] else None
 
 
 def _lineage(tags: Mapping[str, str]) -> dict[str, str]:
