@@ -2,7 +2,7 @@
 
     compresslab compare --max-drop 1 --register firenet        # the smallest file within 1 pp
     compresslab search prune.final_sparsity --max-drop 1 --register firenet
-    mlflow.artifacts.download_artifacts("models:/firenet@champion")   # the file back, anywhere
+    mlflow.pyfunc.load_model("models:/firenet@champion").predict(images)   # anywhere the server is reachable
 
 A classifier's version is an MLflow model logged into the summary run it came from (named by its label,
 `tracking/litert_pyfunc.py`: LiteRT, no TensorFlow), so `mlflow.pyfunc.load_model("models:/NAME@ALIAS")`
@@ -18,11 +18,11 @@ objective (smaller gzipped size, or a lower latency ratio); either way the comma
 
 import hashlib
 import json
-from importlib import metadata
 import re
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -91,13 +91,14 @@ def register(name: str, *, run_id: str, variant: str, mode: str, figures: Mappin
     client = MlflowClient(uri, registry_uri=uri)   # the registry of the same store, whatever the defaults
     run = client.get_run(run_id)
     label = variants.label(variant, mode)
-    local, md5 = _fetch_file(client, run, variant, label)
     servable = run.data.tags.get("task", "classification") == "classification"
-    if servable:
-        model = _logged_model(client, uri, run, label, local)
-        source, model_id = model.artifact_location, model.model_id
-    else:
-        source, model_id = _log_folder(client, run, label, local), None
+    with tempfile.TemporaryDirectory() as scratch:
+        local, md5 = _fetch_file(client, run, variant, label, Path(scratch))
+        if servable:
+            model = _logged_model(client, uri, run, label, local)
+            source, model_id = model.artifact_location, model.model_id
+        else:
+            source, model_id = _log_folder(client, run, label, local), None
     tags = {**_lineage(run.data.tags), **{f"param.{k}": v for k, v in run.data.params.items()},
             **{f"selection.{k}": str(v) for k, v in rule.items()}, "selection.objective": objective,
             "file": f"{label}.tflite", "file_md5": md5,
@@ -114,13 +115,12 @@ def register(name: str, *, run_id: str, variant: str, mode: str, figures: Mappin
     return Registration(name, str(version.version), alias, moved, why, f"{label}.tflite", servable)
 
 
-def _fetch_file(client, run, variant: str, label: str) -> tuple[Path, str]:
-    """The run's `<label>.tflite` in a scratch folder that lives as long as the process, and its md5."""
+def _fetch_file(client, run, variant: str, label: str, scratch: Path) -> tuple[Path, str]:
+    """The run's `<label>.tflite`, downloaded into `scratch`, and its md5."""
     from mlflow.exceptions import MlflowException
 
-    scratch = tempfile.mkdtemp(prefix="compresslab-register-")
     try:
-        local = Path(client.download_artifacts(run.info.run_id, f"tflite/{variant}/{label}.tflite", scratch))
+        local = Path(client.download_artifacts(run.info.run_id, f"tflite/{variant}/{label}.tflite", str(scratch)))
     except (MlflowException, OSError):
         raise UserError(f"run {run.info.run_id} holds no tflite/{variant}/{label}.tflite artifact: was its "
                         f"report stage run by an older pipeline? Re-run the experiment") from None
