@@ -13,11 +13,12 @@ A file that could not be produced or evaluated is reported with its reason; the 
 """
 
 import json
+from pathlib import Path
 
 import compresslab  # noqa: F401  (prepares the environment)
 from compresslab import paths, settings, variants
 from compresslab.data import shards
-from compresslab.tracking import mlflow_log
+from compresslab.tracking import file_models, mlflow_log
 from compresslab.config import load_params
 from compresslab.errors import UserError, run_main
 from compresslab.outputs import write_json
@@ -143,17 +144,40 @@ def study_summary(params, fingerprint: dict) -> dict:
 
 
 def log_summary(params, records: list[Record], report_path, fingerprint: dict, files: int) -> None:
-    """The MLflow summary run: the whole configuration, every figure, the report and the files."""
-    mlflow_log.log_summary(params=params, metrics=summary_metrics(records), description=report_path.read_text(),
-                         tags={"files": str(files), "model": params.model.name,
-                               "task": str(params.data.get("task", "classification")),
-                               # what a registered file's served model answers with (tools/registry.py)
-                               "class_names": json.dumps(shards.load_meta()["class_names"]),
-                               **{f"fingerprint.{key}": value for key, value in fingerprint.items()}},
-                         artifacts=[report_path, paths.REPORTS / "variants.csv", paths.REPORTS / "metrics.json",
-                                    paths.REPORTS / "fingerprint.json", paths.REPORTS / "profile.json", paths.PLOTS,
-                                    paths.TFLITE, "dvc.lock",
-                                    "params.yaml"])
+    """The MLflow summary run: the whole configuration, every figure, the report and the files; and each
+    classifier file as a model of it (MLflow's Models tab)."""
+    meta = shards.load_meta()
+    run_id = mlflow_log.log_summary(
+        params=params, metrics=summary_metrics(records), description=report_path.read_text(),
+        tags={"files": str(files), "model": params.model.name, "task": str(meta.get("task", "classification")),
+              # what a registered file's served model answers with (tools/registry.py)
+              "class_names": json.dumps(meta["class_names"]),
+              **{f"fingerprint.{key}": value for key, value in fingerprint.items()}},
+        artifacts=[report_path, paths.REPORTS / "variants.csv", paths.REPORTS / "metrics.json",
+                   paths.REPORTS / "fingerprint.json", paths.REPORTS / "profile.json", paths.PLOTS, paths.TFLITE,
+                   "dvc.lock", "params.yaml"])
+    if meta.get("task") != "detection":   # a detector's decoding (anchors, NMS) is not served yet
+        log_file_models(run_id, records, meta)
+
+
+def log_file_models(run_id: str, records: list[Record], meta: dict) -> None:
+    """Every evaluated file as a LiteRT pyfunc model of the summary run, with its figures and lineage."""
+    test = shards.open_split("test")
+    served = file_models.Served(meta["class_names"], int(meta["image_size"]), int(meta["channels"]),
+                                test.take(range(min(EXAMPLE_IMAGES, shards.count(test)))))
+    uri = mlflow_log.tracking_uri()
+    lineage = {key: value for key, value in mlflow_log.lineage_tags("report").items()
+               if key in ("data_hash", "git_commit", "dvc_exp_name")}
+    files = [file_models.FileModel(record.label, Path(record.file), file_models.figures_of(record),
+                                   {"variant": record.variant, "mode": record.mode,
+                                    "file_md5": shards.file_md5(Path(record.file)), **lineage})
+             for record in records if not record.failed and record.file]
+    with mlflow_log.write_lock(uri):
+        file_models.log_models(uri, run_id, files, served)
+    print(f"mlflow: logged {len(files)} file(s) as models of {run_id} (the experiment's Models tab)")
+
+
+EXAMPLE_IMAGES = 3   # test images logged as each file model's input example
 
 
 def report_notes() -> list[str]:

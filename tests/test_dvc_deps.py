@@ -18,6 +18,7 @@ SRC = REPO / "src"
 CANNOT_CHANGE_RESULTS = {
     "src/compresslab/errors.py",    # the text of error messages and the exit codes
     "src/compresslab/tracking/mlflow_log.py",  # what is logged to MLflow, after the outputs are written
+    "src/compresslab/tracking/file_models.py",  # the report's files as MLflow models, after the outputs
     "src/compresslab/tracking/lineage.py",     # the hashes tracking tags runs with
     "src/compresslab/tracking/__init__.py",    # a docstring
 }

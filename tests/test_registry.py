@@ -12,6 +12,7 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
+import pandas as pd
 import pytest
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
@@ -144,10 +145,19 @@ def test_the_chosen_file_is_registered_with_its_lineage_and_a_better_choice_move
                               figures={"gzip_bytes": chosen["gzip_bytes"]}, rule={"rule": "test"}, uri=mlflow_server)
     assert (moved.version, moved.alias_moved) == ("3", True)
     assert client.get_model_version_by_alias("edge", "champion").version == "3"
-    # The registered file's model is logged once into its run, whatever the number of versions.
+    # The report logged every file as a model of its summary run (the Models tab), with its figures and
+    # lineage; registering, however often, logs no other.
     experiment = client.get_run(chosen["run_id"]).info.experiment_id
     logged = client.search_logged_models([experiment], filter_string=f"source_run_id = '{chosen['run_id']}'")
-    assert sorted(model.name for model in logged) == sorted({label, "baseline-float32"})
+    files = pd.read_csv(project / "reports" / "variants.csv")
+    assert sorted(model.name for model in logged) == sorted(files["variant"] + "-" + files["mode"])
+    model = next(model for model in logged if model.name == label)
+    figures = {metric.key: metric.value for metric in model.metrics}
+    row = files[(files["variant"] == chosen["variant"]) & (files["mode"] == chosen["mode"])].iloc[0]
+    assert figures["gzip_bytes"] == row["gzip_bytes"] and figures["accuracy"] == pytest.approx(row["accuracy"])
+    assert figures["latency_ratio"] == pytest.approx(row["latency_ratio"])
+    assert model.tags["dvc_exp_name"] == "reg-a" and model.tags["file_md5"] == tags["file_md5"]
+    assert version.source == model.artifact_location   # the version is that model
 
 
 @pytest.mark.parametrize("name, alias", [("a/b", "champion"), ("", "champion"), ("edge", "latest"),

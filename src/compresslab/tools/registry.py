@@ -22,7 +22,6 @@ import re
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -38,9 +37,6 @@ LINEAGE_PREFIXES = ("dvc.dep.", "dvc.out.")
 FIGURES = ("accuracy", "accuracy_delta_pp", "val_accuracy", "gzip_bytes", "latency_ratio", "latency_median_ms")
 # What the alias compares, per objective (lower is better): the selection rule's own ranking.
 COSTS = OBJECTIVES
-# The model's code (executed where it is loaded, never imported here) and what serving it installs: no TensorFlow.
-PYFUNC_CODE = Path(__file__).resolve().parents[1] / "tracking" / "litert_pyfunc.py"
-SERVING_PACKAGES = ("mlflow", "ai-edge-litert", "numpy", "pandas")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\- ]{0,254}$")
 
 
@@ -136,44 +132,27 @@ def _log_folder(client, run, label: str, local: Path) -> str:
 
 
 def _logged_model(client, uri: str, run, label: str, local: Path):
-    """The run's pyfunc model of `label` (a LoggedModel: LiteRT), logged on its first registration, with its
-    signature and, where the workspace holds the run's prepared test split, three of its images as example."""
-    import mlflow  # noqa: PLC0415
+    """The run's model of `label` (tracking/file_models.py): the one its report stage logged, else logged now
+    (a run whose report logged no models), with three of the workspace's test images as its example when they
+    have the run's input shape."""
+    from compresslab.tracking import file_models  # noqa: PLC0415  (imports MLflow's model flavours)
 
-    found = client.search_logged_models([run.info.experiment_id], filter_string=f"name = '{label}' AND "
-                                                                               f"source_run_id = '{run.info.run_id}'")
-    if found:
-        return found[0]
-    class_names = run.data.tags.get("class_names")
-    if class_names is None:
-        raise UserError(f"run {run.info.run_id} does not name its classes (tag class_names): its report stage "
-                        f"was run by an older pipeline; re-run the experiment to register a servable model")
-    params = run.data.params
-    shape = (-1, int(params["data.image_size"]), int(params["data.image_size"]), int(params["data.channels"]))
-    from mlflow.models import ModelSignature  # noqa: PLC0415
-    from mlflow.types.schema import Array, ColSpec, DataType, Schema, TensorSpec  # noqa: PLC0415
-
-    # Images as `prepare` stores them: float32 in [0, 1]; MLflow refuses another shape or dtype before predict.
-    signature = ModelSignature(
-        inputs=Schema([TensorSpec(np.dtype(np.float32), shape)]),   # unnamed: predict gets the array itself
-        outputs=Schema([ColSpec(DataType.string, "class"), ColSpec(DataType.long, "class_index"),
-                        ColSpec(Array(DataType.float), "probabilities")]))
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(uri)
-    try:
-        with mlflow.start_run(run_id=run.info.run_id):
-            info = mlflow.pyfunc.log_model(
-                name=label, python_model=str(PYFUNC_CODE), artifacts={"tflite": str(local)},
-                model_config={"class_names": json.loads(class_names), "num_threads": 1}, signature=signature,
-                input_example=_example(shape), tags={"file": f"{label}.tflite"},
-                pip_requirements=[f"{name}=={metadata.version(name)}" for name in SERVING_PACKAGES])
-    finally:
-        mlflow.set_tracking_uri(previous)
-    return client.get_logged_model(info.model_id)
+    model = file_models.found_model(client, run, label)
+    if model is None:
+        class_names = run.data.tags.get("class_names")
+        if class_names is None:
+            raise UserError(f"run {run.info.run_id} does not name its classes (tag class_names): its report "
+                            f"stage was run by an older pipeline; re-run the experiment to register a servable "
+                            f"model")
+        size, channels = int(run.data.params["data.image_size"]), int(run.data.params["data.channels"])
+        served = file_models.Served(json.loads(class_names), size, channels, _example((size, size, channels)))
+        model_id = file_models.log_models(uri, run.info.run_id, [file_models.FileModel(label, local)], served)[label]
+        model = client.get_logged_model(model_id)
+    return model
 
 
 def _example(shape: tuple) -> np.ndarray | None:
-    """Three test images of the workspace's prepared data, when they have the model's input shape."""
+    """Three test images of the workspace's prepared data, when they have `shape`."""
     from compresslab.data import shards  # noqa: PLC0415
 
     try:
@@ -181,7 +160,7 @@ def _example(shape: tuple) -> np.ndarray | None:
         images = test.take(range(min(3, shards.count(test))))
     except (UserError, OSError, KeyError):
         return None
-    return images if images.shape[1:] == shape[1:] else None
+    return images if images.shape[1:] == tuple(shape) else None
 
 
 def _lineage(tags: Mapping[str, str]) -> dict[str, str]:

@@ -1,0 +1,84 @@
+"""Evaluated .tflite classifiers as MLflow logged models: one per file, named by its label, logged into the
+summary run, so MLflow 3's Models tab lists every file and sorts them by accuracy, size or latency ratio, and
+`--register` (tools/registry.py) registers the chosen one.
+
+Each model is the file behind LiteRT (`litert_pyfunc.py`, logged as the model's code and executed where the
+model is loaded: no TensorFlow, no compresslab), with its signature (float32 images N x H x W x C in [0, 1], as
+`prepare` stores them), a few test images as its input example, the class names, requirements pinned to this
+environment's versions of what serving needs, the file's figures as the model's metrics and its identity as
+tags.
+"""
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+
+import mlflow
+import numpy as np
+from mlflow.models import ModelSignature
+from mlflow.types.schema import Array, ColSpec, DataType, Schema, TensorSpec
+
+PYFUNC_CODE = Path(__file__).with_name("litert_pyfunc.py")
+SERVING_PACKAGES = ("mlflow", "ai-edge-litert", "numpy", "pandas")
+# The figures a file's model carries (Models tab columns), when the file has them.
+FIGURES = ("accuracy", "accuracy_ci_low", "accuracy_ci_high", "accuracy_delta_control_pp", "val_accuracy",
+           "gzip_bytes", "file_bytes", "gzip_ratio", "sparsity", "latency_ratio", "peak_rss_mb")
+
+
+@dataclass(frozen=True)
+class Served:
+    """What every model of one study shares: the classes it answers with and the images it takes."""
+    class_names: Sequence[str]
+    image_size: int
+    channels: int
+    example: np.ndarray | None = None   # a few test images, or None
+
+    def signature(self) -> ModelSignature:
+        # Unnamed tensor: `predict` gets the array itself. MLflow refuses another shape or dtype before it.
+        return ModelSignature(
+            inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, self.image_size, self.image_size, self.channels))]),
+            outputs=Schema([ColSpec(DataType.string, "class"), ColSpec(DataType.long, "class_index"),
+                            ColSpec(Array(DataType.float), "probabilities")]))
+
+
+@dataclass(frozen=True)
+class FileModel:
+    label: str                      # <variant>-<mode>: the model's name
+    path: Path                      # the .tflite file
+    metrics: Mapping[str, float] = field(default_factory=dict)
+    tags: Mapping[str, str] = field(default_factory=dict)
+
+
+def figures_of(record) -> dict[str, float]:
+    """The FIGURES a result record holds, as floats."""
+    return {name: float(value) for name in FIGURES if (value := getattr(record, name, None)) is not None}
+
+
+def log_models(uri: str, run_id: str, files: Iterable[FileModel], served: Served) -> dict[str, str]:
+    """Log each file as a model of run `run_id` in the store at `uri`; {label: model id}."""
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    try:
+        with mlflow.start_run(run_id=run_id):
+            return {file.label: _log(file, served) for file in files}
+    finally:
+        mlflow.set_tracking_uri(previous)
+
+
+def _log(file: FileModel, served: Served) -> str:
+    info = mlflow.pyfunc.log_model(
+        name=file.label, python_model=str(PYFUNC_CODE), artifacts={"tflite": str(file.path)},
+        model_config={"class_names": list(served.class_names), "num_threads": 1}, signature=served.signature(),
+        input_example=served.example, tags={"file": f"{file.label}.tflite", **file.tags},
+        pip_requirements=[f"{name}=={metadata.version(name)}" for name in SERVING_PACKAGES])
+    if file.metrics:
+        mlflow.log_metrics(dict(file.metrics), model_id=info.model_id)
+    return info.model_id
+
+
+def found_model(client, run, label: str):
+    """The LoggedModel named `label` that run `run` logged, or None."""
+    found = client.search_logged_models([run.info.experiment_id],
+                                        filter_string=f"name = '{label}' AND source_run_id = '{run.info.run_id}'")
+    return found[0] if found else None
