@@ -46,7 +46,7 @@ def run(params, variant: str) -> dict:
         raise UserError(f"{record_path} not found: run `dvc repro convert@{variant}` first")
     record = json.loads(record_path.read_text())
     validation = splits["val"]   # for choices (compresslab search): the test split stays held out
-    decoding = detector_decoding(record, splits["test"].meta)
+    decoding = measure.Decoding.from_record(record, splits["test"].meta)
     rows = [measure.error_row(variant, mode, f"conversion failed: {reason}")
             for mode, reason in record["failures"].items()]
     profiles = {}
@@ -80,20 +80,6 @@ def run(params, variant: str) -> dict:
     result = {"variant": variant, "fingerprint": machine_fingerprint(), "rows": rows, "profiles": profiles}
     write_json(paths.evaluation(variant), result)
     return result
-
-
-def detector_decoding(record: dict, meta: dict) -> measure.Decoding | None:
-    """How a detector's files become boxes: the anchors and NMS settings `convert` recorded, with which it
-    decoded the Keras model too. None for a classifier."""
-    if record.get("task") != "detection":
-        return None
-    from compresslab.detection.anchors import AnchorSpec  # noqa: PLC0415  (detection only; NumPy)
-    from compresslab.detection.postprocess import Decoder  # noqa: PLC0415
-
-    spec = AnchorSpec(**{key: tuple(tuple(v) if isinstance(v, list) else v for v in value)
-                         if isinstance(value, list) else value for key, value in record["anchors"].items()})
-    return measure.Decoding(Decoder(spec.boxes(), **record["decoding"]), class_names=tuple(meta["class_names"]),
-                            image_size=int(meta["image_size"]))
 
 
 def main() -> None:

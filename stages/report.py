@@ -145,7 +145,7 @@ def study_summary(params, fingerprint: dict) -> dict:
 
 def log_summary(params, records: list[Record], report_path, fingerprint: dict, files: int) -> None:
     """The MLflow summary run: the whole configuration, every figure, the report and the files; and each
-    classifier file as a model of it (MLflow's Models tab)."""
+    file as a model of it (MLflow's Models tab)."""
     meta = shards.load_meta()
     run_id = mlflow_log.log_summary(
         params=params, metrics=summary_metrics(records), description=report_path.read_text(),
@@ -156,21 +156,21 @@ def log_summary(params, records: list[Record], report_path, fingerprint: dict, f
         artifacts=[report_path, paths.REPORTS / "variants.csv", paths.REPORTS / "metrics.json",
                    paths.REPORTS / "fingerprint.json", paths.REPORTS / "profile.json", paths.PLOTS, paths.TFLITE,
                    "dvc.lock", "params.yaml"])
-    if meta.get("task") != "detection":   # a detector's decoding (anchors, NMS) is not served yet
-        log_file_models(run_id, records, meta)
+    log_file_models(run_id, records, meta)
 
 
 def log_file_models(run_id: str, records: list[Record], meta: dict) -> None:
     """Every evaluated file as a LiteRT pyfunc model of the summary run, with its figures and lineage."""
     test = shards.open_split("test")
-    served = file_models.Served(meta["class_names"], int(meta["image_size"]), int(meta["channels"]),
-                                test.take(range(min(EXAMPLE_IMAGES, shards.count(test)))))
+    conversion = json.loads(paths.conversion_record(variants.BASELINE).read_text())
+    served = file_models.served_study(meta, conversion, test.take(range(min(EXAMPLE_IMAGES, shards.count(test)))))
     uri = mlflow_log.tracking_uri()
     lineage = {key: value for key, value in mlflow_log.lineage_tags("report").items()
                if key in ("data_hash", "git_commit", "dvc_exp_name")}
     files = [file_models.FileModel(record.label, Path(record.file), file_models.figures_of(record),
                                    {"variant": record.variant, "mode": record.mode,
-                                    "file_md5": shards.file_md5(Path(record.file)), **lineage})
+                                    "file_md5": shards.file_md5(Path(record.file)), **lineage},
+                                   file_models.file_config(Path(record.file), served))
              for record in records if not record.failed and record.file]
     with mlflow_log.write_lock(uri):
         file_models.log_models(uri, run_id, files, served)

@@ -3,15 +3,19 @@ preset on a small digits-on-photos VOC folder): every stage, every technique, Li
 the report with its intervals, per-class table and pictures, and the MLflow summary.
 """
 
+import mlflow
+import numpy as np
 import pandas as pd
 import pytest
 
 from compresslab import variants
+from compresslab.data import shards
 from compresslab.tools import sandbox
 from conftest import REPO, mlflow_runs, read_json, run, stages_ran
 
 pytestmark = pytest.mark.slow(minutes=9)   # about 8 minutes of one core: 8 variants, 4 QAT conversions
 
+SERVED_IMAGES = 4   # test images the registered detector answers, against what `evaluate` found
 FILES = sorted([f"{v}-{m}" for v in variants.FLOAT_VARIANTS for m in ("float32", "int8")]
                + [f"{v}-int8" for v in variants.QAT_VARIANTS])
 
@@ -94,8 +98,28 @@ def test_the_chosen_detector_file_is_registered_by_the_same_rule(detection_proje
     chosen = read_json(detection_project / "reports/compare/selection.json")["chosen"]
     label = f"{chosen['variant']}-{chosen['mode']}"
     assert f"registered {label}.tflite as detector version 1" in result.stdout
-    assert 'download_artifacts("models:/detector@champion")' in result.stdout   # a file: its decoding is not served
-    client = MlflowClient(f"sqlite:///{detection_project / 'mlflow.db'}")
+    assert 'mlflow.pyfunc.load_model("models:/detector@champion")' in result.stdout
+    uri = f"sqlite:///{detection_project / 'mlflow.db'}"
+    client = MlflowClient(uri)
     tags = client.get_model_version_by_alias("detector", "champion").tags
     assert tags["selection.reference"] == "finetune-float32" and tags["selection.split"] == "val"
     assert tags["file"] == f"{label}.tflite"
+
+    # The version is a model that finds, image by image, the boxes `evaluate` found with that file.
+    mlflow.set_tracking_uri(uri)
+    try:
+        test = shards.open_split("test", detection_project / "data" / "prepared")
+        images = test.take(range(SERVED_IMAGES))
+        found = mlflow.pyfunc.load_model("models:/detector@champion").predict(images)
+    finally:
+        mlflow.set_tracking_uri(None)
+    evaluated = next(row for row in read_json(detection_project / "reports/evaluate" / f"{chosen['variant']}.json")
+                     ["rows"] if row["mode"] == chosen["mode"])["detections"][:SERVED_IMAGES]
+    class_names = shards.load_meta(detection_project / "data" / "prepared")["class_names"]
+    assert len(found) == SERVED_IMAGES
+    for answer, rows in zip(found.itertuples(), evaluated):
+        assert answer.class_index == [row[0] for row in rows]
+        assert answer.classes == [class_names[row[0]] for row in rows]
+        assert np.allclose(answer.scores, [row[1] for row in rows], atol=1e-4)
+        assert np.allclose(np.reshape(answer.boxes, (-1, 4)), np.reshape([row[2:] for row in rows], (-1, 4)),
+                           atol=1e-4)

@@ -41,10 +41,17 @@ def imported_modules(path: Path) -> set[str]:
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
-            names.add(node.module)
-            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            module = node.module if not node.level else absolute(path, node.module, node.level)
+            names.add(module)
+            names.update(f"{module}.{alias.name}" for alias in node.names)
     return names
+
+
+def absolute(path: Path, module: str, level: int) -> str:
+    """The dotted name a relative import in `path` means (`from .boxes import x` in compresslab/detection/)."""
+    package = path.resolve().relative_to(SRC).with_suffix("").parts[:-1]
+    return ".".join([*package[:len(package) - (level - 1)], module])
 
 
 def reached_files(script: Path) -> set[str]:

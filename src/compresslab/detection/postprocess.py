@@ -13,7 +13,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from compresslab.detection.boxes import decode, iou
+# Relative on purpose: a served detector model (tracking/file_models.py) ships this package's folder as its
+# own code, where it is not `compresslab.detection`; boxes.py and this module import nothing else of ours.
+from .boxes import decode, iou
 
 DECIMALS = 5  # a 1/100000 image side is far below a pixel of any image this project handles
 # The lowest score a box needs to be kept for mAP: COCO ranks every box, so low scores count too.

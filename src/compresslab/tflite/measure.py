@@ -34,6 +34,19 @@ class Decoding:
     class_names: tuple[str, ...]
     image_size: int
 
+    @classmethod
+    def from_record(cls, record: Mapping, meta: Mapping) -> "Decoding | None":
+        """How a detector's files become boxes: the anchors and NMS settings `convert` recorded (its
+        conversion.json), with which it decoded the Keras model too. None for a classifier."""
+        if record.get("task") != "detection":
+            return None
+        from compresslab.detection.anchors import AnchorSpec  # noqa: PLC0415  (detection only; NumPy)
+
+        spec = AnchorSpec(**{key: tuple(tuple(v) if isinstance(v, list) else v for v in value)
+                             if isinstance(value, list) else value for key, value in record["anchors"].items()})
+        return cls(postprocess.Decoder(spec.boxes(), **record["decoding"]), class_names=tuple(meta["class_names"]),
+                   image_size=int(meta["image_size"]))
+
     def detect(self, interpreter, images) -> list:
         """The boxes the file finds on every image of `images` (a split or an array), a batch at a time."""
         return self.decoder.detect_batches(lambda batch: runtime.predict_detector(interpreter, batch),

@@ -4,11 +4,10 @@
     compresslab search prune.final_sparsity --max-drop 1 --register firenet
     mlflow.pyfunc.load_model("models:/firenet@champion").predict(images)   # anywhere the server is reachable
 
-A classifier's version is an MLflow model logged into the summary run it came from (named by its label,
-`tracking/litert_pyfunc.py`: LiteRT, no TensorFlow), so `mlflow.pyfunc.load_model("models:/NAME@ALIAS")`
-predicts, `mlflow models serve -m models:/NAME@ALIAS --env-manager local` answers, and the file itself is its
-artifact `artifacts/<label>.tflite`, byte for byte. A detector's version is a folder holding only the chosen
-file (`registry/<label>/`): its decoding (anchors, NMS) is not served yet. The version carries the
+The version is the MLflow model the report stage logged for the file into its summary run (named by its label;
+tracking/file_models.py: LiteRT, no TensorFlow), so `mlflow.pyfunc.load_model("models:/NAME@ALIAS")` predicts
+(a classifier's classes, a detector's boxes), `mlflow models serve -m models:/NAME@ALIAS --env-manager local`
+answers, and the file itself is its artifact `artifacts/<label>.tflite`, byte for byte. The version carries the
 run's lineage (data hash, git commit, DVC experiment, the dvc.lock hashes the report stage read), the file's
 md5 and figures, the experiment's params (`param.<key>`) and the selection rule (`selection.*`) as tags.
 
@@ -16,22 +15,15 @@ The alias (`champion` by default) moves to the new version unless the version it
 objective (smaller gzipped size, or a lower latency ratio); either way the command says which and why.
 """
 
-import hashlib
-import json
 import re
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
-
-import numpy as np
 
 from compresslab import variants
 from compresslab.errors import UserError
 from compresslab.results.selection import OBJECTIVES
 
 DEFAULT_ALIAS = "champion"
-ARTIFACT_DIR = "registry"
 LINEAGE_TAGS = ("data_hash", "git_commit", "git_dirty", "dvc_exp_name")
 LINEAGE_PREFIXES = ("dvc.dep.", "dvc.out.")
 FIGURES = ("accuracy", "accuracy_delta_pp", "val_accuracy", "gzip_bytes", "latency_ratio", "latency_median_ms")
@@ -48,12 +40,11 @@ class Registration:
     alias_moved: bool
     why: str
     file: str
-    servable: bool   # a pyfunc model (a classifier), or a folder holding the file (a detector)
 
     def how_to_load(self) -> str:
         uri = f"models:/{self.name}@{self.alias}"
         return (f'mlflow.pyfunc.load_model("{uri}").predict(images), or `mlflow models serve -m {uri} '
-                f'--env-manager local`' if self.servable else f'mlflow.artifacts.download_artifacts("{uri}")')
+                f'--env-manager local`')
 
 
 def check_name(name: str, alias: str = DEFAULT_ALIAS) -> None:
@@ -87,17 +78,10 @@ def register(name: str, *, run_id: str, variant: str, mode: str, figures: Mappin
     client = MlflowClient(uri, registry_uri=uri)   # the registry of the same store, whatever the defaults
     run = client.get_run(run_id)
     label = variants.label(variant, mode)
-    servable = run.data.tags.get("task", "classification") == "classification"
-    with tempfile.TemporaryDirectory() as scratch:
-        local, md5 = _fetch_file(client, run, variant, label, Path(scratch))
-        if servable:
-            model = _logged_model(client, uri, run, label, local)
-            source, model_id = model.artifact_location, model.model_id
-        else:
-            source, model_id = _log_folder(client, run, label, local), None
+    model = _logged_model(client, run, label)
     tags = {**_lineage(run.data.tags), **{f"param.{k}": v for k, v in run.data.params.items()},
             **{f"selection.{k}": str(v) for k, v in rule.items()}, "selection.objective": objective,
-            "file": f"{label}.tflite", "file_md5": md5,
+            "file": f"{label}.tflite", "file_md5": model.tags["file_md5"],
             **{key: str(figures[key]) for key in FIGURES if figures.get(key) is not None}}
     try:
         client.create_registered_model(name, description="TFLite files chosen by compresslab (compare or search "
@@ -105,62 +89,22 @@ def register(name: str, *, run_id: str, variant: str, mode: str, figures: Mappin
     except MlflowException as err:
         if err.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
-    version = client.create_model_version(name, source=source, run_id=run_id, tags=tags, model_id=model_id,
+    version = client.create_model_version(name, source=model.artifact_location, run_id=run_id, tags=tags,
+                                          model_id=model.model_id,
                                           description=f"{label}.tflite from experiment {_experiment(run)}")
     moved, why = _move_alias(client, name, alias, version.version, tags, objective)
-    return Registration(name, str(version.version), alias, moved, why, f"{label}.tflite", servable)
+    return Registration(name, str(version.version), alias, moved, why, f"{label}.tflite")
 
 
-def _fetch_file(client, run, variant: str, label: str, scratch: Path) -> tuple[Path, str]:
-    """The run's `<label>.tflite`, downloaded into `scratch`, and its md5."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        local = Path(client.download_artifacts(run.info.run_id, f"tflite/{variant}/{label}.tflite", str(scratch)))
-    except (MlflowException, OSError):
-        raise UserError(f"run {run.info.run_id} holds no tflite/{variant}/{label}.tflite artifact: was its "
-                        f"report stage run by an older pipeline? Re-run the experiment") from None
-    return local, hashlib.md5(local.read_bytes()).hexdigest()
-
-
-def _log_folder(client, run, label: str, local: Path) -> str:
-    """The URI of the run's registry/<label>/ folder holding only the file (logged once)."""
-    folder = f"{ARTIFACT_DIR}/{label}"
-    if not client.list_artifacts(run.info.run_id, folder):
-        client.log_artifact(run.info.run_id, str(local), artifact_path=folder)
-    return f"{run.info.artifact_uri}/{folder}"
-
-
-def _logged_model(client, uri: str, run, label: str, local: Path):
-    """The run's model of `label` (tracking/file_models.py): the one its report stage logged, else logged now
-    (a run whose report logged no models), with three of the workspace's test images as its example when they
-    have the run's input shape."""
+def _logged_model(client, run, label: str):
+    """The model of `label` the run's report stage logged (tracking/file_models.py)."""
     from compresslab.tracking import file_models  # noqa: PLC0415  (imports MLflow's model flavours)
 
     model = file_models.found_model(client, run, label)
     if model is None:
-        class_names = run.data.tags.get("class_names")
-        if class_names is None:
-            raise UserError(f"run {run.info.run_id} does not name its classes (tag class_names): its report "
-                            f"stage was run by an older pipeline; re-run the experiment to register a servable "
-                            f"model")
-        size, channels = int(run.data.params["data.image_size"]), int(run.data.params["data.channels"])
-        served = file_models.Served(json.loads(class_names), size, channels, _example((size, size, channels)))
-        model_id = file_models.log_models(uri, run.info.run_id, [file_models.FileModel(label, local)], served)[label]
-        model = client.get_logged_model(model_id)
+        raise UserError(f"run {run.info.run_id} logged no model of {label}.tflite: its report stage was run by an "
+                        f"older pipeline; re-run the experiment to register it")
     return model
-
-
-def _example(shape: tuple) -> np.ndarray | None:
-    """Three test images of the workspace's prepared data, when they have `shape`."""
-    from compresslab.data import shards  # noqa: PLC0415
-
-    try:
-        test = shards.open_split("test")
-        images = test.take(range(min(3, shards.count(test))))
-    except (UserError, OSError, KeyError):
-        return None
-    return images if images.shape[1:] == tuple(shape) else None
 
 
 def _lineage(tags: Mapping[str, str]) -> dict[str, str]:

@@ -6,8 +6,11 @@ Each model is the file behind LiteRT (`litert_pyfunc.py`, logged as the model's 
 model is loaded: no TensorFlow, no compresslab), with its signature (float32 images N x H x W x C in [0, 1], as
 `prepare` stores them), a few test images as its input example, the class names, requirements pinned to this
 environment's versions of what serving needs, the file's figures as the model's metrics and its identity as
-tags.
+tags. A detector's model also carries its anchors, its NMS settings and the `detection` package folder
+(NumPy-only decoding), and answers with boxes, scores and classes.
 """
+
+import tempfile
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -20,9 +23,11 @@ from mlflow.models import ModelSignature
 from mlflow.types.schema import Array, ColSpec, DataType, Schema, TensorSpec
 
 PYFUNC_CODE = Path(__file__).with_name("litert_pyfunc.py")
+DETECTION_CODE = Path(__file__).resolve().parents[1] / "detection"   # shipped with a detector's model
 SERVING_PACKAGES = ("mlflow", "ai-edge-litert", "numpy", "pandas")
 # The figures a file's model carries (Models tab columns), when the file has them.
 FIGURES = ("accuracy", "accuracy_ci_low", "accuracy_ci_high", "accuracy_delta_control_pp", "val_accuracy",
+           "map", "map50", "map_ci_low", "map_ci_high", "map_delta_control_pp", "val_map",
            "gzip_bytes", "file_bytes", "gzip_ratio", "sparsity", "latency_ratio", "peak_rss_mb")
 
 
@@ -33,13 +38,23 @@ class Served:
     image_size: int
     channels: int
     example: np.ndarray | None = None   # a few test images, or None
+    anchors: np.ndarray | None = None   # a detector's (A, 4) [cy, cx, h, w]
+    decoding: Mapping | None = None     # a detector's NMS settings (`postprocess.Decoder.settings()`)
+
+    @property
+    def task(self) -> str:
+        return "classification" if self.anchors is None else "detection"
 
     def signature(self) -> ModelSignature:
         # Unnamed tensor: `predict` gets the array itself. MLflow refuses another shape or dtype before it.
-        return ModelSignature(
-            inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, self.image_size, self.image_size, self.channels))]),
-            outputs=Schema([ColSpec(DataType.string, "class"), ColSpec(DataType.long, "class_index"),
-                            ColSpec(Array(DataType.float), "probabilities")]))
+        images = Schema([TensorSpec(np.dtype(np.float32), (-1, self.image_size, self.image_size, self.channels))])
+        if self.task == "detection":
+            return ModelSignature(inputs=images, outputs=Schema([
+                ColSpec(Array(Array(DataType.float)), "boxes"), ColSpec(Array(DataType.float), "scores"),
+                ColSpec(Array(DataType.string), "classes"), ColSpec(Array(DataType.long), "class_index")]))
+        return ModelSignature(inputs=images, outputs=Schema([
+            ColSpec(DataType.string, "class"), ColSpec(DataType.long, "class_index"),
+            ColSpec(Array(DataType.float), "probabilities")]))
 
 
 @dataclass(frozen=True)
@@ -48,6 +63,31 @@ class FileModel:
     path: Path                      # the .tflite file
     metrics: Mapping[str, float] = field(default_factory=dict)
     tags: Mapping[str, str] = field(default_factory=dict)
+    config: Mapping = field(default_factory=dict)   # this file's own model config (a detector's output indices)
+
+
+def served_study(meta: Mapping, conversion: Mapping, example: np.ndarray | None) -> Served:
+    """What the models of one study share, from prepare's meta.json and a variant's conversion.json (a
+    detector's anchors and NMS settings, as `evaluate` decoded its files)."""
+    from compresslab.tflite.measure import Decoding  # noqa: PLC0415  (LiteRT)
+
+    size, channels = int(meta["image_size"]), int(meta["channels"])
+    decoding = Decoding.from_record(conversion, meta)
+    if decoding is None:
+        return Served(meta["class_names"], size, channels, example)
+    return Served(meta["class_names"], size, channels, example, anchors=decoding.decoder.anchors,
+                  decoding=decoding.decoder.settings())
+
+
+def file_config(path: Path, served: Served) -> dict:
+    """A detector file's own model config: which output is the boxes and which the scores (the converter does
+    not promise their order; `runtime.detector_outputs` reads the file's signature)."""
+    if served.task != "detection":
+        return {}
+    from compresslab.tflite import runtime  # noqa: PLC0415
+
+    boxes, scores = runtime.detector_outputs(runtime.load_interpreter(path))
+    return {"boxes_output": int(boxes["index"]), "scores_output": int(scores["index"])}
 
 
 def figures_of(record) -> dict[str, float]:
@@ -60,16 +100,24 @@ def log_models(uri: str, run_id: str, files: Iterable[FileModel], served: Served
     previous = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(uri)
     try:
-        with mlflow.start_run(run_id=run_id):
-            return {file.label: _log(file, served) for file in files}
+        with tempfile.TemporaryDirectory() as scratch, mlflow.start_run(run_id=run_id):
+            anchors = None
+            if served.anchors is not None:
+                anchors = Path(scratch) / "anchors.npy"
+                np.save(anchors, np.asarray(served.anchors, np.float32))
+            return {file.label: _log(file, served, anchors) for file in files}
     finally:
         mlflow.set_tracking_uri(previous)
 
 
-def _log(file: FileModel, served: Served) -> str:
+def _log(file: FileModel, served: Served, anchors: Path | None) -> str:
+    detector = served.task == "detection"
+    config = {"task": served.task, "class_names": list(served.class_names), "num_threads": 1,
+              **({"decoding": dict(served.decoding or {})} if detector else {}), **file.config}
     info = mlflow.pyfunc.log_model(
-        name=file.label, python_model=str(PYFUNC_CODE), artifacts={"tflite": str(file.path)},
-        model_config={"class_names": list(served.class_names), "num_threads": 1}, signature=served.signature(),
+        name=file.label, python_model=str(PYFUNC_CODE), model_config=config, signature=served.signature(),
+        artifacts={"tflite": str(file.path), **({"anchors": str(anchors)} if detector else {})},
+        code_paths=[str(DETECTION_CODE)] if detector else None,
         input_example=served.example, tags={"file": f"{file.label}.tflite", **file.tags},
         pip_requirements=[f"{name}=={metadata.version(name)}" for name in SERVING_PACKAGES])
     if file.metrics:
