@@ -152,7 +152,7 @@ def test_the_chosen_file_is_registered_with_its_lineage_and_a_better_choice_move
     files = pd.read_csv(project / "reports" / "variants.csv")
     assert sorted(model.name for model in logged) == sorted(files["variant"] + "-" + files["mode"])
     model = next(model for model in logged if model.name == label)
-    figures = {metric.key: metric.value for metric in model.metrics}
+    figures = {metric.key.removeprefix("file."): metric.value for metric in model.metrics}
     row = files[(files["variant"] == chosen["variant"]) & (files["mode"] == chosen["mode"])].iloc[0]
     assert figures["gzip_bytes"] == row["gzip_bytes"] and figures["accuracy"] == pytest.approx(row["accuracy"])
     assert figures["latency_ratio"] == pytest.approx(row["latency_ratio"])
