@@ -150,8 +150,6 @@ def log_summary(params, records: list[Record], report_path, fingerprint: dict, f
     run_id = mlflow_log.log_summary(
         params=params, metrics=summary_metrics(records), description=report_path.read_text(),
         tags={"files": str(files), "model": params.model.name, "task": str(meta.get("task", "classification")),
-              # what a registered file's served model answers with (tools/registry.py)
-              "class_names": json.dumps(meta["class_names"]),
               **{f"fingerprint.{key}": value for key, value in fingerprint.items()}},
         artifacts=[report_path, paths.REPORTS / "variants.csv", paths.REPORTS / "metrics.json",
                    paths.REPORTS / "fingerprint.json", paths.REPORTS / "profile.json", paths.PLOTS, paths.TFLITE,

@@ -1,5 +1,5 @@
-"""Evaluated .tflite classifiers as MLflow logged models: one per file, named by its label, logged into the
-summary run, so MLflow 3's Models tab lists every file and sorts them by accuracy, size or latency ratio, and
+"""Evaluated .tflite files as MLflow logged models: one per file, named by its label, an output of the summary
+run, so MLflow 3's Models tab lists every file and sorts them by accuracy (mAP), size or latency ratio, and
 `--register` (tools/registry.py) registers the chosen one.
 
 Each model is the file behind LiteRT (`litert_pyfunc.py`, logged as the model's code and executed where the
@@ -12,7 +12,6 @@ tags. A detector's model also carries its anchors, its NMS settings and the `det
 
 import tempfile
 import time
-
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -41,7 +40,7 @@ class Served:
     class_names: Sequence[str]
     image_size: int
     channels: int
-    example: np.ndarray | None = None   # a few test images, or None
+    example: np.ndarray | None = None   # test images, the models' input example (None: none)
     anchors: np.ndarray | None = None   # a detector's (A, 4) [cy, cx, h, w]
     decoding: Mapping | None = None     # a detector's NMS settings (`postprocess.Decoder.settings()`)
 
