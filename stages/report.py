@@ -158,9 +158,13 @@ def log_summary(params, records: list[Record], report_path, fingerprint: dict, f
 
 
 def log_file_models(run_id: str, records: list[Record], meta: dict) -> None:
-    """Every evaluated file as a LiteRT pyfunc model of the summary run, with its figures and lineage."""
+    """Every evaluated file as a LiteRT pyfunc model of the summary run, with its figures and lineage (the files
+    this workspace holds: all of them after `dvc repro`)."""
+    present = [record for record in records if not record.failed and record.file and Path(record.file).is_file()]
+    if not present:
+        return
     test = shards.open_split("test")
-    conversion = json.loads(paths.conversion_record(variants.BASELINE).read_text())
+    conversion = json.loads(paths.conversion_record(present[0].variant).read_text())   # a detector's anchors
     served = file_models.served_study(meta, conversion, test.take(range(min(EXAMPLE_IMAGES, shards.count(test)))))
     uri = mlflow_log.tracking_uri()
     lineage = {key: value for key, value in mlflow_log.lineage_tags("report").items()
@@ -169,7 +173,7 @@ def log_file_models(run_id: str, records: list[Record], meta: dict) -> None:
                                    {"variant": record.variant, "mode": record.mode,
                                     "file_md5": shards.file_md5(Path(record.file)), **lineage},
                                    file_models.file_config(Path(record.file), served))
-             for record in records if not record.failed and record.file]
+             for record in present]
     with mlflow_log.write_lock(uri):
         file_models.log_models(uri, run_id, files, served)
     print(f"mlflow: logged {len(files)} file(s) as models of {run_id} (the experiment's Models tab)")

@@ -198,6 +198,16 @@ def test_two_clones_sweep_at_once_into_one_tracking_server_and_lose_no_run_or_ar
                 == digest
         assert f"min_runs: {summary.data.params['evaluate.min_runs']}" in on_disk["params.yaml"].read_text()
         stored += len(on_disk)
+        # Each file is also a logged model of the summary (its own folder in the store), holding the same bytes.
+        models = client.search_logged_models([experiment.experiment_id],
+                                             filter_string=f"source_run_id = '{summary.info.run_id}'")
+        files = {Path(path).stem: digest for path, digest in tflite.items() if path.endswith(".tflite")}
+        assert sorted(model.name for model in models) == sorted(files)
+        for model in models:
+            folder = destination / urllib.parse.urlparse(model.artifact_location).path.lstrip("/")
+            assert hashlib.md5((folder / "artifacts" / f"{model.name}.tflite").read_bytes()).hexdigest() \
+                == files[model.name]
+            stored += sum(1 for p in folder.rglob("*") if p.is_file())
     assert stored == sum(1 for p in destination.rglob("*") if p.is_file())  # nothing else, nothing orphaned
     # The two sweeps ran at the same time: each clone's executions span a stretch the other's overlap.
     spans = {who: (min(by_name[n].info.start_time for n in names if names[n] == who),
