@@ -83,7 +83,10 @@ class Repro:
         while time.time() < deadline and self.process.poll() is None:
             for child in psutil.Process(self.process.pid).children(recursive=True):
                 with contextlib.suppress(psutil.Error, OSError):
-                    if script in " ".join(child.cmdline()) and handles_sigint(child.pid):
+                    # `script` as an argument of its own: the shell dvc starts the stage with
+                    # (`bash -c "python stages/train.py"`) also handles SIGINT, until it execs Python, and a
+                    # signal it takes there is lost with it.
+                    if script in child.cmdline() and handles_sigint(child.pid):
                         return
             time.sleep(0.01)
         raise AssertionError(f"{script} never started:\n{''.join(self.lines)[-3000:]}")
