@@ -42,7 +42,7 @@ test: setup  ## set up and run the whole test suite
 test-fast: setup  ## only the fast unit tests (skips the end-to-end dvc runs)
 	. $(BIN)/activate && python -m pytest $(PYTEST_XDIST) -m "not slow"
 
-params: setup  ## rewrite params.yaml from conf/ (what dvc exp run composes; dvc repro does not)
+params: setup  ## rewrite params.yaml from conf/ (what dvc exp run composes; dvc repro does not) and models/dvc.yaml
 	$(BIN)/compresslab params
 
 benchmark: data  ## time the default pipeline (full run, a re-run, the smoke preset), per stage, and every file's figures

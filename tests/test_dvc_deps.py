@@ -146,6 +146,20 @@ def test_each_declared_variant_is_made_by_its_stage_from_its_parent(variant):
     assert f'variants.made_by("{variant.stage}")' in script_of(spec).read_text()
 
 
+def test_models_dvc_yaml_declares_every_file_the_declarations_make():
+    """DVC's registry lists what the pipeline makes: models/dvc.yaml is generated from the declarations."""
+    from compresslab.tools import dvc_artifacts
+
+    assert (REPO / dvc_artifacts.GENERATED).read_text() == dvc_artifacts.render(), \
+        "models/dvc.yaml is stale: run `make params` and commit it"
+    declared = yaml.safe_load((REPO / dvc_artifacts.GENERATED).read_text())["artifacts"]
+    assert declared["pcqat-int8"]["path"] == "tflite/pcqat/pcqat-int8.tflite"   # relative to models/
+    assert "pcqat-float32" not in declared and "pruned-float16" in declared   # QAT variants become int8 only
+    assert declared["pruned-int8"]["labels"][:2] == ["pruned", "int8"]
+    assert len(declared) == len(variants.DECLARED) + sum(
+        len(variants.modes_of(name, variants.MODES)) for name in variants.REPORT_ORDER)
+
+
 def test_the_import_graph_sees_nested_and_lazy_imports(tmp_path):
     script = tmp_path / "stage.py"
     script.write_text("import compresslab\nfrom compresslab.tflite import measure\n"
@@ -207,5 +221,6 @@ def test_a_new_technique_touches_its_four_places_and_its_declaration(tmp_path):
                root, env=env).stdout.split() == ["1", "baseline", "2"]
     listed = set(run(["dvc", "stage", "list", "--name-only"], root).stdout.split())
     assert {"refine", "convert@refined", "evaluate@refined"} <= listed
+    assert "refined-int8" in yaml.safe_load((root / "models" / "dvc.yaml").read_text())["artifacts"]   # regenerated
     dag = run(["dvc", "dag", "--dot", "report"], root).stdout
     assert all(stage in dag for stage in ('"refine"', '"convert@refined"', '"evaluate@refined"'))

@@ -14,6 +14,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -89,6 +90,7 @@ def test_the_chosen_file_is_registered_with_its_lineage_and_a_better_choice_move
     chosen = read_json(project / "reports" / "compare" / "selection.json")["chosen"]
     label = f"{chosen['variant']}-{chosen['mode']}"
     assert f"registered {label}.tflite as edge version 1; champion now names version 1" in result.stdout
+    assert "declared it as artifact edge in dvc.yaml" in result.stdout
 
     client = MlflowClient(mlflow_server)
     version = client.get_model_version_by_alias("edge", "champion")
@@ -114,6 +116,18 @@ def test_the_chosen_file_is_registered_with_its_lineage_and_a_better_choice_move
     requirements = (folder / "requirements.txt").read_text()
     assert "ai-edge-litert==" in requirements and "tensorflow" not in requirements
     assert (folder / "input_example.json").is_file()   # three of the project's test images
+
+    # DVC's registry finds it too, as it finds every file of models/dvc.yaml, once committed and tagged by GTO.
+    declared = yaml.safe_load((project / "dvc.yaml").read_text())["artifacts"]["edge"]
+    assert declared["path"] == f"models/tflite/{chosen['variant']}/{label}.tflite" and declared["type"] == "model"
+    assert declared["meta"] == {"mlflow_model": "edge", "mlflow_version": "1", "md5": tags["file_md5"]}
+    run(["git", "commit", "-qam", "the chosen file as a DVC artifact"], project)
+    baseline_file = project / "models" / "tflite" / "baseline" / "baseline-float32.tflite"
+    for artifact, made in (("edge", back), ("models:baseline-float32", baseline_file)):
+        run(["gto", "register", artifact], project)
+        got = tmp_path / artifact.replace(":", "-")
+        run(["dvc", "artifacts", "get", ".", artifact, "-o", str(got)], project)
+        assert md5(got) == md5(made), artifact
 
     # The version is a model MLflow loads and serves with LiteRT, answering as `evaluate` did for that file.
     test = shards.open_split("test", project / "data" / "prepared")

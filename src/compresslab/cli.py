@@ -18,7 +18,7 @@ from pathlib import Path
 import compresslab  # noqa: F401  (prepares the environment)
 from compresslab.errors import UserError, run_main
 # All light: MLflow and DVC load when a command works, not when the parser is built.
-from compresslab.tools import registry, search as searching, search_request
+from compresslab.tools import dvc_artifacts, registry, search as searching, search_request
 
 
 # Each bundled sample: where it is written by default, the .dvc file that records its hash, what it holds.
@@ -75,6 +75,8 @@ def params(args: argparse.Namespace) -> None:
         raise UserError("conf/config.yaml not found: run from the project root")
     compose_and_dump(root / "params.yaml", str(root / "conf"), None, "config", str(root), args.set or [])
     print("wrote params.yaml from conf/" + (f" with {args.set}" if args.set else ""))
+    if dvc_artifacts.write(root):
+        print(f"wrote {dvc_artifacts.GENERATED} from the variants declared in src/compresslab/variants.py")
 
 
 def compare(args: argparse.Namespace) -> None:
@@ -101,6 +103,7 @@ def compare(args: argparse.Namespace) -> None:
                   "split": selection.drop.split, "rule": selection.rule,
                   "experiments": ",".join(result.experiments)})
         print(registered_line(registered))
+        print(dvc_artifacts.declare_chosen(Path.cwd(), registered))
 
 
 def search(args: argparse.Namespace) -> None:
@@ -126,6 +129,7 @@ def search(args: argparse.Namespace) -> None:
                   "rule": f"the most compressed {request.knob.name} keeping {request.file} within "
                           f"{request.max_drop:g} pp of {chosen.reference} on the {chosen.split} split"})
         print(registered_line(registered))
+        print(dvc_artifacts.declare_chosen(Path.cwd(), registered))
 
 
 def registered_line(registered) -> str:

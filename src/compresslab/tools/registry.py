@@ -40,6 +40,7 @@ class Registration:
     alias_moved: bool
     why: str
     file: str
+    file_md5: str
 
     def how_to_load(self) -> str:
         uri = f"models:/{self.name}@{self.alias}"
@@ -93,7 +94,7 @@ def register(name: str, *, run_id: str, variant: str, mode: str, figures: Mappin
                                           model_id=model.model_id,
                                           description=f"{label}.tflite from experiment {_experiment(run)}")
     moved, why = _move_alias(client, name, alias, version.version, tags, objective)
-    return Registration(name, str(version.version), alias, moved, why, f"{label}.tflite")
+    return Registration(name, str(version.version), alias, moved, why, f"{label}.tflite", tags["file_md5"])
 
 
 def _logged_model(client, run, label: str):
