@@ -80,7 +80,7 @@ def test_a_multi_worker_run_without_a_usable_tf_config_stops_before_training(tmp
     ("cluster", "cluster", "centroid_init", "median", ["cluster.centroid_init"]),
     ("cluster", "cluster", "epochs", 3.0, ["cluster.epochs", "whole number"]),
     ("cqat", "cqat", "epochs", 2.5, ["cqat.epochs"]),
-    ("convert baseline", "convert", "modes", ["int4"], ["convert.modes"]),
+    ("convert baseline", "convert", "modes", ["int3"], ["convert.modes"]),
     ("convert vgg", "convert", "int8_io", False, ["unknown variant 'vgg'", "baseline"]),
     ("evaluate baseline", "evaluate", "threads", [], ["evaluate.threads"]),
     ("evaluate baseline", "evaluate", "min_runs", 0, ["evaluate.min_runs"]),

@@ -103,7 +103,9 @@ def test_each_mode_stores_the_weights_in_its_type(files):
     assert kernel_types == {"float32": ["FLOAT32"], "float16": ["FLOAT16"], "int8": ["INT8"],
                             # dynamic range leaves tensors under 1024 elements (the 36-weight conv and
                             # the 128-weight output layer) in float32; the 2048-weight hidden one is int8
-                            "dynamic": ["FLOAT32", "INT8"]}
+                            "dynamic": ["FLOAT32", "INT8"],
+                            # the LiteRT quantizer takes every weighted layer, whatever its size
+                            "int4": ["INT4"], "int8_weights": ["INT8"]}
     assert sorted(kernel for kernel, _ in stored_types(files["dynamic"]).values()).count("INT8") == 1
     for mode, data in files.items():
         inp = interpreter(data).get_input_details()[0]
@@ -115,6 +117,21 @@ def test_file_sizes_follow_the_weight_types(files):
     assert sizes["int8"] < 0.4 * sizes["float32"]
     assert 0.45 < sizes["float16"] / sizes["float32"] < 0.65  # halved weights plus fixed graph overhead
     assert sizes["dynamic"] < sizes["float16"]
+    assert sizes["int4"] < sizes["int8_weights"] < sizes["float16"]
+
+
+def test_low_bit_files_predict_close_to_keras_and_read_back_every_weight(model, files, data):
+    """int4 and weight-only int8 come from the float32 file (the LiteRT quantizer): same parameters, packed."""
+    from compresslab.tflite.flatbuffer import weight_stats, unpack_int4
+
+    expected = model.predict(data[0], verbose=0)
+    for mode, closest in (("int8_weights", 0.02), ("int4", 0.25)):
+        got = predict(interpreter(files[mode]), data[0], batch_size=32)
+        assert np.abs(got - expected).max() < closest, mode
+        assert np.mean(got.argmax(1) == expected.argmax(1)) >= 0.9, mode
+        assert weight_stats(files[mode])["parameters"] == weight_stats(files["float32"])["parameters"], mode
+    # Two values a byte, the low nibble first, two's complement: 0x8F holds -1 then -8.
+    assert unpack_int4(bytes([0x8F, 0x07]), 3).tolist() == [-1, -8, 7]
 
 
 def test_float32_file_predicts_like_keras(model, files, data):
@@ -235,7 +252,7 @@ def test_pruning_and_clustering_wrappers_must_be_stripped():
 
 
 @pytest.mark.parametrize("mode, kwargs, message", [
-    ("int4", {}, "unknown TFLite mode 'int4'"),
+    ("int3", {}, "unknown TFLite mode 'int3'"),
     ("int8", {}, "mode int8 needs representative samples"),
     ("int8", {"representative": np.zeros((4, 8, 8, 1), np.float32)}, r"have shape \(8, 8, 1\)"),
     ("int8", {"representative": np.zeros((0, 16, 16, 1), np.float32)}, "non-empty array"),

@@ -15,6 +15,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import yaml
+
 import compresslab  # noqa: F401  (prepares the environment)
 from compresslab.errors import UserError, run_main
 # All light: MLflow and DVC load when a command works, not when the parser is built.
@@ -75,7 +77,8 @@ def params(args: argparse.Namespace) -> None:
         raise UserError("conf/config.yaml not found: run from the project root")
     compose_and_dump(root / "params.yaml", str(root / "conf"), None, "config", str(root), args.set or [])
     print("wrote params.yaml from conf/" + (f" with {args.set}" if args.set else ""))
-    if dvc_artifacts.write(root):
+    modes = yaml.safe_load((root / "params.yaml").read_text())["convert"]["modes"]
+    if dvc_artifacts.write(root, modes):
         print(f"wrote {dvc_artifacts.GENERATED} from the variants declared in src/compresslab/variants.py")
 
 

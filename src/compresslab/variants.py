@@ -8,8 +8,10 @@ A file is named by its label `<variant>-<mode>` (see `paths.tflite_file`).
 
 from dataclasses import dataclass
 
-# The TFLite modes a float variant can convert to, in the order reports list them.
-MODES = ("float32", "dynamic", "float16", "int8")
+# The TFLite modes a float variant can convert to, in the order reports list them: the TFLite converter's four,
+# then two that the LiteRT quantizer makes from the float32 file (int4 weights with dynamically quantized
+# activations; int8 weights dequantized at load, float compute). See tflite/converter.py.
+MODES = ("float32", "dynamic", "float16", "int8", "int4", "int8_weights")
 
 
 @dataclass(frozen=True)

@@ -1,12 +1,17 @@
 """Converting a Keras model (plain, pruned, clustered or QAT-trained) to a TFLite flatbuffer.
 
-Four modes, the usual post-training choices:
+The TFLite converter's four modes, the usual post-training choices:
   float32  no optimisation: the reference file.
   dynamic  dynamic-range quantization: int8 weights, float activations. The converter leaves tensors of
            fewer than 1024 elements in float32 (TF 2.21), so small layers stay float.
   float16  float16 weights, dequantized to float32 at load time (DEQUANTIZE ops in the file).
   int8     full-integer quantization calibrated on representative samples; every op must have an int8
            kernel, else the conversion fails instead of silently keeping float ops.
+And two made from the float32 file by the LiteRT quantizer (`ai-edge-quantizer`, Google's maintained quantizer
+of LiteRT files; the TFLite converter has no 4-bit weights):
+  int4          int4 weights (symmetric, per output channel, two to a byte) of every conv and dense layer,
+                activations quantized dynamically at run time, as `dynamic` does with int8.
+  int8_weights  weight-only int8 (per channel), dequantized to float32 at load time: float compute, smaller file.
 A QAT-trained model (TFMOT `quantize_apply`/`quantize_model`) carries its own ranges and converts to int8
 without calibration.
 
@@ -46,6 +51,10 @@ TRAINING_WRAPPERS = (PruneLowMagnitude, ClusterWeights)
 CONVERTER_FAILURES = (ConverterError, RuntimeError, ValueError, tf.errors.OpError)
 
 
+# The LiteRT quantizer's recipe (a function of `ai_edge_quantizer.recipe`) for each mode it makes.
+QUANTIZER_RECIPES = {"int4": "dynamic_wi4_afp32", "int8_weights": "weight_only_wi8_afp32"}
+
+
 class ConversionError(Exception):
     """The TFLite converter refused a model; the message is its reason, condensed to one line.
 
@@ -71,6 +80,8 @@ def convert(model: keras.Model, mode: str, *, representative: np.ndarray | None 
       qat: `model` was trained with quantization-aware training (holds TFMOT quantize wrappers).
       sparse_weights: store pruned weights in TFLite's sparse format (the converter's EXPERIMENTAL_SPARSITY:
         smaller files, DENSIFY operators at load), the form XNNPACK's sparse inference is documented with.
+        The converter's modes only: the quantizer's (int4, int8_weights) store dense weights, whose zeros
+        gzip takes.
       exported: `model` already saved by `exported_model`, to convert several modes from one SavedModel.
 
     Returns:
@@ -82,6 +93,8 @@ def convert(model: keras.Model, mode: str, *, representative: np.ndarray | None 
       ConversionError: the converter failed; the message is its reason on one line.
     """
     check_options(model, mode, representative, int8_io, qat)
+    if mode in QUANTIZER_RECIPES:
+        return quantize_file(convert(model, "float32", exported=exported), mode)
     if exported is None:
         converter = tf.lite.TFLiteConverter.from_keras_model(model)
     else:
@@ -103,6 +116,19 @@ def convert(model: keras.Model, mode: str, *, representative: np.ndarray | None 
             return bytes(converter.convert())
         except CONVERTER_FAILURES as err:
             raise ConversionError(converter_reason(err)) from err
+
+
+def quantize_file(float_file: bytes, mode: str) -> bytes:
+    """The float32 flatbuffer `float_file` quantized by the LiteRT quantizer in `mode` (QUANTIZER_RECIPES); the
+    same bytes every time."""
+    from ai_edge_quantizer import quantizer, recipe  # noqa: PLC0415  (only the modes that need it load it)
+
+    try:
+        quantizing = quantizer.Quantizer(bytearray(float_file), getattr(recipe, QUANTIZER_RECIPES[mode])())
+        return bytes(quantizing.quantize(enable_progress_report=False).quantized_model)
+    except Exception as err:  # noqa: BLE001  (its failures have no common type; the reason is kept as __cause__)
+        raise ConversionError(f"the LiteRT quantizer refused the float32 file for mode {mode}: "
+                              f"{converter_reason(err)}") from err
 
 
 @contextlib.contextmanager

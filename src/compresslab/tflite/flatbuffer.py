@@ -193,7 +193,7 @@ def is_constant(model, tensor) -> bool:
 def stored_values(model, raw: bytes, tensor) -> np.ndarray:
     """The stored values of a constant tensor, flat, in the tensor's dtype."""
     type_name = TYPE_NAMES.get(tensor.type, str(tensor.type))
-    if type_name not in STORED_DTYPES:
+    if type_name not in STORED_DTYPES and type_name != "INT4":
         raise TfliteFileError(f"weight tensor {tensor_name(tensor)!r} has type {type_name}, "
                               "which weight_stats cannot read")
     buffer = model.buffers[tensor.buffer]
@@ -201,7 +201,16 @@ def stored_values(model, raw: bytes, tensor) -> np.ndarray:
         data = raw[buffer.offset:buffer.offset + buffer.size]
     else:
         data = np.asarray(buffer.data, dtype=np.uint8).tobytes()
+    if type_name == "INT4":
+        return unpack_int4(data, shape_product(tensor.shape))
     return np.frombuffer(data, dtype=STORED_DTYPES[type_name])
+
+
+def unpack_int4(data: bytes, elements: int) -> np.ndarray:
+    """Signed 4-bit values stored two to a byte, the low nibble first (LiteRT's packing), as int8."""
+    packed = np.frombuffer(data, dtype=np.uint8)
+    nibbles = np.stack([packed & 0x0F, packed >> 4], axis=1).reshape(-1)[:elements].astype(np.int8)
+    return np.where(nibbles > 7, nibbles - 16, nibbles).astype(np.int8)
 
 
 def count_elements(model, raw: bytes, tensor) -> tuple[int, int]:

@@ -9,9 +9,10 @@ remote. This module writes the first half; tagging is a git commit's business, l
 
 - `models/dvc.yaml` declares every file the pipeline makes: each variant's Keras model (`<variant>`) and each of
   its `.tflite` files (`<variant>-<mode>`, the label MLflow names its logged model by). It is generated from
-  `variants.DECLARATIONS` and every mode (`make params` rewrites it; tests/test_dvc_deps.py fails while it is
-  stale), so a new variant is still declared in one place. A configuration that converts fewer modes
-  (`convert.modes`) leaves some declared files unmade: DVC then reports them missing, by name.
+  `variants.DECLARATIONS` and the composed `convert.modes` (`make params` rewrites it; tests/test_dvc_deps.py
+  fails while it is stale), so a new variant is still declared in one place. An experiment that converts
+  other modes (`dvc exp run -S convert.modes=...`) does not rewrite it: DVC reports a declared file it did
+  not make as missing, by name.
 - `dvc.yaml` gets the file `--register NAME` chose as artifact NAME (what DVCLive's `log_artifact` does), with the
   MLflow version it became, when the workspace holds that very file.
 """
@@ -29,8 +30,8 @@ HEADER = ("# Written by `compresslab params` (make params) from DECLARATIONS in 
           "# Every file the pipeline makes, for `dvc artifacts get . models:<name>` (see tools/dvc_artifacts.py).\n")
 
 
-def declared() -> dict[str, dict]:
-    """The artifacts of models/dvc.yaml, paths relative to models/."""
+def declared(modes) -> dict[str, dict]:
+    """The artifacts of models/dvc.yaml for the configured `convert.modes`, paths relative to models/."""
     found = {}
     for variant in variants.DECLARED:
         lineage = f"made by stage {variant.stage}" + (f" from {variant.parent}" if variant.parent else "")
@@ -38,7 +39,7 @@ def declared() -> dict[str, dict]:
         found[variant.name] = {
             "path": paths.keras_model(variant.name).relative_to(paths.MODELS).as_posix(), "type": "model",
             "desc": f"{variant.name}: the Keras model {lineage}", "labels": [variant.name, variant.stage, kind, "keras"]}
-        for mode in variants.modes_of(variant.name, variants.MODES):
+        for mode in variants.modes_of(variant.name, modes):
             label = variants.label(variant.name, mode)
             found[label] = {
                 "path": paths.tflite_file(variant.name, mode).relative_to(paths.MODELS).as_posix(), "type": "model",
@@ -47,14 +48,14 @@ def declared() -> dict[str, dict]:
     return found
 
 
-def render() -> str:
-    return HEADER + yaml.safe_dump({"artifacts": declared()}, sort_keys=False, width=120)
+def render(modes) -> str:
+    return HEADER + yaml.safe_dump({"artifacts": declared(modes)}, sort_keys=False, width=120)
 
 
-def write(root: Path) -> bool:
-    """Rewrite models/dvc.yaml under `root`; True if it changed."""
+def write(root: Path, modes) -> bool:
+    """Rewrite models/dvc.yaml under `root` for `modes`; True if it changed."""
     target = root / GENERATED
-    text = render()
+    text = render(modes)
     if target.is_file() and target.read_text() == text:
         return False
     target.parent.mkdir(parents=True, exist_ok=True)
