@@ -37,6 +37,9 @@ def run(params, variant: str) -> dict:
     validate_variant(variant)
     seed, model_cfg, cfg = settings.read(params, "seed", "model", "convert")
     splits = shards.open_splits()
+    if "mixed" in cfg.modes and splits["test"].task == "detection":
+        raise UserError("convert.modes has mixed, which allocates bits by classification accuracy: leave it out "
+                        "for a detector")
     representative = converter.calibration_samples(splits["train"], cfg.calibration_samples, seed)
     model = load_model(paths.keras_model(variant))
     # Start from an empty folder: a file left from an earlier mode list must not be evaluated as current.
@@ -44,13 +47,17 @@ def run(params, variant: str) -> dict:
     shutil.rmtree(folder, ignore_errors=True)
     sizes, failures = {}, {}
     modes = variants.modes_of(variant, cfg.modes)
+    allocations = {}
     with converter.exported_model(model) as exported:  # saved once, converted in every mode
         for number, mode in enumerate(modes, 1):
             label = variants.label(variant, mode)
             try:
-                flatbuffer = converter.convert(model, mode, representative=representative, int8_io=cfg.int8_io,
-                                               qat=variants.is_qat(variant), exported=exported,
-                                               sparse_weights=cfg.sparse_weights)
+                if mode == "mixed":
+                    flatbuffer, allocations[mode] = mixed_file(model, cfg.mixed, splits["val"], exported)
+                else:
+                    flatbuffer = converter.convert(model, mode, representative=representative, int8_io=cfg.int8_io,
+                                                   qat=variants.is_qat(variant), exported=exported,
+                                                   sparse_weights=cfg.sparse_weights)
             except converter.ConversionError as err:
                 failures[mode] = str(err)
                 print(f"convert [{number}/{len(modes)}] {label}: FAILED: {err}")
@@ -58,7 +65,7 @@ def run(params, variant: str) -> dict:
             write_bytes(paths.tflite_file(variant, mode), flatbuffer)
             sizes[mode] = len(flatbuffer)
             print(f"convert [{number}/{len(modes)}] {label}: {len(flatbuffer):,} bytes")
-    record = {"variant": variant, "modes": modes, "bytes": sizes, "failures": failures,
+    record = {"variant": variant, "modes": modes, "bytes": sizes, "failures": failures, **allocations,
               **keras_reference(model, splits["test"], model_cfg)}
     write_json(paths.conversion_record(variant), record)
     if failures and not cfg.skip_failed:
@@ -66,6 +73,22 @@ def run(params, variant: str) -> dict:
         raise UserError(f"{len(failures)} conversion(s) of {variant} failed, first {mode}: {reason} "
                         f"(set convert.skip_failed=true to keep the others)")
     return record
+
+
+def mixed_file(model, mixed_cfg, val, exported) -> tuple[bytes, dict]:
+    """Mode `mixed`: a precision per layer of the float32 file, the least validation loss within the target."""
+    from compresslab.tflite import allocation  # noqa: PLC0415  (only this mode needs it)
+
+    target = allocation.Target(bytes=mixed_cfg.bytes, ratio=mixed_cfg.ratio)
+    images, labels = val.take(range(shards.count(val))), val.labels()
+    mixed, record = allocation.allocate(converter.convert(model, "float32", exported=exported),
+                                        mixed_cfg.precisions, target, images, labels)
+    held = "met" if record["meets_target"] else "MISSED"
+    print(f"mixed: {record['gzip_bytes']:,} B gzipped against a target of {record['target_gzip_bytes']:,} B ({held}; "
+          f"the per-layer sums said {record['predicted_gzip_bytes']:,} B), validation loss "
+          f"{record['val_loss_pp']:+.2f} pp (the sums said {record['predicted_val_loss_pp']:+.2f} pp): "
+          + ", ".join(f"{layer['scope'].split(';')[0]} {layer['precision']}" for layer in record["layers"]))
+    return mixed, record
 
 
 def keras_reference(model, test, model_cfg) -> dict:

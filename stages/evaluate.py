@@ -78,6 +78,8 @@ def run(params, variant: str) -> dict:
               f"{row[f'latency_median_ms_t{threads[0]}']:.3f} ms at {threads[0]} thread(s)"
               + (f" ({ratio:.2f}x baseline-float32)" if ratio is not None else ""))
     result = {"variant": variant, "fingerprint": machine_fingerprint(), "rows": rows, "profiles": profiles}
+    if "mixed" in record:   # the per-layer allocation behind the mixed file, for the report
+        result["allocations"] = {variants.label(variant, "mixed"): record["mixed"]}
     write_json(paths.evaluation(variant), result)
     return result
 

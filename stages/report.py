@@ -40,9 +40,12 @@ def run(params) -> list[Record]:
     write_json(paths.REPORTS / "fingerprint.json", fingerprint)
     profiles = {name: profile for evaluation in evaluations for name, profile in evaluation.get("profiles", {}).items()}
     write_json(paths.REPORTS / "profile.json", profiles)
+    allocations = {name: allocation for evaluation in evaluations
+                   for name, allocation in evaluation.get("allocations", {}).items()}
+    write_json(paths.REPORTS / "allocation.json", allocations)
     # The task's own scoring and report; the frame around them (timing, profiles, failures) is shared.
     report_task = detection_report if shards.load_meta().get("task") == "detection" else classification_report
-    records = report_task(params, cfg, rows, fingerprint, fingerprint_notes, profiles)
+    records = report_task(params, cfg, rows, fingerprint, fingerprint_notes, profiles, allocations)
     failed = [record.label for record in records if record.failed]
     if failed:
         raise UserError(f"{len(failed)} file(s) could not be evaluated: {', '.join(failed)} (reasons in "
@@ -51,7 +54,7 @@ def run(params) -> list[Record]:
 
 
 def classification_report(params, cfg, rows: list[dict], fingerprint: dict, fingerprint_notes: list[str],
-                          profiles: dict) -> list[Record]:
+                          profiles: dict, allocations: dict) -> list[Record]:
     """Accuracy with Wilson intervals and McNemar tests, the confusion matrices, report.md and the summary."""
     meta = shards.load_meta()
     y_true = shards.load_labels("test")
@@ -65,12 +68,12 @@ def classification_report(params, cfg, rows: list[dict], fingerprint: dict, fing
         data_files.write_confusion_samples(y_true, predictions[variants.BASELINE_FILE], meta["class_names"],
                                            paths.PLOTS / "confusion.csv")
     records = [Record.from_row(row) for row in rows]
-    write_outputs(params, records, confusions, notes, fingerprint, profiles)
+    write_outputs(params, records, confusions, notes, fingerprint, profiles, allocations)
     return records
 
 
 def detection_report(params, cfg, rows: list[dict], fingerprint: dict, fingerprint_notes: list[str],
-                     profiles: dict) -> list[Record]:
+                     profiles: dict, allocations: dict) -> list[Record]:
     """COCO scores with bootstrap intervals and paired changes, per-class AP, PR curves, the boxes drawn on test
     images; the same metrics.json, variants.csv and MLflow summary as a classification study."""
     from compresslab.reporting import detection_report as markdown, detection_scoring  # noqa: PLC0415
@@ -119,7 +122,7 @@ def timing_fingerprint(evaluations: list[dict]) -> tuple[dict, list[str]]:
 
 
 def write_outputs(params, records: list[Record], confusions: dict, notes: list[str], fingerprint: dict,
-                  profiles: dict) -> None:
+                  profiles: dict, allocations: dict | None = None) -> None:
     write_json(paths.REPORTS / "metrics.json", headline_metrics(records))
     data_files.write_variants_csv(records, paths.REPORTS / "variants.csv")
     rows = [record.to_row() for record in records]
@@ -128,7 +131,8 @@ def write_outputs(params, records: list[Record], confusions: dict, notes: list[s
     # The float32 baseline and the int8 files (what ships to a device) get a confusion heatmap each.
     shown = {name: c for name, c in confusions.items() if name == variants.BASELINE_FILE or name.endswith("-int8")}
     report_path = report.write_report(rows, shown, paths.REPORTS, title="compresslab report",
-                                      config_summary=summary, notes=notes + report_notes(), profiles=profiles)
+                                      config_summary=summary, notes=notes + report_notes(), profiles=profiles,
+                                      allocations=allocations)
     log_summary(params, records, report_path, fingerprint, len(rows))
 
 
@@ -152,7 +156,8 @@ def log_summary(params, records: list[Record], report_path, fingerprint: dict, f
         tags={"files": str(files), "model": params.model.name, "task": str(meta.get("task", "classification")),
               **{f"fingerprint.{key}": value for key, value in fingerprint.items()}},
         artifacts=[report_path, paths.REPORTS / "variants.csv", paths.REPORTS / "metrics.json",
-                   paths.REPORTS / "fingerprint.json", paths.REPORTS / "profile.json", paths.PLOTS, paths.TFLITE,
+                   paths.REPORTS / "fingerprint.json", paths.REPORTS / "profile.json",
+                   paths.REPORTS / "allocation.json", paths.PLOTS, paths.TFLITE,
                    "dvc.lock", "params.yaml"])
     log_file_models(run_id, records, meta)
 

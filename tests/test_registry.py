@@ -84,7 +84,20 @@ def test_the_chosen_file_is_registered_with_its_lineage_and_a_better_choice_move
                                                                                             tmp_path):
     restore_committed(project)
     env = {"MLFLOW_TRACKING_URI": mlflow_server}
-    run(["dvc", "exp", "run", "-n", "reg-a", "-S", "evaluate.min_runs=6"], project, env=env)  # evaluate re-runs
+    # Evaluate re-runs, and every float variant converts to the quantizer's modes too (the smoke preset has the
+    # converter's four), mixed precision per layer included: the choice is among them all, and whichever it is,
+    # MLflow and DVC serve it.
+    run(["dvc", "exp", "run", "-n", "reg-a", "-S", "evaluate.min_runs=6", "-S", "convert.mixed.ratio=3",
+         "-S", "convert.modes=[float32,dynamic,float16,int8,int4,int8_weights,mixed]"], project, env=env)
+    allocations = read_json(project / "reports" / "allocation.json")
+    files = pd.read_csv(project / "reports" / "variants.csv")
+    assert sorted(allocations) == sorted(f"{variant}-mixed" for variant in files["variant"].unique()
+                                         if variant not in ("qat", "pqat", "cqat", "pcqat"))
+    for name, allocation in allocations.items():   # the file evaluated is the file allocated
+        row = files[(files["variant"] + "-" + files["mode"]) == name].iloc[0]
+        assert row["gzip_bytes"] == allocation["gzip_bytes"], name
+        assert {layer["precision"] for layer in allocation["layers"]} <= {"int4", "int8", "float32"}
+    assert "## Per-layer bit allocation (mode `mixed`)" in (project / "reports" / "report.md").read_text()
     result = run(["compresslab", "compare", "--experiments", "reg-a", "--max-drop", "100", "--register", "edge"],
                  project, env=env)
     chosen = read_json(project / "reports" / "compare" / "selection.json")["chosen"]

@@ -295,3 +295,30 @@ def test_calibration_samples_are_a_fixed_ordered_choice():
     np.testing.assert_array_equal(calibration_samples(x, 500, seed=3), x)
     with pytest.raises(UserError, match="positive integer"):
         calibration_samples(x, 0, seed=3)
+
+
+def test_mixed_allocates_a_precision_per_layer_within_the_target_and_says_whether_the_sums_held(model, files, data):
+    from compresslab.tflite import allocation
+    from compresslab.tflite.flatbuffer import gzip_size
+
+    images, labels = quadrant_images(128, seed=1)   # the "validation" split: not the training images
+    float_gzip, int4_gzip = gzip_size(files["float32"]), gzip_size(files["int4"])
+    target = (float_gzip + int4_gzip) // 2
+    lines = []
+    mixed, record = allocation.allocate(files["float32"], ["int4", "int8", "float32"],
+                                        allocation.Target(bytes=target, ratio=None), images, labels, lines.append)
+    assert gzip_size(mixed) == record["gzip_bytes"] <= target == record["target_gzip_bytes"] and record["meets_target"]
+    assert [layer["precision"] for layer in record["layers"]] != ["int4"] * 3   # the budget buys precision back
+    assert len(record["layers"]) == 3 and len(lines) == 3 * 3   # conv, hidden, scores; each tried at 3 precisions
+    assert all(set(layer["tried"]) == {"int4", "int8", "float32"} for layer in record["layers"])
+    assert {"predicted_gzip_bytes", "predicted_val_loss_pp", "val_loss_pp"} <= set(record)
+    expected = model.predict(data[0], verbose=0).argmax(1)
+    assert np.mean(predict(interpreter(mixed), data[0]).argmax(1) == expected) >= 0.9
+    again, _ = allocation.allocate(files["float32"], ["int4", "int8", "float32"],
+                                   allocation.Target(bytes=target, ratio=None), images, labels, lines.append)
+    assert again == mixed   # the same bytes every time
+
+    for bad, message in ((len(files["float32"]), "no smaller than the float32 file"), (100, "out of reach")):
+        with pytest.raises(UserError, match=message):
+            allocation.allocate(files["float32"], ["int4", "float32"], allocation.Target(bytes=bad, ratio=None),
+                                images, labels)

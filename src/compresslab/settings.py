@@ -264,6 +264,31 @@ class PcqatConfig(Budget):
     cluster_epochs: Epochs
 
 
+MIXED_PRECISIONS = ("int4", "int8", "float32")   # tflite/allocation.py's PRECISION_RECIPES, without its imports
+
+
+class MixedConfig(BaseModel):
+    """convert.mixed: the `mixed` mode's gzipped size target (`bytes`, or the float32 file's size over `ratio`; one
+    of the two) and the precisions each layer may get."""
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    bytes: Annotated[int | None, rule((nullable(whole_from(1)), "{key} must be a whole number of bytes >= 1 or "
+                                                                "null, got {value!r}"))] = None
+    ratio: Annotated[int | float | None, rule((nullable(lambda v: is_number(v) and v > 1),
+                                               "{key} must be a number above 1 (the float32 file's size over "
+                                               "the target) or null, got {value!r}"))] = None
+    precisions: Annotated[list[str], rule((lambda v: isinstance(v, list) and v and all(
+        p in MIXED_PRECISIONS for p in v), f"{{key}}={{value!r}} must be a non-empty list of "
+                                          f"{', '.join(MIXED_PRECISIONS)}"))] = list(MIXED_PRECISIONS)
+
+    @model_validator(mode="after")
+    def _one_target(self):
+        if (self.bytes is None) == (self.ratio is None):
+            raise Refused("convert.mixed needs exactly one of bytes and ratio: e.g. convert.mixed.ratio=20 and "
+                          "convert.mixed.bytes=null")
+        return self
+
+
 class ConvertConfig(Group):
     modes: Annotated[list[str], rule((lambda v: isinstance(v, list) and v and all(m in MODES for m in v),
                                       f"{{key}}={{value!r}} must be a non-empty list of {', '.join(MODES)}"))]
@@ -271,6 +296,7 @@ class ConvertConfig(Group):
     int8_io: Flag = False
     skip_failed: Flag = False
     sparse_weights: Flag = False
+    mixed: MixedConfig = MixedConfig(ratio=8)
 
 
 class EvaluateConfig(Group):

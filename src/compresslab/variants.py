@@ -10,8 +10,9 @@ from dataclasses import dataclass
 
 # The TFLite modes a float variant can convert to, in the order reports list them: the TFLite converter's four,
 # then two that the LiteRT quantizer makes from the float32 file (int4 weights with dynamically quantized
-# activations; int8 weights dequantized at load, float compute). See tflite/converter.py.
-MODES = ("float32", "dynamic", "float16", "int8", "int4", "int8_weights")
+# activations; int8 weights dequantized at load, float compute; see tflite/converter.py), and `mixed`, a
+# precision per layer chosen under a size target (tflite/allocation.py).
+MODES = ("float32", "dynamic", "float16", "int8", "int4", "int8_weights", "mixed")
 
 
 @dataclass(frozen=True)

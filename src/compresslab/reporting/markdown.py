@@ -11,10 +11,11 @@ from compresslab.results.record import as_number, label, thread_counts, thread_k
 
 
 def report_markdown(rows: Sequence[Mapping], plots: list[tuple[str, str]], *, title: str, config_summary: Mapping,
-                    notes: Sequence[str] = (), profiles: Mapping[str, Mapping] | None = None) -> str:
+                    notes: Sequence[str] = (), profiles: Mapping[str, Mapping] | None = None,
+                    allocations: Mapping[str, Mapping] | None = None) -> str:
     """The whole of report.md; `plots` are (caption, link relative to report.md) pairs, in order."""
-    parts = [f"# {title}", config_section(config_summary), _results_section(rows), delegation_section(rows),
-             _profile_section(profiles or {}), failed_section(rows),
+    parts = [f"# {title}", config_section(config_summary), _results_section(rows), allocation_section(allocations or {}),
+             delegation_section(rows), _profile_section(profiles or {}), failed_section(rows),
              notes_section(notes), plots_section(plots)]
     return "\n\n".join(part for part in parts if part) + "\n"
 
@@ -170,6 +171,31 @@ def _profile_section(profiles: Mapping[str, Mapping]) -> str:
             "latency (LiteRT 2.3.0's Python API binds no per-operator profiler). Estimates: they add up to about "
             "the whole model's median. Every file's profile, per operator, is in `reports/profile.json` (an "
             "MLflow artifact).\n\n" + markdown_table(columns, body + [totals]))
+
+
+def allocation_section(allocations: Mapping[str, Mapping]) -> str:
+    """Each mixed file's precision per layer, what each choice cost on the validation split, and whether the
+    additive model the allocation assumed held for the whole file."""
+    if not allocations:
+        return ""
+    parts = ["## Per-layer bit allocation (mode `mixed`)",
+             "Each layer was quantized alone at each precision and scored on the validation split; an exact integer "
+             "program chose one precision per layer, the least summed loss within the gzipped size target. The "
+             "whole file's real size and validation loss stand beside the sums the program assumed."]
+    for name, allocation in allocations.items():
+        held = "met" if allocation["meets_target"] else "**missed**"
+        parts.append(f"**{name}**: {allocation['gzip_bytes'] / KB:,.1f} KB gzipped against a target of "
+                     f"{allocation['target_gzip_bytes'] / KB:,.1f} KB ({held}; the sums said "
+                     f"{allocation['predicted_gzip_bytes'] / KB:,.1f} KB); validation loss "
+                     f"{allocation['val_loss_pp']:+.2f} pp (the sums said {allocation['predicted_val_loss_pp']:+.2f} pp), "
+                     f"against its float32 file ({allocation['float32_gzip_bytes'] / KB:,.1f} KB).")
+        precisions = list(allocation["layers"][0]["tried"]) if allocation["layers"] else []
+        body = [[layer["scope"].split(";")[0], layer["precision"],
+                 *(f"{layer['tried'][p]['val_loss_pp']:+.2f} pp, {layer['tried'][p]['gzip_delta_bytes'] / KB:+,.1f} KB"
+                   for p in precisions)] for layer in allocation["layers"]]
+        parts.append(markdown_table([("layer (output tensor)", False), ("chosen", False),
+                                     *((f"{p} alone: loss, size", True) for p in precisions)], body))
+    return "\n\n".join(parts)
 
 
 def failed_section(rows: Sequence[Mapping]) -> str:

@@ -37,9 +37,12 @@ from tensorflow.lite.python.convert_phase import ConverterError
 from tensorflow_model_optimization.python.core.clustering.keras.cluster_wrapper import ClusterWeights
 from tensorflow_model_optimization.python.core.sparsity.keras.pruning_wrapper import PruneLowMagnitude
 
+from compresslab import variants
 from compresslab.data.shards import StoredSplit
 from compresslab.errors import UserError
-from compresslab.variants import MODES
+
+# What `convert` makes from a Keras model; `mixed` is allocated per layer on validation data (allocation.py).
+MODES = tuple(mode for mode in variants.MODES if mode != "mixed")
 
 # Wrappers that only make sense while training. Converted with them, the file computes every kernel at
 # run time (kernel x mask, centroid lookup): no kernel is stored as a constant, the file grows (x5 for
@@ -150,6 +153,9 @@ def exported_model(model: keras.Model) -> Iterator[Path | None]:
 
 def check_options(model: keras.Model, mode: str, representative, int8_io: bool, qat: bool) -> None:
     """Raise a UserError for options that cannot give the file asked for, before converting."""
+    if mode == "mixed":
+        raise UserError("mode mixed is chosen per layer on validation data: tflite.allocation.allocate makes it "
+                        "from the float32 file (as the convert stage does)")
     if mode not in MODES:
         raise UserError(f"unknown TFLite mode {mode!r}: use one of {', '.join(MODES)}")
     if qat and mode != "int8":
