@@ -27,7 +27,18 @@ from compresslab.config import load_params
 from compresslab.errors import UserError, run_main
 from compresslab.tflite.fingerprint import machine_fingerprint
 from compresslab.outputs import write_json
-from compresslab.tflite import measure, profile
+from compresslab.tflite import measure, profile, tensor_error
+
+
+def tensor_errors(variant: str, modes, test) -> dict:
+    """Each quantized file's per-tensor error against its float32 twin (none for a QAT variant: it has no
+    float32 file), on the test split's first images."""
+    reference = paths.tflite_file(variant, "float32")
+    if not reference.is_file():
+        return {}
+    images = test.take(range(min(tensor_error.SAMPLES, shards.count(test))))
+    return {variants.label(variant, mode): tensor_error.compare(reference, paths.tflite_file(variant, mode), images)
+            for mode in modes if mode != "float32" and paths.tflite_file(variant, mode).is_file()}
 
 
 def run(params, variant: str) -> dict:
@@ -77,7 +88,8 @@ def run(params, variant: str) -> dict:
               f"gzip {row['gzip_bytes']:,} B, sparsity {row['sparsity']:.3f}, "
               f"{row[f'latency_median_ms_t{threads[0]}']:.3f} ms at {threads[0]} thread(s)"
               + (f" ({ratio:.2f}x baseline-float32)" if ratio is not None else ""))
-    result = {"variant": variant, "fingerprint": machine_fingerprint(), "rows": rows, "profiles": profiles}
+    result = {"variant": variant, "fingerprint": machine_fingerprint(), "rows": rows, "profiles": profiles,
+              "tensor_errors": tensor_errors(variant, converted, splits["test"])}
     if "mixed" in record:   # the per-layer allocation behind the mixed file, for the report
         result["allocations"] = {variants.label(variant, "mixed"): record["mixed"]}
     write_json(paths.evaluation(variant), result)

@@ -43,9 +43,13 @@ def run(params) -> list[Record]:
     allocations = {name: allocation for evaluation in evaluations
                    for name, allocation in evaluation.get("allocations", {}).items()}
     write_json(paths.REPORTS / "allocation.json", allocations)
+    tensor_errors = {name: errors for evaluation in evaluations
+                     for name, errors in evaluation.get("tensor_errors", {}).items()}
+    write_json(paths.REPORTS / "tensor_error.json", tensor_errors)
     # The task's own scoring and report; the frame around them (timing, profiles, failures) is shared.
     report_task = detection_report if shards.load_meta().get("task") == "detection" else classification_report
-    records = report_task(params, cfg, rows, fingerprint, fingerprint_notes, profiles, allocations)
+    records = report_task(params, cfg, rows, fingerprint, fingerprint_notes, profiles,
+                          {"allocations": allocations, "tensor_errors": tensor_errors})
     failed = [record.label for record in records if record.failed]
     if failed:
         raise UserError(f"{len(failed)} file(s) could not be evaluated: {', '.join(failed)} (reasons in "
@@ -54,7 +58,7 @@ def run(params) -> list[Record]:
 
 
 def classification_report(params, cfg, rows: list[dict], fingerprint: dict, fingerprint_notes: list[str],
-                          profiles: dict, allocations: dict) -> list[Record]:
+                          profiles: dict, quantization: dict) -> list[Record]:
     """Accuracy with Wilson intervals and McNemar tests, the confusion matrices, report.md and the summary."""
     meta = shards.load_meta()
     y_true = shards.load_labels("test")
@@ -68,12 +72,12 @@ def classification_report(params, cfg, rows: list[dict], fingerprint: dict, fing
         data_files.write_confusion_samples(y_true, predictions[variants.BASELINE_FILE], meta["class_names"],
                                            paths.PLOTS / "confusion.csv")
     records = [Record.from_row(row) for row in rows]
-    write_outputs(params, records, confusions, notes, fingerprint, profiles, allocations)
+    write_outputs(params, records, confusions, notes, fingerprint, profiles, quantization)
     return records
 
 
 def detection_report(params, cfg, rows: list[dict], fingerprint: dict, fingerprint_notes: list[str],
-                     profiles: dict, allocations: dict) -> list[Record]:
+                     profiles: dict, quantization: dict) -> list[Record]:
     """COCO scores with bootstrap intervals and paired changes, per-class AP, PR curves, the boxes drawn on test
     images; the same metrics.json, variants.csv and MLflow summary as a classification study."""
     from compresslab.reporting import detection_report as markdown, detection_scoring  # noqa: PLC0415
@@ -122,7 +126,8 @@ def timing_fingerprint(evaluations: list[dict]) -> tuple[dict, list[str]]:
 
 
 def write_outputs(params, records: list[Record], confusions: dict, notes: list[str], fingerprint: dict,
-                  profiles: dict, allocations: dict | None = None) -> None:
+                  profiles: dict, quantization: dict | None = None) -> None:
+    """`quantization`: {'allocations': the mixed files' allocations, 'tensor_errors': per-tensor errors}."""
     write_json(paths.REPORTS / "metrics.json", headline_metrics(records))
     data_files.write_variants_csv(records, paths.REPORTS / "variants.csv")
     rows = [record.to_row() for record in records]
@@ -132,7 +137,7 @@ def write_outputs(params, records: list[Record], confusions: dict, notes: list[s
     shown = {name: c for name, c in confusions.items() if name == variants.BASELINE_FILE or name.endswith("-int8")}
     report_path = report.write_report(rows, shown, paths.REPORTS, title="compresslab report",
                                       config_summary=summary, notes=notes + report_notes(), profiles=profiles,
-                                      allocations=allocations)
+                                      **(quantization or {}))
     log_summary(params, records, report_path, fingerprint, len(rows))
 
 
@@ -157,7 +162,7 @@ def log_summary(params, records: list[Record], report_path, fingerprint: dict, f
               **{f"fingerprint.{key}": value for key, value in fingerprint.items()}},
         artifacts=[report_path, paths.REPORTS / "variants.csv", paths.REPORTS / "metrics.json",
                    paths.REPORTS / "fingerprint.json", paths.REPORTS / "profile.json",
-                   paths.REPORTS / "allocation.json", paths.PLOTS, paths.TFLITE,
+                   paths.REPORTS / "allocation.json", paths.REPORTS / "tensor_error.json", paths.PLOTS, paths.TFLITE,
                    "dvc.lock", "params.yaml"])
     log_file_models(run_id, records, meta)
 
@@ -171,8 +176,11 @@ def log_file_models(run_id: str, records: list[Record], meta: dict) -> None:
     test = shards.open_split("test")
     conversion = json.loads(paths.conversion_record(present[0].variant).read_text())   # a detector's anchors
     served = file_models.served_study(meta, conversion, test.take(range(min(EXAMPLE_IMAGES, shards.count(test)))))
+    from mlflow.tracking import MlflowClient  # noqa: PLC0415  (loaded with mlflow_log's writes anyway)
+
     uri = mlflow_log.tracking_uri()
-    lineage = {key: value for key, value in mlflow_log.lineage_tags("report").items()
+    # The lineage log_summary has just tagged the run with, read back rather than worked out again.
+    lineage = {key: value for key, value in MlflowClient(uri).get_run(run_id).data.tags.items()
                if key in ("data_hash", "git_commit", "dvc_exp_name")}
     files = [file_models.FileModel(record.label, Path(record.file), file_models.figures_of(record),
                                    {"variant": record.variant, "mode": record.mode,

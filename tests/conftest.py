@@ -7,6 +7,7 @@ for all pytest-xdist workers); each module then works on its own copy of the res
 """
 
 import json
+import contextlib
 import os
 import re
 import shutil
@@ -69,16 +70,45 @@ def firenet_like(channels: int = 1):
 def run(cmd: list[str] | str, cwd: Path, check: bool = True, env: dict | None = None,
         timeout: int = 900) -> subprocess.CompletedProcess:
     """Run a command with the project's virtual environment first on PATH; fail with its output."""
-    full_env = {k: v for k, v in os.environ.items()
-                if not k.startswith(("MLFLOW_", "DVC_")) and k != "TF_USE_LEGACY_KERAS"}
-    full_env["PATH"] = f"{BIN}{os.pathsep}{full_env.get('PATH', '')}"
-    full_env.update(env or {})
-    result = subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout,
+    result = subprocess.run(cmd, cwd=cwd, env=command_env(env), capture_output=True, text=True, timeout=timeout,
                             shell=isinstance(cmd, str))
     if check and result.returncode != 0:
         raise AssertionError(f"{cmd} failed ({result.returncode}):\n{result.stdout[-6000:]}\n"
                              f"{result.stderr[-6000:]}")
     return result
+
+
+def command_env(env: dict | None = None) -> dict:
+    """This environment without MLflow and DVC settings, the virtual environment first on PATH, plus `env`."""
+    full_env = {k: v for k, v in os.environ.items()
+                if not k.startswith(("MLFLOW_", "DVC_")) and k != "TF_USE_LEGACY_KERAS"}
+    full_env["PATH"] = f"{BIN}{os.pathsep}{full_env.get('PATH', '')}"
+    return {**full_env, **(env or {})}
+
+
+@contextlib.contextmanager
+def started_server(cmd: list[str], health_url: str, cwd: Path, *, env: dict | None = None,
+                   log: Path | None = None, seconds: int = 120):
+    """Run a server (`mlflow server`, `mlflow models serve`) until the block ends, once `health_url` answers;
+    a server that exits first fails with its log's end."""
+    stderr = log.open("w") if log is not None else subprocess.DEVNULL
+    server = subprocess.Popen(cmd, cwd=cwd, env=command_env(env), stdout=subprocess.DEVNULL, stderr=stderr)
+    try:
+        for _ in range(seconds):
+            try:
+                urllib.request.urlopen(health_url, timeout=2)
+                break
+            except OSError:
+                assert server.poll() is None, (log.read_text()[-3000:] if log is not None else f"{cmd[:3]} exited")
+                time.sleep(1)
+        else:
+            raise AssertionError(f"{' '.join(cmd[:3])} did not answer {health_url} within {seconds} s")
+        yield server
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        if log is not None:
+            stderr.close()
 
 
 def stages_ran(output: str) -> list[str]:
@@ -183,24 +213,12 @@ def free_port() -> int:
 @pytest.fixture
 def mlflow_server(tmp_path):
     port = free_port()
-    server = subprocess.Popen([str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
-                               "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
-                               "--artifacts-destination", str(tmp_path / "artifacts"), "--workers", "1"],
-                              cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(120):
-            try:
-                urllib.request.urlopen(f"{base}/health", timeout=2)
-                break
-            except OSError:
-                time.sleep(1)
-        else:
-            raise AssertionError("mlflow server did not start within 120 s")
+    with started_server([str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+                         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+                         "--artifacts-destination", str(tmp_path / "artifacts"), "--workers", "1"],
+                        f"{base}/health", tmp_path, log=tmp_path / "server.log"):
         yield base
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
 
 
 def estimated_minutes(item) -> float:

@@ -3,9 +3,6 @@ and the file back by `models:/NAME@champion`."""
 
 import hashlib
 import json
-import os
-import subprocess
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -21,7 +18,7 @@ from mlflow.tracking import MlflowClient
 from compresslab.data import shards
 from compresslab.tools import registry
 from compresslab.errors import UserError
-from conftest import BIN, REPO, free_port, read_json, restore_committed, run
+from conftest import BIN, REPO, free_port, read_json, restore_committed, run, started_server
 
 
 
@@ -33,9 +30,6 @@ def served(model_uri: str, images: np.ndarray, env: dict, cwd: Path, log: Path) 
     """Start `mlflow models serve` on a free loopback port, POST the images and three bad requests to
     /invocations, and say what it answered and whether it still answers afterwards."""
     port = free_port()
-    server = subprocess.Popen([str(BIN / "mlflow"), "models", "serve", "-m", model_uri, "--env-manager", "local",
-                               "-h", "127.0.0.1", "-p", str(port), "-w", "1"], cwd=cwd, env={**_env(), **env},
-                              stdout=subprocess.DEVNULL, stderr=log.open("w"))
     base = f"http://127.0.0.1:{port}"
 
     def post(body) -> tuple[int, dict]:
@@ -47,16 +41,8 @@ def served(model_uri: str, images: np.ndarray, env: dict, cwd: Path, log: Path) 
         except urllib.error.HTTPError as err:
             return err.code, json.loads(err.read() or b"{}")
 
-    try:
-        for _ in range(120):
-            try:
-                urllib.request.urlopen(f"{base}/ping", timeout=2)
-                break
-            except OSError:
-                assert server.poll() is None, log.read_text()[-3000:]
-                time.sleep(1)
-        else:
-            raise AssertionError("mlflow models serve did not answer within 120 s")
+    with started_server([str(BIN / "mlflow"), "models", "serve", "-m", model_uri, "--env-manager", "local",
+                         "-h", "127.0.0.1", "-p", str(port), "-w", "1"], f"{base}/ping", cwd, env=env, log=log):
         status, good = post({"inputs": images.tolist()})
         assert status == 200, good
         rows = good["predictions"]
@@ -68,15 +54,6 @@ def served(model_uri: str, images: np.ndarray, env: dict, cwd: Path, log: Path) 
             answered[bad] = {"status": status, "message": error.get("message")}
         answered["alive_after"] = post({"inputs": images[:1].tolist()})[0] == 200
         return answered
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-
-
-def _env() -> dict:
-    """This environment without MLflow settings, the virtual environment first on PATH (it runs `uvicorn`)."""
-    kept = {key: value for key, value in os.environ.items() if not key.startswith("MLFLOW_")}
-    return {**kept, "PATH": f"{BIN}{os.pathsep}{kept.get('PATH', '')}"}
 
 
 @pytest.mark.slow(minutes=1.2)
@@ -98,6 +75,12 @@ def test_the_chosen_file_is_registered_with_its_lineage_and_a_better_choice_move
         assert row["gzip_bytes"] == allocation["gzip_bytes"], name
         assert {layer["precision"] for layer in allocation["layers"]} <= {"int4", "int8", "float32"}
     assert "## Per-layer bit allocation (mode `mixed`)" in (project / "reports" / "report.md").read_text()
+    # Every quantized file of a float variant has its per-tensor error table against its float32 twin.
+    tensor_errors = read_json(project / "reports" / "tensor_error.json")
+    quantized = files[(files["mode"] != "float32") & ~files["variant"].isin(["qat", "pqat", "cqat", "pcqat"])]
+    assert sorted(tensor_errors) == sorted(quantized["variant"] + "-" + quantized["mode"])
+    assert all(errors and all(e["cosine"] is None or -1 <= e["cosine"] <= 1 for e in errors)
+               for errors in tensor_errors.values())
     result = run(["compresslab", "compare", "--experiments", "reg-a", "--max-drop", "100", "--register", "edge"],
                  project, env=env)
     chosen = read_json(project / "reports" / "compare" / "selection.json")["chosen"]

@@ -263,3 +263,31 @@ def test_without_a_control_the_band_is_baseline_float32s_interval_and_rows_witho
     assert band_of(ax) == pytest.approx((88.0, 92.0))
     ax = drawn_tradeoff(rows, tmp_path, monkeypatch)
     assert not ax.containers and not ax.patches
+
+
+def test_the_report_names_each_quantized_files_worst_tensors_and_blames_them_for_a_real_loss(rows, confusions,
+                                                                                          tmp_path):
+    rows[3].update(significant_control=True, accuracy_delta_control_pp=-3.0)     # pruned-int8 lost accuracy
+    errors = {name: [{"tensor": f"{name}/t{k}", "snr_db": snr, "cosine": 0.99, "relative_error": 0.1}
+                     for k, snr in enumerate((30.0, 12.5, None, 20.0))]             # t2: silent in both files
+              for name in ("baseline-int8", "pruned-int8")}
+    allocation = {"target_gzip_bytes": 20_000, "float32_gzip_bytes": 90_000, "predicted_gzip_bytes": 19_000,
+                  "gzip_bytes": 19_500, "meets_target": True, "predicted_val_loss_pp": 0.4, "val_loss_pp": 0.6,
+                  "layers": [{"scope": "m/dense/MatMul;m/dense/Relu", "precision": "int4", "val_loss_pp": 0.4,
+                              "gzip_delta_bytes": -70_000, "tried": {
+                                  "int4": {"val_loss_pp": 0.4, "gzip_delta_bytes": -70_000},
+                                  "float32": {"val_loss_pp": 0.0, "gzip_delta_bytes": 0}}}]}
+    text = write_report(rows, confusions, tmp_path, title="t", config_summary={}, tensor_errors=errors,
+                        allocations={"pruned-mixed": allocation}).read_text()
+    section = text[text.index("## Per-tensor quantization error"):]
+    def cells(table: str, first: str) -> list[str]:
+        line = next(line for line in table.splitlines() if line.startswith(f"| {first} "))
+        return [cell.strip() for cell in line.strip("|").split("|")]
+
+    assert cells(section, "pruned-int8") == ["pruned-int8", "pruned-int8/t1 12.5", "pruned-int8/t3 20.0",
+                                             "pruned-int8/t0 30.0"]   # lowest SNR first; the silent one left out
+    assert "- pruned-int8 loses accuracy beyond the control's interval: look first at pruned-int8/t1 (12.5 dB)" in section
+    assert "- baseline-int8 loses" not in section
+    mixed = text[text.index("## Per-layer bit allocation"):]
+    assert "19.0 KB gzipped against a target of 19.5 KB (met; the sums said 18.6 KB)" in mixed
+    assert cells(mixed, "m/dense/MatMul") == ["m/dense/MatMul", "int4", "+0.40 pp, -68.4 KB", "+0.00 pp, +0.0 KB"]

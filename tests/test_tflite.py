@@ -322,3 +322,19 @@ def test_mixed_allocates_a_precision_per_layer_within_the_target_and_says_whethe
         with pytest.raises(UserError, match=message):
             allocation.allocate(files["float32"], ["int4", "float32"], allocation.Target(bytes=bad, ratio=None),
                                 images, labels)
+
+
+def test_per_tensor_error_ranks_the_int4_file_below_the_weight_only_int8_one(files, data, tmp_path):
+    from compresslab.tflite import tensor_error
+
+    for mode in ("float32", "int4", "int8_weights", "int8"):
+        (tmp_path / f"{mode}.tflite").write_bytes(files[mode])
+    compared = {mode: tensor_error.compare(tmp_path / "float32.tflite", tmp_path / f"{mode}.tflite", data[0])
+                for mode in ("float32", "int4", "int8_weights", "int8")}
+    names = [error["tensor"] for error in compared["float32"]]
+    assert len(names) >= 5 and not any("Const" in name or "ReadVariableOp" == name for name in names)
+    assert all(error["snr_db"] > 100 and error["cosine"] > 0.999999 for error in compared["float32"])  # itself
+    assert {error["tensor"] for error in compared["int4"]} == set(names)   # the quantizer keeps every name
+    int4, int8_weights = (tensor_error.worst(compared[mode], 1)[0]["snr_db"] for mode in ("int4", "int8_weights"))
+    assert 5 < int4 < int8_weights   # 4-bit weights lose more than 8-bit ones, and both stay close
+    assert compared["int8"] and all(e["relative_error"] < 0.5 for e in compared["int8"])   # dequantized right

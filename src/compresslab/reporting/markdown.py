@@ -8,14 +8,16 @@ from collections.abc import Iterable, Mapping, Sequence
 from compresslab.reporting.formatting import DASH, KB, count, fmt, ms, one_line
 from compresslab.reporting.rows import drawable, failed, sort_rows
 from compresslab.results.record import as_number, label, thread_counts, thread_key
+from compresslab.tflite.tensor_error import SAMPLES, WORST, worst
 
 
 def report_markdown(rows: Sequence[Mapping], plots: list[tuple[str, str]], *, title: str, config_summary: Mapping,
                     notes: Sequence[str] = (), profiles: Mapping[str, Mapping] | None = None,
-                    allocations: Mapping[str, Mapping] | None = None) -> str:
+                    allocations: Mapping[str, Mapping] | None = None,
+                    tensor_errors: Mapping[str, list] | None = None) -> str:
     """The whole of report.md; `plots` are (caption, link relative to report.md) pairs, in order."""
     parts = [f"# {title}", config_section(config_summary), _results_section(rows), allocation_section(allocations or {}),
-             delegation_section(rows), _profile_section(profiles or {}), failed_section(rows),
+             tensor_error_section(rows, tensor_errors or {}), delegation_section(rows), _profile_section(profiles or {}), failed_section(rows),
              notes_section(notes), plots_section(plots)]
     return "\n\n".join(part for part in parts if part) + "\n"
 
@@ -195,6 +197,30 @@ def allocation_section(allocations: Mapping[str, Mapping]) -> str:
                    for p in precisions)] for layer in allocation["layers"]]
         parts.append(markdown_table([("layer (output tensor)", False), ("chosen", False),
                                      *((f"{p} alone: loss, size", True) for p in precisions)], body))
+    return "\n\n".join(parts)
+
+
+def tensor_error_section(rows: Sequence[Mapping], tensor_errors: Mapping[str, list]) -> str:
+    """Each quantized file's five tensors of lowest SNR against its float32 twin; a file that lost accuracy
+    beyond the control's interval gets a line naming them."""
+    files = [row for row in sort_rows(drawable(rows)) if tensor_errors.get(label(row))]
+    if not files:
+        return ""
+    body = [[label(row), *(f"{e['tensor']} {e['snr_db']:.1f}" for e in worst(tensor_errors[label(row)]))]
+            for row in files]
+    width = max(len(line) for line in body)
+    body = [line + [""] * (width - len(line)) for line in body]
+    parts = ["## Per-tensor quantization error",
+             f"Each quantized file against its float32 twin on the test split's first {SAMPLES} images: the {WORST} activations of lowest "
+             "signal-to-noise ratio (dB; higher is closer; errors carry forward, so the first in graph order is usually "
+             "the one to blame). Every shared tensor's SNR, cosine similarity and relative error is in "
+             "`reports/tensor_error.json` (an MLflow artifact). QAT files have no float32 twin and are not compared.",
+             markdown_table([("file", False), *((f"worst {k + 1} (SNR dB)", False) for k in range(width - 1))], body)]
+    lost = [row for row in files if row.get("significant_control")
+            and (as_number(row.get("accuracy_delta_control_pp")) or 0) < 0]
+    for row in lost:
+        names = ", ".join(f"{e['tensor']} ({e['snr_db']:.1f} dB)" for e in worst(tensor_errors[label(row)], 3))
+        parts.append(f"- {label(row)} loses accuracy beyond the control's interval: look first at {names}.")
     return "\n\n".join(parts)
 
 

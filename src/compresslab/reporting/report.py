@@ -24,7 +24,8 @@ from compresslab.results.record import label
 
 def write_report(rows: Sequence[Mapping], confusions: Mapping[str, Mapping], out_dir: str | Path, *,
                  title: str, config_summary: Mapping, notes: Sequence[str] = (),
-                 profiles: Mapping[str, Mapping] | None = None, allocations: Mapping[str, Mapping] | None = None) -> Path:
+                 profiles: Mapping[str, Mapping] | None = None, allocations: Mapping[str, Mapping] | None = None,
+                 tensor_errors: Mapping[str, list] | None = None) -> Path:
     """Write out_dir/report.md with its plots in out_dir/plots/.
 
     Sections: the title, the configuration summary, the results table (one line per evaluated file, by
@@ -43,6 +44,7 @@ def write_report(rows: Sequence[Mapping], confusions: Mapping[str, Mapping], out
       profiles: {'variant-mode': per-operator profile (`tflite.profile.operator_profile`)}: the baseline's
         float32 and int8 files get a time-per-operator-type table.
       allocations: {'variant-mixed': the per-layer allocation behind a mixed file (`tflite.allocation.allocate`)}.
+      tensor_errors: {'variant-mode': per-tensor errors against the float32 file (`tflite.tensor_error.compare`)}.
 
     Returns:
       The path of report.md.
@@ -51,7 +53,7 @@ def write_report(rows: Sequence[Mapping], confusions: Mapping[str, Mapping], out
     plots = _write_report_plots(rows, confusions, out_dir / "plots")
     path = out_dir / "report.md"
     write_text(path, report_markdown(rows, plots, title=title, config_summary=config_summary, notes=notes,
-                                     profiles=profiles, allocations=allocations))
+                                     profiles=profiles, allocations=allocations, tensor_errors=tensor_errors))
     return path
 
 

@@ -7,7 +7,8 @@ operator quantized by the LiteRT quantizer, the rest left float32. Each try cost
 target, and among equal losses the larger file (the budget spent on precision, not thrown away). The mixed
 file is quantized as chosen; its real gzipped size and its real validation accuracy are recorded beside the
 sums the program assumed, so the reader sees whether the additive model held (the test split, untouched
-here, grades the file in `evaluate` as it grades every other).
+here, grades the file in `evaluate` as it grades every other). gzip sizes do not add exactly: when the file
+overshoots the target, the program runs again with the budget cut by the overshoot (at most MAX_SOLVES times).
 
 Precisions: `int4` (int4 weights per output channel, dynamic activations: the `int4` mode's recipe), `int8`
 (int8 weights per channel, dynamic activations) and `float32` (left alone).
@@ -52,10 +53,8 @@ def weighted_scopes(float_file: bytes) -> list[str]:
 
     model = tfl_flatbuffer_utils.read_model(bytearray(float_file))
     graph = model.subgraphs[0]
-    codes = model.operatorCodes
     return [tfl_flatbuffer_utils.get_op_scope(op, graph.tensors) for op in graph.operators
-            if flatbuffer.OP_NAMES.get(max(codes[op.opcodeIndex].builtinCode,
-                                           codes[op.opcodeIndex].deprecatedBuiltinCode)) in flatbuffer.WEIGHT_OPS]
+            if flatbuffer.op_name(model, op) in flatbuffer.WEIGHT_OPS]
 
 
 def quantized(float_file: bytes, precision_of: dict[str, str]) -> bytes:
