@@ -46,7 +46,8 @@ def run(params, variant: str) -> dict:
     folder = paths.tflite_dir(variant)
     shutil.rmtree(folder, ignore_errors=True)
     sizes, failures = {}, {}
-    modes = variants.modes_of(variant, cfg.modes)
+    modes = [mode for mode in variants.modes_of(variant, cfg.modes)
+             if mode != "mixed" or cfg.mixed.variants is None or variant in cfg.mixed.variants]
     allocations = {}
     with converter.exported_model(model) as exported:  # saved once, converted in every mode
         for number, mode in enumerate(modes, 1):

@@ -84,6 +84,7 @@ def test_a_multi_worker_run_without_a_usable_tf_config_stops_before_training(tmp
     ("convert baseline", "convert", "mixed", {"ratio": 12, "precisions": ["int2"]}, ["convert.mixed.precisions"]),
     ("convert baseline", "convert", "mixed", {"ratio": 12, "bytes": 9000}, ["exactly one of bytes and ratio"]),
     ("convert baseline", "convert", "mixed", {"ratio": 1}, ["convert.mixed.ratio", "above 1"]),
+    ("convert baseline", "convert", "mixed", {"ratio": 8, "variants": ["qat"]}, ["convert.mixed.variants", "pruned"]),
     ("convert vgg", "convert", "int8_io", False, ["unknown variant 'vgg'", "baseline"]),
     ("evaluate baseline", "evaluate", "threads", [], ["evaluate.threads"]),
     ("evaluate baseline", "evaluate", "min_runs", 0, ["evaluate.min_runs"]),

@@ -28,7 +28,7 @@ from compresslab.errors import UserError
 from compresslab.validation import (POSITIVE, TRUE_OR_FALSE, Epochs, Flag, Layers, LearningRate, PRUNE_FRACTION,
                                       Refused, Step, fraction, is_number, is_whole, nullable, one_of, positive,
                                       rule, whole_from, whole_runs, flag)
-from compresslab.variants import DECLARED, MODES
+from compresslab.variants import DECLARED, FLOAT_VARIANTS, MODES
 
 # The names each choice accepts (with the library's name for it, where the name differs).
 SCHEDULES = ("polynomial", "constant")
@@ -280,6 +280,11 @@ class MixedConfig(BaseModel):
     precisions: Annotated[list[str], rule((lambda v: isinstance(v, list) and v and all(
         p in MIXED_PRECISIONS for p in v), f"{{key}}={{value!r}} must be a non-empty list of "
                                           f"{', '.join(MIXED_PRECISIONS)}"))] = list(MIXED_PRECISIONS)
+    # The float variants that get a mixed file (null: all): a target one variant reaches (a pruned one) can be
+    # out of reach for another.
+    variants: Annotated[list[str] | None, rule((nullable(lambda v: isinstance(v, list) and v and all(
+        name in FLOAT_VARIANTS for name in v)), f"{{key}}={{value!r}} must be null or a non-empty list of "
+                                               f"{', '.join(FLOAT_VARIANTS)}"))] = None
 
     @model_validator(mode="after")
     def _one_target(self):
