@@ -56,7 +56,7 @@ def served(model_uri: str, images: np.ndarray, env: dict, cwd: Path, log: Path) 
         return answered
 
 
-@pytest.mark.slow(minutes=1.2)
+@pytest.mark.slow(minutes=2.5)
 def test_the_chosen_file_is_registered_with_its_lineage_and_a_better_choice_moves_the_alias(project, mlflow_server,
                                                                                             tmp_path):
     restore_committed(project)

@@ -22,7 +22,8 @@ import numpy as np
 from compresslab.errors import UserError
 from compresslab.tflite import flatbuffer, runtime
 
-# Each precision's op config, from the recipes of `ai_edge_quantizer.recipe` (None: left float32).
+# Each precision's op config, from the recipes of `ai_edge_quantizer.recipe` (None: left float32); the names
+# `convert.mixed.precisions` accepts (settings.MIXED_PRECISIONS, checked there).
 PRECISION_RECIPES = {"int4": "dynamic_wi4_afp32", "int8": "dynamic_wi8_afp32", "float32": None}
 # Among allocations of equal validation loss, prefer the larger file: a tie-break far below one image's worth.
 PREFER_PRECISION_PER_BYTE = 1e-9
@@ -39,12 +40,6 @@ class Target:
 
     def of(self, float_file: bytes) -> int:
         return int(self.bytes) if self.bytes is not None else int(len(float_file) / self.ratio)
-
-
-def check_precisions(precisions) -> None:
-    unknown = [p for p in precisions if p not in PRECISION_RECIPES]
-    if unknown or not precisions:
-        raise UserError(f"convert.mixed.precisions={list(precisions)!r}: use some of {', '.join(PRECISION_RECIPES)}")
 
 
 def weighted_scopes(float_file: bytes) -> list[str]:
@@ -87,7 +82,6 @@ def allocate(float_file: bytes, precisions, target: Target, images: np.ndarray, 
     the sums the program assumed and what the file really gives)."""
     from scipy.optimize import Bounds, LinearConstraint, milp  # noqa: PLC0415
 
-    check_precisions(precisions)
     float_gzip = flatbuffer.gzip_size(float_file)
     budget = target.of(float_file)
     if budget >= len(float_file):
