@@ -30,15 +30,17 @@ from compresslab.outputs import write_json
 from compresslab.tflite import measure, profile, tensor_error
 
 
-def tensor_errors(variant: str, modes, test) -> dict:
+def tensor_errors(variant: str, rows: list[dict], test) -> dict:
     """Each quantized file's per-tensor error against its float32 twin (none for a QAT variant: it has no
-    float32 file), on the test split's first images."""
-    reference = paths.tflite_file(variant, "float32")
-    if not reference.is_file():
+    float32 file), on the test split's first images; only files that were evaluated (a broken one is an error
+    row already)."""
+    measured = {row["mode"] for row in rows if not row.get("error")}
+    if "float32" not in measured:
         return {}
+    reference = paths.tflite_file(variant, "float32")
     images = test.take(range(min(tensor_error.SAMPLES, shards.count(test))))
     return {variants.label(variant, mode): tensor_error.compare(reference, paths.tflite_file(variant, mode), images)
-            for mode in modes if mode != "float32" and paths.tflite_file(variant, mode).is_file()}
+            for mode in sorted(measured - {"float32"}, key=variants.MODES.index)}
 
 
 def run(params, variant: str) -> dict:
@@ -89,7 +91,7 @@ def run(params, variant: str) -> dict:
               f"{row[f'latency_median_ms_t{threads[0]}']:.3f} ms at {threads[0]} thread(s)"
               + (f" ({ratio:.2f}x baseline-float32)" if ratio is not None else ""))
     result = {"variant": variant, "fingerprint": machine_fingerprint(), "rows": rows, "profiles": profiles,
-              "tensor_errors": tensor_errors(variant, converted, splits["test"])}
+              "tensor_errors": tensor_errors(variant, rows, splits["test"])}
     if "mixed" in record:   # the per-layer allocation behind the mixed file, for the report
         result["allocations"] = {variants.label(variant, "mixed"): record["mixed"]}
     write_json(paths.evaluation(variant), result)

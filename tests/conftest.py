@@ -6,8 +6,8 @@ real `dvc` commands there. MLflow writes to that copy's own mlflow.db. The pipel
 for all pytest-xdist workers); each module then works on its own copy of the result (`project`).
 """
 
-import json
 import contextlib
+import json
 import os
 import re
 import shutil

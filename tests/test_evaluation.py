@@ -121,10 +121,14 @@ def test_a_broken_file_and_a_failed_conversion_become_error_rows(workspace):
     record["modes"].append("float16")
     record["failures"]["float16"] = "converter said no"
     paths.conversion_record("baseline").write_text(json.dumps(record))
-    rows = {r["mode"]: r for r in load_stage("evaluate").run(OmegaConf.load("params.yaml"), "baseline")["rows"]}
+    evaluation = load_stage("evaluate").run(OmegaConf.load("params.yaml"), "baseline")
+    rows = {r["mode"]: r for r in evaluation["rows"]}
     assert "error" not in rows["float32"]
     assert "cannot load TFLite model" in rows["int8"]["error"]
     assert rows["float16"]["error"] == "conversion failed: converter said no"
+    # Per-tensor errors for the quantized files that ran, none for the broken or missing ones.
+    assert set(evaluation["tensor_errors"]) == {f"baseline-{mode}" for mode, row in rows.items()
+                                                if mode != "float32" and "error" not in row}
 
 
 def test_an_unknown_positive_class_is_refused_before_any_file_runs(workspace):

@@ -95,7 +95,7 @@ def test_the_grid_runs_from_least_to_most_compressed():
     ({"low": -0.1}, "--low -0.1 is outside"),
     ({"low": 0.8, "high": 0.4}, "--low (0.8) must be below --high (0.4)"),
     ({"resolution": 0}, "--resolution must be > 0"),
-    ({"file": "pruned-int4"}, "--file 'pruned-int4' names no file"),
+    ({"file": "pruned-int3"}, "--file 'pruned-int3' names no file"),
     ({"file": "qat-float16"}, "QAT-trained variants become int8 files only"),
     ({"max_probes": 1}, "--max-probes must be an integer >= 2"),
     ({"jobs": 0}, "-j/--jobs must be an integer >= 1"),

@@ -22,8 +22,8 @@ pytestmark = pytest.mark.slow
 # the evaluations. Metrics, plots and the report are small and committed to git.
 CACHED = ("data/raw", "data/prepared", "models", "reports/evaluate")
 # Files the report stage logs into every summary run (stages/report.py), besides the plots/ and tflite/ folders.
-SUMMARY_FILES = {"report.md", "variants.csv", "metrics.json", "fingerprint.json", "profile.json", "dvc.lock",
-                 "params.yaml"}
+SUMMARY_FILES = {"report.md", "variants.csv", "metrics.json", "fingerprint.json", "profile.json", "allocation.json",
+                 "tensor_error.json", "dvc.lock", "params.yaml"}
 
 
 def md5s(root: Path, folders=CACHED) -> dict[str, str]:
@@ -64,7 +64,8 @@ def test_a_second_clone_pulls_every_output_from_the_remote_and_reruns_nothing(pr
     assert any(name.endswith(".tflite") for name in first) and "models/pruned.keras" in first
 
     second = clone(project, tmp_path / "second", storage)
-    assert md5s(second, ["models"]).keys() <= {"models/.gitignore"}  # git carries no model
+    # git carries no model: only its ignore list and the artifact declarations (models/dvc.yaml)
+    assert md5s(second, ["models"]).keys() <= {"models/.gitignore", "models/dvc.yaml"}
     run(["dvc", "pull"], second)
     assert md5s(second) == first
     assert "Data and pipelines are up to date" in run(["dvc", "status", "dvc.yaml"], second).stdout
