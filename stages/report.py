@@ -38,14 +38,9 @@ def run(params) -> list[Record]:
     rows = [row for evaluation in evaluations for row in evaluation["rows"]]
     fingerprint, fingerprint_notes = timing_fingerprint(evaluations)
     write_json(paths.REPORTS / "fingerprint.json", fingerprint)
-    profiles = {name: profile for evaluation in evaluations for name, profile in evaluation.get("profiles", {}).items()}
-    write_json(paths.REPORTS / "profile.json", profiles)
-    allocations = {name: allocation for evaluation in evaluations
-                   for name, allocation in evaluation.get("allocations", {}).items()}
-    write_json(paths.REPORTS / "allocation.json", allocations)
-    tensor_errors = {name: errors for evaluation in evaluations
-                     for name, errors in evaluation.get("tensor_errors", {}).items()}
-    write_json(paths.REPORTS / "tensor_error.json", tensor_errors)
+    profiles = gathered(evaluations, "profiles", paths.REPORTS / "profile.json")
+    allocations = gathered(evaluations, "allocations", paths.REPORTS / "allocation.json")
+    tensor_errors = gathered(evaluations, "tensor_errors", paths.REPORTS / "tensor_error.json")
     # The task's own scoring and report; the frame around them (timing, profiles, failures) is shared.
     report_task = detection_report if shards.load_meta().get("task") == "detection" else classification_report
     records = report_task(params, cfg, rows, fingerprint, fingerprint_notes, profiles,
@@ -55,6 +50,13 @@ def run(params) -> list[Record]:
         raise UserError(f"{len(failed)} file(s) could not be evaluated: {', '.join(failed)} (reasons in "
                         f"reports/report.md); the other files are reported")
     return records
+
+
+def gathered(evaluations: list[dict], key: str, path: Path) -> dict:
+    """Every variant's `key` section ({file label: figures}) in one mapping, written to `path`."""
+    found = {name: value for evaluation in evaluations for name, value in evaluation.get(key, {}).items()}
+    write_json(path, found)
+    return found
 
 
 def classification_report(params, cfg, rows: list[dict], fingerprint: dict, fingerprint_notes: list[str],

@@ -16,8 +16,9 @@ def report_markdown(rows: Sequence[Mapping], plots: list[tuple[str, str]], *, ti
                     allocations: Mapping[str, Mapping] | None = None,
                     tensor_errors: Mapping[str, list] | None = None) -> str:
     """The whole of report.md; `plots` are (caption, link relative to report.md) pairs, in order."""
-    parts = [f"# {title}", config_section(config_summary), _results_section(rows), allocation_section(allocations or {}),
-             tensor_error_section(rows, tensor_errors or {}), delegation_section(rows), _profile_section(profiles or {}), failed_section(rows),
+    parts = [f"# {title}", config_section(config_summary), _results_section(rows),
+             allocation_section(allocations or {}), tensor_error_section(rows, tensor_errors or {}),
+             delegation_section(rows), _profile_section(profiles or {}), failed_section(rows),
              notes_section(notes), plots_section(plots)]
     return "\n\n".join(part for part in parts if part) + "\n"
 
@@ -189,7 +190,8 @@ def allocation_section(allocations: Mapping[str, Mapping]) -> str:
         parts.append(f"**{name}**: {allocation['gzip_bytes'] / KB:,.1f} KB gzipped against a target of "
                      f"{allocation['target_gzip_bytes'] / KB:,.1f} KB ({held}; the sums said "
                      f"{allocation['predicted_gzip_bytes'] / KB:,.1f} KB); validation loss "
-                     f"{allocation['val_loss_pp']:+.2f} pp (the sums said {allocation['predicted_val_loss_pp']:+.2f} pp), "
+                     f"{allocation['val_loss_pp']:+.2f} pp (the sums said "
+                     f"{allocation['predicted_val_loss_pp']:+.2f} pp), "
                      f"against its float32 file ({allocation['float32_gzip_bytes'] / KB:,.1f} KB).")
         precisions = list(allocation["layers"][0]["tried"]) if allocation["layers"] else []
         body = [[layer["scope"].split(";")[0], layer["precision"],
@@ -211,10 +213,11 @@ def tensor_error_section(rows: Sequence[Mapping], tensor_errors: Mapping[str, li
     width = max(len(line) for line in body)
     body = [line + [""] * (width - len(line)) for line in body]
     parts = ["## Per-tensor quantization error",
-             f"Each quantized file against its float32 twin on the test split's first {SAMPLES} images: the {WORST} activations of lowest "
-             "signal-to-noise ratio (dB; higher is closer; errors carry forward, so the first in graph order is usually "
-             "the one to blame). Every shared tensor's SNR, cosine similarity and relative error is in "
-             "`reports/tensor_error.json` (an MLflow artifact). QAT files have no float32 twin and are not compared.",
+             f"Each quantized file against its float32 twin on the test split's first {SAMPLES} images: the {WORST} "
+             "activations of lowest signal-to-noise ratio (dB; higher is closer; errors carry forward, so the first "
+             "in graph order is usually the one to blame). Every shared tensor's SNR, cosine similarity and relative "
+             "error is in `reports/tensor_error.json` (an MLflow artifact). QAT files have no float32 twin and are "
+             "not compared.",
              markdown_table([("file", False), *((f"worst {k + 1} (SNR dB)", False) for k in range(width - 1))], body)]
     lost = [row for row in files if row.get("significant_control")
             and (as_number(row.get("accuracy_delta_control_pp")) or 0) < 0]

@@ -87,8 +87,9 @@ def allocate(float_file: bytes, precisions, target: Target, images: np.ndarray, 
     float_gzip = flatbuffer.gzip_size(float_file)
     budget = target.of(float_file)
     if budget >= len(float_file):
-        raise UserError(f"convert.mixed target {budget:,} B is no smaller than the float32 file ({len(float_file):,} B): "
-                        f"nothing to allocate; lower convert.mixed.bytes or give convert.mixed.ratio instead")
+        raise UserError(f"convert.mixed target {budget:,} B is no smaller than the float32 file "
+                        f"({len(float_file):,} B): nothing to allocate; lower convert.mixed.bytes or give "
+                        f"convert.mixed.ratio instead")
     scopes = weighted_scopes(float_file)
     smallest = min(precisions, key=lambda p: ("int4", "int8", "float32").index(p))
     floor = flatbuffer.gzip_size(quantized(float_file, dict.fromkeys(scopes, smallest)))
@@ -119,16 +120,17 @@ def allocate(float_file: bytes, precisions, target: Target, images: np.ndarray, 
                                                         LinearConstraint(sizes[None], -np.inf, allowed)])
         chosen = ([k for k in range(len(choices)) if solved.x[k] > 0.5] if solved.success else smallest_choices)
         mixed = quantized(float_file, {choices[k][0]: choices[k][1] for k in chosen})
-        overshoot = flatbuffer.gzip_size(mixed) - budget
-        if overshoot <= 0:
+        mixed_gzip = flatbuffer.gzip_size(mixed)
+        if mixed_gzip <= budget:
             break
-        allowed -= overshoot
+        allowed -= mixed_gzip - budget
     else:
         chosen = smallest_choices
         mixed = quantized(float_file, {choices[k][0]: choices[k][1] for k in chosen})
+        mixed_gzip = flatbuffer.gzip_size(mixed)
     record = {"target_gzip_bytes": budget, "float32_gzip_bytes": float_gzip,
               "predicted_gzip_bytes": int(float_gzip + sizes[chosen].sum()),
-              "gzip_bytes": flatbuffer.gzip_size(mixed), "meets_target": flatbuffer.gzip_size(mixed) <= budget,
+              "gzip_bytes": mixed_gzip, "meets_target": mixed_gzip <= budget,
               "predicted_val_loss_pp": float(losses[chosen].sum()),
               "val_loss_pp": 100 * (reference - accuracy(mixed, images, labels)),
               "layers": [{"scope": choices[k][0], "precision": choices[k][1], "val_loss_pp": float(losses[k]),

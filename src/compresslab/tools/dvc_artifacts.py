@@ -26,7 +26,8 @@ from compresslab import paths, variants
 from compresslab.data.shards import file_md5
 
 GENERATED = paths.MODELS / "dvc.yaml"
-HEADER = ("# Written by `compresslab params` (make params) from DECLARATIONS in src/compresslab/variants.py: do not edit.\n"
+HEADER = ("# Written by `compresslab params` (make params) from DECLARATIONS in src/compresslab/variants.py: "
+          "do not edit.\n"
           "# Every file the pipeline makes, for `dvc artifacts get . models:<name>` (see tools/dvc_artifacts.py).\n")
 
 
@@ -38,7 +39,8 @@ def declared(modes) -> dict[str, dict]:
         kind = "qat" if variant.qat else "float"
         found[variant.name] = {
             "path": paths.keras_model(variant.name).relative_to(paths.MODELS).as_posix(), "type": "model",
-            "desc": f"{variant.name}: the Keras model {lineage}", "labels": [variant.name, variant.stage, kind, "keras"]}
+            "desc": f"{variant.name}: the Keras model {lineage}",
+            "labels": [variant.name, variant.stage, kind, "keras"]}
         for mode in variants.modes_of(variant.name, modes):
             label = variants.label(variant.name, mode)
             found[label] = {
