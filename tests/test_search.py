@@ -1,5 +1,6 @@
-"""`compresslab search`: the bracketing strategy on known answers, the up-front checks, and a real search through
-DVC's queue and MLflow on the tiny project, repeated to show that a second search trains nothing."""
+"""`compresslab search`: the bracketing strategy on known answers, the up-front checks, and real searches (one
+knob, then a grid of two) through DVC's queue and MLflow on the tiny project, each repeated to show that a second
+search trains nothing."""
 
 import json
 import math
@@ -10,7 +11,8 @@ from compresslab.tools import dvc_queue, search
 from compresslab.errors import UserError
 from compresslab.tools.bracketing import bracketing_search
 from compresslab.tools.dvc_queue import failure_line
-from compresslab.tools.search_request import plan
+from compresslab.tools.grid_search import pareto_front
+from compresslab.tools.search_request import plan, plan_grid
 
 from compresslab.tools import sandbox
 from conftest import REPO, mlflow_runs, read_json, restore_committed, run
@@ -114,6 +116,50 @@ def test_bad_input_is_one_clear_error_before_any_probe(kwargs, message):
     assert message in str(error.value) and "\n" not in str(error.value)
 
 
+PAIR = ["prune.final_sparsity", "cluster.number_of_clusters"]
+
+
+def test_a_grid_of_two_knobs_holds_every_pair_from_least_to_most_compressed():
+    grid = plan_grid(PAIR, max_drop=1, file="pcqat-int8", root=REPO,
+                     ranges=["prune.final_sparsity=0.5:0.8:0.1", "cluster.number_of_clusters=8:16:8"])
+    assert grid.grids == ([0.5, 0.6, 0.7, 0.8], [16, 8])
+    assert grid.settings[:3] == [(0.5, 16), (0.5, 8), (0.6, 16)] and len(grid.settings) == 8
+    assert grid.setting_text((0.5, 16)) == "prune.final_sparsity=0.5, cluster.number_of_clusters=16"
+    # The mixed file's size target as a knob clears `bytes`, which the configuration takes instead of a ratio.
+    mixed = plan_grid(["prune.final_sparsity", "convert.mixed.ratio"], max_drop=1, file="pruned-mixed", root=REPO,
+                      ranges=["prune.final_sparsity=0.8:0.9:0.05", "convert.mixed.ratio=16:24:8"],
+                      overrides=["experiment=firenet_smallest"])
+    assert mixed.grids == ([0.8, 0.85, 0.9], [16, 24])
+    assert mixed.overrides == ("convert.mixed.bytes=null", "experiment=firenet_smallest")
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"names": PAIR[:1] * 2}, "search takes one knob, or two different ones"),
+    ({"names": ["prune.final_sparsity", "quantize.epochs"]}, "quantize.epochs is not a known knob"),
+    ({"file": None}, "a two-knob search needs --file"),
+    ({"ranges": ["prune.final_sparsity=0.5:0.8"]}, "write --range prune.final_sparsity=LOW:HIGH:STEP"),
+    ({"ranges": ["model.alpha=1:2:1"]}, "model.alpha is not one of the searched knobs"),
+    ({"ranges": ["cluster.number_of_clusters=2:8:2"]}, "--range cluster.number_of_clusters's LOW 2 is outside"),
+    ({"ranges": ["prune.final_sparsity=0.1:0.9:0.1", "cluster.number_of_clusters=8:16:8"]}, "the grid holds 18 settings (9 x 2) and --max-probes is 16"),
+    ({"file": "pruned-mixed"}, "convert.modes (float32, dynamic, float16, int8, int4, int8_weights) makes no mixed"),
+    ({"overrides": ["cluster.number_of_clusters=8"]}, "the search sets cluster.number_of_clusters itself"),
+    ({"max_drop": 0}, "--max-drop must be a positive number"),
+])
+def test_bad_grid_input_is_one_clear_error_before_any_probe(kwargs, message):
+    args = {"names": PAIR, "max_drop": 1.0, "file": "pcqat-int8", "root": REPO,
+            "ranges": ["prune.final_sparsity=0.5:0.8:0.1", "cluster.number_of_clusters=8:16:8"], **kwargs}
+    with pytest.raises(UserError) as error:
+        plan_grid(args.pop("names"), **args)
+    assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_the_pareto_front_keeps_the_settings_no_other_beats_on_size_and_accuracy():
+    probes = [search.Probe((s, c), f"e{i}", True, decision_accuracy=acc, gzip_bytes=size)
+              for i, (s, c, acc, size) in enumerate([(0.5, 16, 0.95, 300), (0.5, 8, 0.94, 200), (0.8, 16, 0.93, 250),
+                                                     (0.8, 8, 0.90, 120), (0.9, 8, 0.90, 130)])]
+    assert [probe.experiment for probe in pareto_front(probes)] == ["e3", "e1", "e0"]   # e2, e4: beaten by e1, e3
+
+
 def test_the_command_rejects_bad_input_with_exit_code_2_and_one_line(tmp_path):
     result = run(["compresslab", "search", "prune.final_sparsity", "--max-drop", "0"], REPO, check=False)
     assert result.returncode == 2
@@ -122,6 +168,10 @@ def test_the_command_rejects_bad_input_with_exit_code_2_and_one_line(tmp_path):
     result = run(["compresslab", "search", "prune.final_sparsity", "--max-drop", "1", "--register", "a/b"], REPO,
                  check=False)
     assert result.returncode == 2 and "--register 'a/b'" in result.stderr
+    result = run(["compresslab", "search", *PAIR, "--file", "pcqat-int8", "--max-drop", "1", "--low", "0.2"], REPO,
+                 check=False)
+    assert result.returncode == 2 and result.stderr.strip().splitlines() == [
+        "error: --low is for one knob: give each of two knobs its range with --range KNOB=LOW:HIGH:STEP"]
 
 
 @pytest.mark.slow(minutes=8)
@@ -180,6 +230,59 @@ def test_a_search_through_the_dvc_queue_respects_its_bound_and_a_repeat_trains_n
     assert training_runs(project) == trained
     assert "registered pruned-int8.tflite as tiny-search version 2" in second.stdout
     assert "champion moved from version 1 to version 2" in second.stdout   # same size: the newer one
+
+
+@pytest.mark.slow(minutes=5)
+def test_a_two_knob_search_probes_its_grid_through_the_queue_and_a_repeat_trains_nothing(project):
+    """Sparsity x clusters for pcqat-int8 (the file both change): every pair a DVC experiment with an MLflow
+    summary, the front and the choice by the shared rule; the second search is cached. After the one-knob
+    search, the sparsities' prune stages come from the run cache."""
+    restore_committed(project)
+    command = ["compresslab", "search", *PAIR, "--file", "pcqat-int8", "--max-drop", "60", "-j", "2",
+               "--range", "prune.final_sparsity=0.1:0.5:0.4", "--range", "cluster.number_of_clusters=4:8:4"]
+    first = run(command, project, timeout=1500)
+    result = read_json(project / "reports" / "search" / "prune.final_sparsity+cluster.number_of_clusters.json")
+    probes = result["probes"]
+    assert [tuple(probe["value"]) for probe in probes] == [(0.1, 8), (0.1, 4), (0.5, 8), (0.5, 4)]
+    assert first.stdout.count("\nprobe ") == 4
+    for probe in probes:
+        assert probe["split"] == "val" and probe["reference"] == "finetune-float32"
+        assert probe["passed"] == (probe["drop_pp"] <= 60 + 1e-9)
+    passing = [probe for probe in probes if probe["passed"]]
+    chosen = result["chosen"]
+    assert chosen["passed"] and chosen["gzip_bytes"] == min(probe["gzip_bytes"] for probe in passing)
+    # The front runs from the choice up, each larger file more accurate; every other passing setting is beaten
+    # by a front member at least as small and as accurate.
+    front = [next(p for p in probes if p["experiment"] == name) for name in result["pareto_front"]]
+    assert front[0]["experiment"] == chosen["experiment"]
+    assert all(a["gzip_bytes"] <= b["gzip_bytes"] and a["decision_accuracy"] < b["decision_accuracy"]
+               for a, b in zip(front, front[1:]))
+    for probe in passing:
+        assert probe in front or any(f["gzip_bytes"] <= probe["gzip_bytes"] and
+                                     f["decision_accuracy"] >= probe["decision_accuracy"] for f in front)
+    # Sizes differ across the grid: both knobs reach the file.
+    sizes = {tuple(probe["value"]): probe["gzip_bytes"] for probe in probes}
+    assert sizes[(0.5, 4)] < sizes[(0.1, 4)] and sizes[(0.1, 4)] < sizes[(0.1, 8)]
+    summaries = {r.info.run_id: r for r in mlflow_runs(project, summary="true")}
+    for probe in probes:
+        summary = summaries[probe["run_id"]]
+        assert float(summary.data.params["prune.final_sparsity"]) == pytest.approx(probe["value"][0])
+        assert int(summary.data.params["cluster.number_of_clusters"]) == probe["value"][1]
+        assert summary.data.metrics["pcqat.int8.val_accuracy"] == pytest.approx(probe["decision_accuracy"],
+                                                                                abs=5e-5)
+    setting = f"prune.final_sparsity={chosen['value'][0]:g}, cluster.number_of_clusters={chosen['value'][1]}"
+    assert "Pareto front of pcqat-int8 within 60 pp" in first.stdout
+    assert f"chosen: {setting} -> pcqat-int8" in first.stdout
+    assert (project / "reports" / "search" / "prune.final_sparsity+cluster.number_of_clusters.png").stat().st_size \
+        > 10_000
+
+    trained = training_runs(project)
+    run(command, project, timeout=900)
+    again = read_json(project / "reports" / "search" / "prune.final_sparsity+cluster.number_of_clusters.json")
+    assert [(p["value"], p["gzip_bytes"], p["decision_accuracy"]) for p in again["probes"]] == \
+        [(p["value"], p["gzip_bytes"], p["decision_accuracy"]) for p in probes]
+    assert again["chosen"]["value"] == chosen["value"]
+    assert training_runs(project) == trained
 
 
 @pytest.mark.slow

@@ -5,6 +5,7 @@
     compresslab params [-S k=v]    # compose conf/ into params.yaml exactly as `dvc exp run` does
     compresslab compare [--max-drop PP]   # every experiment's files in one table, Pareto fronts, a choice
     compresslab search KNOB --max-drop PP # the most compressed setting of KNOB within PP of the control
+    compresslab search KNOB KNOB --file F --max-drop PP   # a grid of two knobs: its Pareto front, the smallest F
     compresslab remote-check [-r NAME]    # can the shared DVC remote be reached? (before `dvc pull`)
     ... --register NAME                   # (compare, search) the chosen file into the MLflow Model Registry
 """
@@ -20,7 +21,7 @@ import yaml
 import compresslab  # noqa: F401  (prepares the environment)
 from compresslab.errors import UserError, run_main
 # All light: MLflow and DVC load when a command works, not when the parser is built.
-from compresslab.tools import dvc_artifacts, registry, search as searching, search_request
+from compresslab.tools import dvc_artifacts, grid_search, registry, search as searching, search_request
 
 
 # Each bundled sample: where it is written by default, the .dvc file that records its hash, what it holds.
@@ -112,25 +113,43 @@ def compare(args: argparse.Namespace) -> None:
 def search(args: argparse.Namespace) -> None:
     if args.register is not None:
         registry.check_name(args.register, args.alias)
-    request = search_request.plan(args.knob, max_drop=args.max_drop, file=args.file, low=args.low, high=args.high,
-                                 resolution=args.resolution, direction=args.direction,
-                                 max_probes=args.max_probes, jobs=args.jobs, overrides=args.set or (), out=args.out)
-    found = searching.run(request)
-    print("\n".join(searching.summary_lines(found)))
+    if len(args.knobs) == 1:
+        if args.range:
+            raise UserError("--range is for two knobs: give one knob's range with --low, --high and --resolution")
+        request = search_request.plan(args.knobs[0], max_drop=args.max_drop, file=args.file, low=args.low,
+                                     high=args.high, resolution=args.resolution, direction=args.direction,
+                                     max_probes=args.max_probes or 8, jobs=args.jobs, overrides=args.set or (),
+                                     out=args.out)
+        found = searching.run(request)
+        print("\n".join(searching.summary_lines(found)))
+    else:
+        given = [flag for flag, value in (("--low", args.low), ("--high", args.high),
+                                          ("--resolution", args.resolution), ("--direction", args.direction))
+                 if value is not None]
+        if given:
+            raise UserError(f"{given[0]} is for one knob: give each of two knobs its range with "
+                            f"--range KNOB=LOW:HIGH:STEP")
+        request = search_request.plan_grid(args.knobs, max_drop=args.max_drop, file=args.file,
+                                          ranges=args.range or (), max_probes=args.max_probes or 16,
+                                          jobs=args.jobs, overrides=args.set or (), out=args.out)
+        found = grid_search.run(request)
+        print("\n".join(grid_search.summary_lines(found)))
     if args.register is not None:
         chosen = found.chosen
+        what = f"most compressed {request.knob_names}" if len(args.knobs) == 1 else \
+            f"smallest file over the grid {request.knob_names}"
         if chosen.run_id is None:
-            raise UserError(f"{request.knob.name}={chosen.value:g} is the committed configuration and this MLflow "
+            raise UserError(f"{request.setting_text(chosen.value)} is the committed configuration and this MLflow "
                             f"store holds no summary run of it: run `dvc repro -f -s report` to log one, then "
                             f"repeat this search (its probes are cached)")
         registered = registry.register(
             args.register, run_id=chosen.run_id, variant=request.variant, mode=request.file.rpartition("-")[2],
             figures={"accuracy": chosen.accuracy, "accuracy_delta_pp": -chosen.test_drop_pp,
                      "val_accuracy": chosen.decision_accuracy, "gzip_bytes": chosen.gzip_bytes}, alias=args.alias,
-            rule={"command": "search", "knob": request.knob.name, "value": chosen.value,
+            rule={"command": "search", "knob": request.knob_names, "value": request.setting_text(chosen.value),
                   "max_drop_pp": request.max_drop, "reference": chosen.reference, "split": chosen.split,
-                  "rule": f"the most compressed {request.knob.name} keeping {request.file} within "
-                          f"{request.max_drop:g} pp of {chosen.reference} on the {chosen.split} split"})
+                  "rule": f"the {what} keeping {request.file} within {request.max_drop:g} pp of "
+                          f"{chosen.reference} on the {chosen.split} split"})
         print(registered_line(registered))
         print(dvc_artifacts.declare_chosen(Path.cwd(), registered))
 
@@ -184,10 +203,13 @@ def main(argv: list[str] | None = None) -> None:
                          "when no run has a ratio, as the output then says)")
     add_register_options(command)
     command.set_defaults(func=compare)
-    command = commands.add_parser("search", help="find the most compressed setting of a knob whose file stays "
-                                  "within a drop, probing through DVC experiments")
-    command.add_argument("knob", help="the parameter to search: " + ", ".join(search_request.KNOBS) + ", or any "
-                         "numeric key of params.yaml with --direction, --low, --high, --resolution and --file")
+    command = commands.add_parser("search", help="find the most compressed setting of a knob (or the smallest "
+                                  "file over a grid of two) whose file stays within a drop, probing through DVC "
+                                  "experiments")
+    command.add_argument("knobs", nargs="+", metavar="KNOB", help="the parameter to search: "
+                         + ", ".join(search_request.KNOBS) + ", or any numeric key of params.yaml with --direction, "
+                         "--low, --high, --resolution and --file; or two of the known knobs for a grid (with --file "
+                         "and --range)")
     command.add_argument("--max-drop", type=float, required=True, metavar="POINTS",
                          help="the largest accuracy drop allowed: the file's validation accuracy at most POINTS "
                          "percentage points below that of its run's float control, finetune-float32 "
@@ -201,12 +223,16 @@ def main(argv: list[str] | None = None) -> None:
     command.add_argument("--resolution", type=float, help="the grid step: the answer is exact to it")
     command.add_argument("--direction", choices=["higher", "lower"],
                          help="for a knob not built in: which values compress more")
-    command.add_argument("--max-probes", type=int, default=8, help="the most experiments run (default: 8)")
+    command.add_argument("--range", action="append", metavar="KNOB=LOW:HIGH:STEP", help="two knobs: one knob's "
+                         "range and step (repeatable; default: the knob's own)")
+    command.add_argument("--max-probes", type=int, help="the most experiments run (default: 8; for two knobs 16, "
+                         "and the grid must fit)")
     command.add_argument("-j", "--jobs", type=int, default=1, help="probes run at once by the DVC queue's "
                          "workers (default: 1)")
     command.add_argument("-S", "--set", action="append", metavar="KEY=VALUE", help="an override every probe "
                          "gets too, e.g. -S experiment=firenet_study (repeatable)")
-    command.add_argument("--out", default="reports/search", help="folder for <knob>.json and <knob>.png")
+    command.add_argument("--out", default="reports/search", help="folder for <knob>.json and <knob>.png "
+                         "(<knob>+<knob>.* for two)")
     add_register_options(command)
     command.set_defaults(func=search)
     command = commands.add_parser("remote-check", help="check that a DVC remote exists and answers (run it "

@@ -4,6 +4,7 @@ probe that re-ran nothing)."""
 
 import json
 import subprocess
+import time
 
 import yaml
 
@@ -12,9 +13,22 @@ from compresslab.errors import UserError
 from compresslab.tools.dvc_command import run_dvc
 
 
+# `dvc exp show` while a queue worker runs another experiment can catch that experiment's temporary folder as
+# it is removed ("directory '.dvc/tmp/exps/tmp.../.dvc' does not exist", DVC 3.67): asked again, it answers.
+SHOW_ATTEMPTS = 4
+SHOW_RETRY_SECONDS = 2.0
+
+
 def experiment_metrics(name: str) -> dict:
     """{variant: {mode: {figure: value}}}: reports/metrics.json of DVC experiment `name`."""
-    shown = json.loads(run_dvc("exp", "show", "--json").stdout)
+    for attempt in range(1, SHOW_ATTEMPTS + 1):
+        try:
+            shown = json.loads(run_dvc("exp", "show", "--json").stdout)
+            break
+        except UserError as err:
+            if "does not exist" not in str(err) or attempt == SHOW_ATTEMPTS:
+                raise
+            time.sleep(SHOW_RETRY_SECONDS)
     for revision in shown:
         for experiment in revision.get("experiments") or []:
             if experiment.get("name") == name:

@@ -42,7 +42,7 @@ class Probe:
     decision_accuracy / reference_decision_accuracy / drop_pp are on that split; accuracy /
     reference_accuracy / test_drop_pp are the held-out test figures the choice is reported with.
     """
-    value: float
+    value: float | tuple[float, float]   # the knob's setting; a pair in a two-knob search (grid_search)
     experiment: str
     passed: bool
     split: str = "val"
