@@ -19,7 +19,7 @@ import compresslab  # noqa: F401  (sets the Keras flavour before TensorFlow is i
 import tf_keras as keras
 
 from compresslab.models import zoo
-from compresslab.tflite.fingerprint import machine_fingerprint
+from compresslab.tflite.timing_core import machine_fingerprint
 from compresslab.tflite import converter, sparse
 from compresslab.tflite import timing
 

@@ -25,7 +25,7 @@ from compresslab import paths, settings, variants
 from compresslab.data import shards
 from compresslab.config import load_params
 from compresslab.errors import UserError, run_main
-from compresslab.tflite.fingerprint import machine_fingerprint
+from compresslab.tflite.timing_core import machine_fingerprint
 from compresslab.outputs import write_json
 from compresslab.tflite import measure, profile, tensor_error
 

@@ -22,7 +22,7 @@ from compresslab.tracking import file_models, mlflow_log
 from compresslab.config import load_params
 from compresslab.errors import UserError, run_main
 from compresslab.outputs import write_json
-from compresslab.reporting import data_files, report, scoring
+from compresslab.reporting import data_files, devices, report, scoring
 from compresslab.results.headline import headline_metrics
 from compresslab.results.record import Record
 from compresslab.results.summary import summary_metrics
@@ -41,10 +41,11 @@ def run(params) -> list[Record]:
     profiles = gathered(evaluations, "profiles", paths.REPORTS / "profile.json")
     allocations = gathered(evaluations, "allocations", paths.REPORTS / "allocation.json")
     tensor_errors = gathered(evaluations, "tensor_errors", paths.REPORTS / "tensor_error.json")
+    device_timings = devices.read_timings(variants.VARIANTS)   # the boards of evaluate.devices (device@<variant>)
     # The task's own scoring and report; the frame around them (timing, profiles, failures) is shared.
     report_task = detection_report if shards.load_meta().get("task") == "detection" else classification_report
     records = report_task(params, cfg, rows, fingerprint, fingerprint_notes, profiles,
-                          {"allocations": allocations, "tensor_errors": tensor_errors})
+                          {"allocations": allocations, "tensor_errors": tensor_errors}, device_timings)
     failed = [record.label for record in records if record.failed]
     if failed:
         raise UserError(f"{len(failed)} file(s) could not be evaluated: {', '.join(failed)} (reasons in "
@@ -60,7 +61,7 @@ def gathered(evaluations: list[dict], key: str, path: Path) -> dict:
 
 
 def classification_report(params, cfg, rows: list[dict], fingerprint: dict, fingerprint_notes: list[str],
-                          profiles: dict, quantization: dict) -> list[Record]:
+                          profiles: dict, quantization: dict, device_timings: dict) -> list[Record]:
     """Accuracy with Wilson intervals and McNemar tests, the confusion matrices, report.md and the summary."""
     meta = shards.load_meta()
     y_true = shards.load_labels("test")
@@ -74,12 +75,12 @@ def classification_report(params, cfg, rows: list[dict], fingerprint: dict, fing
         data_files.write_confusion_samples(y_true, predictions[variants.BASELINE_FILE], meta["class_names"],
                                            paths.PLOTS / "confusion.csv")
     records = [Record.from_row(row) for row in rows]
-    write_outputs(params, records, confusions, notes, fingerprint, profiles, quantization)
+    write_outputs(params, records, confusions, notes, fingerprint, profiles, quantization, device_timings)
     return records
 
 
 def detection_report(params, cfg, rows: list[dict], fingerprint: dict, fingerprint_notes: list[str],
-                     profiles: dict, quantization: dict) -> list[Record]:
+                     profiles: dict, quantization: dict, device_timings: dict) -> list[Record]:
     """COCO scores with bootstrap intervals and paired changes, per-class AP, PR curves, the boxes drawn on test
     images; the same metrics.json, variants.csv and MLflow summary as a classification study."""
     from compresslab.reporting import detection_report as markdown, detection_scoring  # noqa: PLC0415
@@ -107,7 +108,7 @@ def detection_report(params, cfg, rows: list[dict], fingerprint: dict, fingerpri
                f"{len(test.meta['class_names'])} classes, {len(test)} test images)"}
     report_path = markdown.write_report(encoded, scored, pictures, paths.REPORTS, title="compresslab report "
                                         "(detection)", config_summary=summary, notes=notes + report_notes())
-    log_summary(params, records, report_path, fingerprint, len(encoded))
+    log_summary(params, records, report_path, fingerprint, len(encoded), device_timings)
     return records
 
 
@@ -128,8 +129,9 @@ def timing_fingerprint(evaluations: list[dict]) -> tuple[dict, list[str]]:
 
 
 def write_outputs(params, records: list[Record], confusions: dict, notes: list[str], fingerprint: dict,
-                  profiles: dict, quantization: dict | None = None) -> None:
-    """`quantization`: {'allocations': the mixed files' allocations, 'tensor_errors': per-tensor errors}."""
+                  profiles: dict, quantization: dict | None = None, device_timings: dict | None = None) -> None:
+    """`quantization`: {'allocations': the mixed files' allocations, 'tensor_errors': per-tensor errors};
+    `device_timings`: {device: its timings} (`reporting.devices`)."""
     write_json(paths.REPORTS / "metrics.json", headline_metrics(records))
     data_files.write_variants_csv(records, paths.REPORTS / "variants.csv")
     rows = [record.to_row() for record in records]
@@ -139,8 +141,8 @@ def write_outputs(params, records: list[Record], confusions: dict, notes: list[s
     shown = {name: c for name, c in confusions.items() if name == variants.BASELINE_FILE or name.endswith("-int8")}
     report_path = report.write_report(rows, shown, paths.REPORTS, title="compresslab report",
                                       config_summary=summary, notes=notes + report_notes(), profiles=profiles,
-                                      **(quantization or {}))
-    log_summary(params, records, report_path, fingerprint, len(rows))
+                                      device_timings=device_timings, **(quantization or {}))
+    log_summary(params, records, report_path, fingerprint, len(rows), device_timings or {})
 
 
 def study_summary(params, fingerprint: dict) -> dict:
@@ -154,17 +156,23 @@ def study_summary(params, fingerprint: dict) -> dict:
             "timed on": ", ".join(f"{key} {value}" for key, value in fingerprint.items())}
 
 
-def log_summary(params, records: list[Record], report_path, fingerprint: dict, files: int) -> None:
-    """The MLflow summary run: the whole configuration, every figure, the report and the files; and each
-    file as a model of it (MLflow's Models tab)."""
+def log_summary(params, records: list[Record], report_path, fingerprint: dict, files: int,
+                device_timings: dict) -> None:
+    """The MLflow summary run: the whole configuration, every figure (and every board's, as
+    `<variant>.<mode>.<device>.<figure>`), the report and the files; and each file as a model of it (MLflow's
+    Models tab)."""
     meta = shards.load_meta()
     run_id = mlflow_log.log_summary(
-        params=params, metrics=summary_metrics(records), description=report_path.read_text(),
+        params=params, metrics={**summary_metrics(records), **devices.device_metrics(device_timings)},
+        description=report_path.read_text(),
         tags={"files": str(files), "model": params.model.name, "task": str(meta.get("task", "classification")),
-              **{f"fingerprint.{key}": value for key, value in fingerprint.items()}},
+              **{f"fingerprint.{key}": value for key, value in fingerprint.items()},
+              **{f"device.{name}.{key}": value for name, timing in device_timings.items()
+                 for key, value in timing["fingerprint"].items()}},
         artifacts=[report_path, paths.REPORTS / "variants.csv", paths.REPORTS / "metrics.json",
                    paths.REPORTS / "fingerprint.json", paths.REPORTS / "profile.json",
                    paths.REPORTS / "allocation.json", paths.REPORTS / "tensor_error.json", paths.PLOTS, paths.TFLITE,
+                   *([paths.DEVICE_TIMINGS] if device_timings else []),
                    "dvc.lock", "params.yaml"])
     log_file_models(run_id, records, meta)
 

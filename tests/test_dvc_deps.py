@@ -119,19 +119,34 @@ def test_analysis_stages_run_from_the_root():
     assert all(spec.get("wdir") == ".." for spec in analyses.values()), analyses
 
 
+PER_VARIANT = ("convert", "evaluate", "device")
+
+
 def test_per_variant_stages_cover_every_variant():
-    """convert and evaluate run for each declared variant and the report reads them all, with no list to keep."""
+    """convert, evaluate and device run for each declared variant and the report reads them all, with no list to
+    keep."""
     listed = set(subprocess.run([sys.executable, "-m", "dvc", "stage", "list", "--name-only"], cwd=REPO, check=True, capture_output=True,
                                 text=True).stdout.split())   # as DVC resolves dvc.yaml's templates
-    assert {f"{stage}@{variant}" for stage in ("convert", "evaluate") for variant in variants.VARIANTS} <= listed
-    assert not {name for name in listed if "@" in name} - {f"{stage}@{variant}" for stage in ("convert", "evaluate")
+    assert {f"{stage}@{variant}" for stage in PER_VARIANT for variant in variants.VARIANTS} <= listed
+    assert not {name for name in listed if "@" in name} - {f"{stage}@{variant}" for stage in PER_VARIANT
                                                             for variant in variants.VARIANTS}
     spec = yaml.safe_load((REPO / "dvc.yaml").read_text())
     assert "src/compresslab/variants.py:DECLARATIONS" in spec["vars"]
-    for name in ("convert", "evaluate"):
+    for name in PER_VARIANT:
         assert spec["stages"][name]["foreach"] == "${DECLARATIONS}", name
     report_deps = {entry if isinstance(entry, str) else next(iter(entry)) for entry in spec["stages"]["report"]["deps"]}
-    assert "reports/evaluate" in report_deps
+    assert {"reports/evaluate", "reports/devices"} <= report_deps
+
+
+def test_evaluate_reads_every_key_of_its_group_but_the_devices():
+    """A board added to evaluate.devices re-runs only the device stages and the report, never this machine's
+    timings; every other evaluate key (one added later too) re-runs evaluate."""
+    from compresslab.settings import EvaluateConfig
+
+    spec = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    assert set(spec["evaluate"]["do"]["params"]) == {f"evaluate.{key}" for key in EvaluateConfig.model_fields} - {
+        "evaluate.name", "evaluate.devices"}
+    assert "evaluate.devices" in spec["device"]["do"]["params"] and "evaluate" in spec["report"]["params"]
 
 
 @pytest.mark.parametrize("variant", variants.DECLARED, ids=lambda variant: variant.name)

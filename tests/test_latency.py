@@ -2,6 +2,9 @@
 
 import compresslab  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
 
+import json
+import subprocess
+import sys
 import warnings
 
 import numpy as np
@@ -11,7 +14,8 @@ import tf_keras as keras
 from ai_edge_litert.interpreter import Interpreter
 
 from compresslab.errors import UserError
-from compresslab.tflite.timing import (_run_child, interleaved_ratio, latency_by_threads, load_interpreter,
+from compresslab.tflite import timing_core
+from compresslab.tflite.timing import (interleaved_ratio, latency_by_threads, load_interpreter,
                                           make_input, measure_latency, peak_memory, peak_memory_mb)
 
 SHAPE = (16, 16, 3)
@@ -157,7 +161,9 @@ def test_peak_memory_of_model_and_baseline(float_tflite):
 
 def test_memory_child_does_not_import_tensorflow(float_tflite):
     # TensorFlow would add hundreds of MB and hide the model's cost; the child must stay on LiteRT alone.
-    report = _run_child([str(float_tflite)])
+    done = subprocess.run([sys.executable, timing_core.__file__, "--memory", str(float_tflite)],
+                          capture_output=True, text=True, check=True)
+    report = json.loads(done.stdout.splitlines()[-1])
     assert report["tensorflow_imported"] is False
     assert report["max_rss_mb"] < 300
 

@@ -94,7 +94,8 @@ def compare(args: argparse.Namespace) -> None:
             raise UserError("--register stores the chosen file: pass --max-drop POINTS to choose one")
         registry.check_name(args.register, args.alias)
     objective = args.objective or "size"
-    result = run_compare(args.experiments, out=args.out, max_drop=args.max_drop, objective=objective)
+    result = run_compare(args.experiments, out=args.out, max_drop=args.max_drop, objective=objective,
+                         device=args.device)
     print("\n".join(summary_lines(result)))
     if args.register is not None:
         selection = result.selection
@@ -105,7 +106,7 @@ def compare(args: argparse.Namespace) -> None:
             figures=chosen, objective=objective, alias=args.alias,
             rule={"command": "compare", "max_drop_pp": args.max_drop, "reference": selection.drop.reference,
                   "split": selection.drop.split, "rule": selection.rule,
-                  "experiments": ",".join(result.experiments)})
+                  "experiments": ",".join(result.experiments), **({"device": args.device} if args.device else {})})
         print(registered_line(registered))
         print(dvc_artifacts.declare_chosen(Path.cwd(), registered))
 
@@ -201,6 +202,8 @@ def main(argv: list[str] | None = None) -> None:
                          help="what the choice minimises: gzipped size (default) or the latency ratio to its "
                          "run's baseline-float32, timed interleaved in one process (median milliseconds only "
                          "when no run has a ratio, as the output then says)")
+    command.add_argument("--device", metavar="NAME", help="latency as timed on this board of evaluate.devices "
+                         "(the table, the plot and --objective latency); runs that timed nothing there are left out")
     add_register_options(command)
     command.set_defaults(func=compare)
     command = commands.add_parser("search", help="find the most compressed setting of a knob (or the smallest "

@@ -11,6 +11,7 @@ TFLITE = MODELS / "tflite"            # one folder of .tflite files per variant
 REPORTS = Path("reports")
 PLOTS = REPORTS / "plots"
 EVALUATIONS = REPORTS / "evaluate"    # what `evaluate@<variant>` measured, one JSON per variant
+DEVICE_TIMINGS = REPORTS / "devices"  # what `device@<variant>` measured on evaluate.devices, one JSON per variant
 
 
 def keras_model(variant: str) -> Path:
@@ -33,6 +34,10 @@ def conversion_record(variant: str) -> Path:
 
 def evaluation(variant: str) -> Path:
     return EVALUATIONS / f"{variant}.json"
+
+
+def device_timing(variant: str) -> Path:
+    return DEVICE_TIMINGS / f"{variant}.json"
 
 
 def stage_reports(stage: str) -> Path:

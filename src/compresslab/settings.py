@@ -304,6 +304,42 @@ class ConvertConfig(Group):
     mixed: MixedConfig = MixedConfig(ratio=8)
 
 
+DEVICE_NAME = re.compile(r"^[a-z][a-z0-9_-]*$")
+
+
+class DeviceConfig(BaseModel):
+    """One entry of evaluate.devices: a board the device stage times every file on, over SSH (devices/)."""
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    # In metric names (<variant>.<mode>.<device>.<figure>) and report headings.
+    name: Annotated[str, rule((lambda v: isinstance(v, str) and bool(DEVICE_NAME.match(v)),
+                               "{key}={value!r} must be a short lower-case name (letters, digits, - and _), e.g. "
+                               "pi5"))]
+    # As OpenSSH takes it: user@host, a host, or a Host alias of ~/.ssh/config (its User, Port, IdentityFile apply).
+    host: Annotated[str, rule((lambda v: isinstance(v, str) and v.strip() and " " not in v,
+                               "{key}={value!r} must be an SSH destination: user@host or a ~/.ssh/config alias"))]
+    port: Annotated[int | None, rule((nullable(lambda v: is_whole(v) and 1 <= v <= 65535),
+                                      "{key} must be a TCP port (1-65535) or null (22, or ~/.ssh/config's), got "
+                                      "{value!r}"))] = None
+    identity_file: str | None = None   # null: ~/.ssh/config's, the agent's or ~/.ssh/id_* keys
+    known_hosts: str | None = None     # null: ~/.ssh/known_hosts, as OpenSSH checks host keys
+    python: str = "python3"            # the device's Python, with numpy and ai-edge-litert installed
+    threads: Annotated[list[int], rule((lambda v: isinstance(v, list) and v and all(map(whole_from(1), v)),
+                                        "{key}={value!r} must be a non-empty list of positive thread counts, "
+                                        "e.g. [1, 2, 4]"))] = [1]
+    # The most a device may take to time one variant's files; a device that stops answering fails after it.
+    timeout_s: Annotated[int | float, rule((positive, "{key} must be a number of seconds > 0, got {value!r}"))] = 600
+
+    @property
+    def destination(self) -> str:
+        return self.host if self.port is None else f"{self.host}:{self.port}"
+
+
+def unique_device_names(devices: list) -> bool:
+    names = [device.get("name") if isinstance(device, dict) else None for device in devices]
+    return len(names) == len(set(names))
+
+
 class EvaluateConfig(Group):
     threads: Annotated[list[int], rule((lambda v: isinstance(v, list) and v and all(map(whole_from(1), v)),
                                         "{key}={value} must be a non-empty list of positive thread counts, "
@@ -323,6 +359,11 @@ class EvaluateConfig(Group):
                                                   "at which precision and recall are counted, e.g. 0.5"))] = 0.5
     bootstrap_samples: Annotated[int, rule((whole_from(100), "{key} must be a whole number >= 100, got {value!r}: "
                                             "resamples of the test images behind every mAP interval"))] = 1000
+    # Boards to time every file on as well, over SSH (stage device@<variant>); none by default.
+    devices: Annotated[list[DeviceConfig], rule((lambda v: isinstance(v, list), "{key} must be a list of devices "
+                                                 "(name, host, ...), got {value!r}"),
+                                                (unique_device_names, "{key} names a device twice: give each "
+                                                 "device its own name"))] = []
 
 
 class SensitivityConfig(Group):
@@ -407,6 +448,8 @@ def explain(group: str, err: ValidationError) -> str:
 def declared_keys(model: type[BaseModel], where: tuple) -> list[str]:
     """The keys declared at `where` (a path of nested group fields, e.g. ('augment',)) of a group's model."""
     for name in where:
+        if isinstance(name, int):   # an item of a list of groups (evaluate.devices.0)
+            continue
         annotation = model.model_fields[name].annotation
         model = next(kind for kind in getattr(annotation, "__args__", (annotation,))
                      if isinstance(kind, type) and issubclass(kind, BaseModel))

@@ -14,11 +14,12 @@ from compresslab.tflite.tensor_error import SAMPLES, WORST, worst
 def report_markdown(rows: Sequence[Mapping], plots: list[tuple[str, str]], *, title: str, config_summary: Mapping,
                     notes: Sequence[str] = (), profiles: Mapping[str, Mapping] | None = None,
                     allocations: Mapping[str, Mapping] | None = None,
-                    tensor_errors: Mapping[str, list] | None = None) -> str:
-    """The whole of report.md; `plots` are (caption, link relative to report.md) pairs, in order."""
+                    tensor_errors: Mapping[str, list] | None = None, devices: str = "") -> str:
+    """The whole of report.md; `plots` are (caption, link relative to report.md) pairs, in order; `devices` the
+    section of the boards' timings (`reporting.devices`)."""
     parts = [f"# {title}", config_section(config_summary), _results_section(rows),
              allocation_section(allocations or {}), tensor_error_section(rows, tensor_errors or {}),
-             delegation_section(rows), _profile_section(profiles or {}), failed_section(rows),
+             delegation_section(rows), devices, _profile_section(profiles or {}), failed_section(rows),
              notes_section(notes), plots_section(plots)]
     return "\n\n".join(part for part in parts if part) + "\n"
 

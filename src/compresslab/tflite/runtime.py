@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 from ai_edge_litert.interpreter import Interpreter
 
+from compresslab.tflite import timing_core
 from compresslab.tflite.flatbuffer import TfliteFileError, check_file
 
 
@@ -185,15 +186,10 @@ def resize_input(interpreter: Interpreter, shape) -> None:
 
 def quantize(x: np.ndarray, details: dict) -> np.ndarray:
     """`x` in the dtype of the tensor described by `details`, quantized when that dtype is an integer."""
-    dtype = np.dtype(details["dtype"])
-    if not np.issubdtype(dtype, np.integer):
-        return x.astype(dtype, copy=False)
-    scale, zero_point = details["quantization"]
-    if scale == 0:
-        raise TfliteFileError(f"input tensor {details['name']!r} is {dtype.name} without quantization "
-                              "parameters; convert with int8_io or float input")
-    info = np.iinfo(dtype)
-    return np.clip(np.round(x / scale + zero_point), info.min, info.max).astype(dtype)
+    try:
+        return timing_core.quantize(x, details)
+    except timing_core.MeasurementError as err:
+        raise TfliteFileError(str(err)) from None
 
 
 def dequantize(values: np.ndarray, details: dict) -> np.ndarray:

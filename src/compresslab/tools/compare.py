@@ -43,7 +43,7 @@ from compresslab.reporting.comparison_table import (GROUP_COLUMNS, GROUP_JOIN, L
                                                     seed_groups, write_table)
 from compresslab.reporting.formatting import KB, fmt
 from compresslab.results import selection as rule
-from compresslab.tracking.summaries import experiment_name, summary_runs, varying_params
+from compresslab.tracking.summaries import experiment_name, summary_runs, timed_on, varying_params
 
 OUT_DIR = paths.REPORTS / "compare"
 SINGLE_SEED_NOTE = ("single-seed comparison: every figure is one run, one sample; queue seeds "
@@ -99,7 +99,7 @@ class Comparison:
 # ------------------------------------------------------------------------------------------ entry point
 
 def compare(experiments: Sequence[str] | None = None, *, out: str | Path = OUT_DIR, max_drop: float | None = None,
-            objective: str = "size", uri: str | None = None) -> Comparison:
+            objective: str = "size", uri: str | None = None, device: str | None = None) -> Comparison:
     """Gather the summary runs into one table, write compare.csv and compare.png, and optionally select a file.
 
     Args:
@@ -111,6 +111,8 @@ def compare(experiments: Sequence[str] | None = None, *, out: str | Path = OUT_D
         call is removed so the folder never mixes two comparisons.
       objective: 'size' (smallest gzip_bytes) or 'latency' (smallest median latency) for the choice.
       uri: the MLflow tracking URI; `mlflow_log.tracking_uri()` when None.
+      device: a board of evaluate.devices: every latency (the table, the plot, the latency objective) is the
+        one measured on it; runs that timed nothing there are left out, with a note.
 
     Returns:
       A Comparison: the table (see `build_table`; `build_group_table` when some configuration ran on several
@@ -126,6 +128,11 @@ def compare(experiments: Sequence[str] | None = None, *, out: str | Path = OUT_D
         rule.check_objective(objective)
         rule.check_max_drop(max_drop)
     runs, repeats = drop_repeats(summary_runs(experiments, uri=uri))
+    device_notes = []
+    if device is not None:
+        runs, left_out = timed_on(runs, device)
+        device_notes = [f"latency is as timed on device {device}"
+                        + (f"; left out, timed nothing there: {', '.join(left_out)}" if left_out else "")]
     varying = varying_params(runs)
     runs_table = build_table(runs, varying)
     groups = seed_groups(runs)
@@ -140,7 +147,7 @@ def compare(experiments: Sequence[str] | None = None, *, out: str | Path = OUT_D
         write_table(runs_table, runs_csv_path)
     png_path = plot_comparison(table, out / "compare.png")
     result = Comparison(table, varying, [experiment_name(run) for run in runs], csv_path, png_path,
-                        notes=_notes(runs, runs_table) + seed_notes(groups) + repeat_notes(repeats),
+                        notes=device_notes + _notes(runs, runs_table) + seed_notes(groups) + repeat_notes(repeats),
                         runs_table=runs_table,
                         runs_csv_path=runs_csv_path if grouped else None,
                         groups=[[experiment_name(run) for run in group] for group in groups])

@@ -88,3 +88,32 @@ def varying_params(runs: Sequence[Run]) -> list[str]:
     keys = sorted({key for run in runs for key in run.data.params})
     return [key for key in keys if len({run.data.params.get(key) for run in runs}) > 1]
 
+
+
+def timed_on(runs: Sequence[Run], device: str) -> tuple[list[Run], list[str]]:
+    """The runs as if timed on `device` (its figures in place of this machine's: `results.summary.on_device`),
+    and the experiments left out because they timed nothing on it.
+
+    Raises:
+      UserError: no run timed anything on `device`; the message names the devices that runs did time on.
+    """
+    from mlflow.entities import Metric, Param, RunData, RunTag
+
+    from compresslab.results.summary import on_device
+
+    kept, left_out = [], []
+    for run in runs:
+        metrics = on_device(run.data.metrics, device)
+        if metrics is None:
+            left_out.append(experiment_name(run))
+            continue
+        data = RunData(metrics=[Metric(key, value, 0, 0) for key, value in metrics.items()],
+                       params=[Param(key, value) for key, value in run.data.params.items()],
+                       tags=[RunTag(key, value) for key, value in run.data.tags.items()])
+        kept.append(Run(run.info, data))
+    if not kept:
+        known = sorted({key.split(".")[1] for run in runs for key in run.data.tags if key.startswith("device.")})
+        raise UserError(f"no summary run timed its files on device {device!r}"
+                        + (f" (runs timed on: {', '.join(known)})" if known else "")
+                        + ": run `dvc exp run -S 'evaluate.devices=[{name: " + device + ", host: ...}]'` first")
+    return kept, left_out
