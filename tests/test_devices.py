@@ -25,7 +25,7 @@ from compresslab.errors import UserError
 from compresslab.settings import DeviceConfig
 from conftest import command_env, free_port, mlflow_runs, read_json, restore_committed, run, stages_ran
 
-pytestmark = pytest.mark.slow(minutes=3)
+pytestmark = pytest.mark.slow   # every test here needs the tiny pipeline's files
 
 
 @contextlib.contextmanager
@@ -75,6 +75,7 @@ def leftover_folders() -> set[Path]:
     return set(Path(tempfile.gettempdir()).glob("compresslab-timing.*"))
 
 
+@pytest.mark.slow(minutes=2)
 def test_every_file_is_timed_on_the_device_and_lands_in_the_report_and_mlflow(project, loopback):
     """A board that cannot be reached fails the device stage in one line and writes nothing; the same run with
     the right port times every file, re-times nothing on this machine, and reports the device beside it."""

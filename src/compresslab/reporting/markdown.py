@@ -19,7 +19,7 @@ def report_markdown(rows: Sequence[Mapping], plots: list[tuple[str, str]], *, ti
     section of the boards' timings (`reporting.devices`)."""
     parts = [f"# {title}", config_section(config_summary), _results_section(rows),
              allocation_section(allocations or {}), tensor_error_section(rows, tensor_errors or {}),
-             delegation_section(rows), devices, _profile_section(profiles or {}), failed_section(rows),
+             delegation_section(rows), _profile_section(profiles or {}), devices, failed_section(rows),
              notes_section(notes), plots_section(plots)]
     return "\n\n".join(part for part in parts if part) + "\n"
 
