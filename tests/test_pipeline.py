@@ -16,15 +16,16 @@ from conftest import mlflow_runs, read_json, run, stages_ran
 pytestmark = pytest.mark.slow
 
 TRAINING_STAGES = {"train", "finetune", "prune", "quantize", "pqat", "cluster", "cqat", "pcqat"}
-ALL_STAGES = {"prepare", *TRAINING_STAGES, "report", *(f"{kind}@{variant}" for kind in ("convert", "evaluate")
+ALL_STAGES = {"prepare", *TRAINING_STAGES, "report", *(f"{kind}@{variant}" for kind in ("convert", "evaluate", "device")
                                                         for variant in variants.VARIANTS)}
 FILES = [f"{v}-{m}" for v in variants.FLOAT_VARIANTS for m in ("float32", "dynamic", "float16", "int8")] + [
     f"{v}-int8" for v in variants.QAT_VARIANTS]
 
 
 def per_variant(*names: str) -> set[str]:
-    """The convert and evaluate stages of these variants."""
-    return {f"{kind}@{name}" for kind in ("convert", "evaluate") for name in names}
+    """The convert, evaluate and device stages of these variants (device: nothing to time by default, but its
+    inputs, the variant's files, changed)."""
+    return {f"{kind}@{name}" for kind in ("convert", "evaluate", "device") for name in names}
 
 
 def test_repro_runs_every_stage_and_writes_every_output(project):
@@ -123,6 +124,7 @@ def test_mlflow_holds_one_parent_per_execution_with_every_stage_nested_and_the_s
     ("quantize.layers=dense", {"quantize"}),
     ("cluster.number_of_clusters=4", {"cluster", "pcqat"}),
     ("evaluate.threads=[1,2]", {f"evaluate@{v}" for v in variants.VARIANTS} | {"report"}),
+    ("evaluate.devices=[{name: pi, host: pi}]", {f"device@{v}" for v in variants.VARIANTS} | {"report"}),
     ("prune.epochs=2", {"prune", "finetune"}),  # the control keeps the compression budget
     ("data.name=renamed", set()),
     ("sensitivity.sparsity=0.5", set()),  # read by analysis/dvc.yaml:sensitivity only

@@ -232,13 +232,14 @@ def test_a_search_through_the_dvc_queue_respects_its_bound_and_a_repeat_trains_n
     assert "champion moved from version 1 to version 2" in second.stdout   # same size: the newer one
 
 
-@pytest.mark.slow(minutes=5)
+@pytest.mark.slow(minutes=4)
 def test_a_two_knob_search_probes_its_grid_through_the_queue_and_a_repeat_trains_nothing(project):
     """Sparsity x clusters for pcqat-int8 (the file both change): every pair a DVC experiment with an MLflow
-    summary, the front and the choice by the shared rule; the second search is cached. After the one-knob
-    search, the sparsities' prune stages come from the run cache."""
+    summary, the front and the choice by the shared rule; the second search is cached."""
     restore_committed(project)
-    command = ["compresslab", "search", *PAIR, "--file", "pcqat-int8", "--max-drop", "60", "-j", "2",
+    # One probe at a time: the second clusters=4 probe takes cluster and cqat from the first's run cache, and
+    # the sparsities' prune stages come from the one-knob search above.
+    command = ["compresslab", "search", *PAIR, "--file", "pcqat-int8", "--max-drop", "60", "-j", "1",
                "--range", "prune.final_sparsity=0.1:0.5:0.4", "--range", "cluster.number_of_clusters=4:8:4"]
     first = run(command, project, timeout=1500)
     result = read_json(project / "reports" / "search" / "prune.final_sparsity+cluster.number_of_clusters.json")
