@@ -1,7 +1,8 @@
 """The model zoo: flat tf_keras classifiers sized from the data (input shape, number of classes).
 
 Every model is a flat functional/sequential model without Rescaling layers: TFMOT's default QAT scheme
-rejects nested models and Rescaling, so pixels are normalised in the data pipeline instead.
+rejects nested models and Rescaling, so pixels are normalised in the data pipeline instead. The EfficientNets
+are built in models/efficientnet.py; every classifier can start from a weights file (models/pretrained.py).
 """
 
 from collections.abc import Callable, Mapping
@@ -10,6 +11,7 @@ import numpy as np
 import tf_keras as keras
 
 from compresslab.errors import UserError
+from compresslab.models import efficientnet
 
 layers = keras.layers
 
@@ -113,7 +115,8 @@ def _divisible(value: float, divisor: int = 8) -> int:
 
 
 BUILDERS: dict[str, Callable[..., keras.Model]] = {
-    "firenet": firenet, "mlp": mlp, "resnet8": resnet8, "mobilenetv2": mobilenetv2}
+    "firenet": firenet, "mlp": mlp, "resnet8": resnet8, "mobilenetv2": mobilenetv2,
+    "efficientnet_b0": efficientnet.efficientnet_b0, "efficientnet_lite0": efficientnet.efficientnet_lite0}
 
 
 def builders(task: str) -> dict[str, Callable[..., keras.Model]]:

@@ -287,8 +287,9 @@ def quantize_preserving_clusters(model: keras.Model, preserve_sparsity: bool = F
     `clustered` (None: every layer is taken as clustered, TFMOT's own rule).
     """
     annotated = quantization.annotate_whole_model(model)
-    return tfmot.quantization.keras.quantize_apply(annotated, _PerLayerClusterPreserveScheme(preserve_sparsity,
-                                                                                           clustered))
+    with tfmot.quantization.keras.quantize_scope():   # the configs of quantization.QUANTIZE_CONFIGS
+        return tfmot.quantization.keras.quantize_apply(annotated, _PerLayerClusterPreserveScheme(
+            preserve_sparsity, clustered))
 
 
 def kernel_drift(parent: dict[str, np.ndarray], child: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 import tensorflow_model_optimization as tfmot
 import tf_keras as keras
+from tensorflow_model_optimization.python.core.quantization.keras.default_8bit.default_8bit_quantize_configs import \
+    Default8BitOutputQuantizeConfig
 from tensorflow_model_optimization.python.core.quantization.keras.quantize_layer import QuantizeLayer
 
 from compresslab.data import shards
@@ -29,6 +31,10 @@ from compresslab.techniques import weights
 from compresslab.techniques.layers import has_weights, select_layers
 
 qk = tfmot.quantization.keras
+# Layers TFMOT's default 8-bit registry has no entry for, and the config each is quantized with: a squeeze-excite
+# Multiply (EfficientNet-B0; tensorflow/model-optimization#733) gets its output quantized, as TFMOT does for Add.
+# TFMOT's own config classes, so that quantize_scope reloads the saved model.
+QUANTIZE_CONFIGS = {keras.layers.Multiply: Default8BitOutputQuantizeConfig}
 
 # TFMOT raises these while applying a scheme to a layer it cannot quantize: a RuntimeError naming the
 # layer, or (the prune-preserving registry, for weightless layers) a ValueError naming only the class.
@@ -80,7 +86,8 @@ def _apply(annotated: keras.Model, scheme: qk.QuantizeScheme, model: keras.Model
            fix: str) -> keras.Model:
     """quantize_apply, turning TFMOT's 'layer not supported' errors into a UserError naming the layer."""
     try:
-        return qk.quantize_apply(annotated, scheme)
+        with qk.quantize_scope():   # the configs of QUANTIZE_CONFIGS, which quantize_apply clones
+            return qk.quantize_apply(annotated, scheme)
     except (RuntimeError, ValueError) as err:
         named = _UNSUPPORTED_NAMED.search(str(err))
         by_class = _UNSUPPORTED_CLASS.search(str(err))
@@ -124,7 +131,7 @@ def quantize_aware(model: keras.Model, cfg: QuantizeConfig, train: training.Spli
 
 def annotate_whole_model(model: keras.Model) -> keras.Model:
     """`model` with every layer annotated for TFMOT's QAT (what PQAT, CQAT and PCQAT quantize), except
-    Concatenate layers.
+    Concatenate layers; a layer of QUANTIZE_CONFIGS gets its config there.
 
     TFMOT's default 8-bit layout transforms (ConcatTransform) mis-quantize a Concatenate fed by Conv-BN-ReLU
     blocks (reported in the review of tensorflow/model-optimization#282): annotated whole, yolo_grid's scores
@@ -132,10 +139,16 @@ def annotate_whole_model(model: keras.Model) -> keras.Model:
     while plain QAT (convolutions only) held. Left unannotated, a Concatenate still converts to an int8
     CONCATENATION, requantizing its inputs. A model without one is annotated by TFMOT's own call, as before.
     """
-    if not any(isinstance(layer, keras.layers.Concatenate) for layer in model.layers):
+    if not any(isinstance(layer, (keras.layers.Concatenate, *QUANTIZE_CONFIGS)) for layer in model.layers):
         return qk.quantize_annotate_model(model)
     return keras.models.clone_model(model, clone_function=lambda layer: (
-        layer if isinstance(layer, keras.layers.Concatenate) else qk.quantize_annotate_layer(layer)))
+        layer if isinstance(layer, keras.layers.Concatenate) else annotate(layer)))
+
+
+def annotate(layer: keras.layers.Layer) -> keras.layers.Layer:
+    """`layer` annotated for QAT, with its config from QUANTIZE_CONFIGS where TFMOT's registry has none."""
+    config = QUANTIZE_CONFIGS.get(type(layer))
+    return qk.quantize_annotate_layer(layer, config() if config else None)
 
 
 def quantize_layers(model: keras.Model, names, option: str, fix: str) -> keras.Model:
@@ -150,7 +163,7 @@ def quantize_layers(model: keras.Model, names, option: str, fix: str) -> keras.M
     wanted = set(names)
     annotated = keras.models.clone_model(
         copy_model(model),
-        clone_function=lambda layer: qk.quantize_annotate_layer(layer) if layer.name in wanted else layer)
+        clone_function=lambda layer: annotate(layer) if layer.name in wanted else layer)
     return _apply(annotated, qk.default_8bit.Default8BitQuantizeScheme(), model, option, fix)
 
 
