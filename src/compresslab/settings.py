@@ -151,7 +151,8 @@ class DataConfig(Group):
 class ModelConfig(Group):
     """The model group: `name` picks a builder of the model zoo (`models.build_model`, which knows the names and
     refuses others); the other keys are the options some models take (mlp: hidden_units, dropout; mobilenetv2:
-    alpha), left out where the zoo's defaults apply."""
+    alpha; the EfficientNets: alpha, depth), left out where the zoo's defaults apply, and the weights to start
+    from."""
     name: str
     hidden_units: Annotated[list[int] | None, rule((nullable(lambda v: isinstance(v, list) and v and all(
         map(whole_from(1), v))), "{key}={value!r} must be a non-empty list of positive layer widths"))] = None
@@ -161,6 +162,13 @@ class ModelConfig(Group):
                                                                    "got {value!r}"))] = None
     width: Annotated[int | None, rule((nullable(whole_from(1)), "{key} must be a whole number of filters >= 1, "
                                                                 "got {value!r}"))] = None
+    depth: Annotated[int | float | None, rule((nullable(positive), "{key} must be a depth coefficient above 0 "
+                                                                   "(1.0: as published), got {value!r}"))] = None
+    # null: random initial weights; `imagenet`: Keras' published backbone (models/pretrained.py); otherwise a
+    # weights file (.h5, .weights.h5, .keras) to start from, a DVC dependency of train.
+    weights: Annotated[str | None, rule((nullable(lambda v: isinstance(v, str) and v.strip() != ""),
+                                         "{key} must be null, imagenet or the path of a weights file, "
+                                         "got {value!r}"))] = None
     anchors: AnchorsConfig | None = None   # a detector's (detection/schema.py)
     nms: NmsConfig | None = None
 
@@ -175,6 +183,23 @@ class TrainConfig(Budget):
                                                     "epochs >= 0 (0: a constant rate), got {value!r}"))] = None
     strategy: Annotated[Literal[STRATEGIES], rule((lambda v: v in STRATEGIES, f"{{key}}={{value!r}} does not "
                                                    f"exist: use one of {', '.join(STRATEGIES)}"))] = "default"
+    # Transfer learning (models/transfer.py): the first N epochs train the classifier on the frozen backbone of
+    # model.weights, then everything trains at fine_tune_learning_rate (null: learning_rate / 10).
+    freeze_backbone_epochs: Annotated[int, rule((whole_from(0), "{key} must be a whole number of epochs >= 0 "
+                                                                "(0: no frozen phase), got {value!r}"))] = 0
+    fine_tune_learning_rate: Annotated[int | float | None, rule((nullable(positive), "{key} must be a learning "
+                                                                 "rate above 0 or null, got {value!r}"))] = None
+
+    @model_validator(mode="after")
+    def _frozen_phase_fits(self):
+        if self.freeze_backbone_epochs >= self.epochs:
+            raise Refused(f"train.freeze_backbone_epochs={self.freeze_backbone_epochs} leaves no epoch of "
+                          f"train.epochs={self.epochs} to fine-tune the unfrozen model: lower it or raise epochs")
+        return self
+
+    @property
+    def unfrozen_learning_rate(self) -> float:
+        return self.fine_tune_learning_rate or self.learning_rate / 10
 
 
 class PruneConfig(Budget):
@@ -403,8 +428,14 @@ def pcqat_needs_clusters_beside_zero(cluster: ClusterConfig, pcqat: PcqatConfig)
                         f"{MIN_CLUSTERS_PRESERVING_SPARSITY} or more")
 
 
+def freezing_needs_weights(model: ModelConfig, train: TrainConfig) -> None:
+    if train.freeze_backbone_epochs and model.weights is None:
+        raise UserError(f"train.freeze_backbone_epochs={train.freeze_backbone_epochs} freezes a backbone of random "
+                        f"weights: set model.weights to a weights file (or imagenet), or set it to 0")
+
+
 # Rules between groups, checked when a stage reads all of the groups named.
-ACROSS_GROUPS = {("cluster", "pcqat"): pcqat_needs_clusters_beside_zero}
+ACROSS_GROUPS = {("cluster", "pcqat"): pcqat_needs_clusters_beside_zero, ("model", "train"): freezing_needs_weights}
 
 
 def parse(group: str, raw):

@@ -101,7 +101,8 @@ def flat_metrics(tree: Mapping, prefix: str = "") -> dict[str, float]:
 
 
 def finish(made: Variant, params, groups: tuple[str, ...], model, test: training.Split,
-           measurements: Mapping, history: Mapping[str, list[float]], *, strategy_name: str) -> dict:
+           measurements: Mapping, history: Mapping[str, list[float]], *, strategy_name: str,
+           tags: Mapping[str, str] | None = None) -> dict:
     """Score the model on the test split, save it, write the stage's DVC metrics and plot, log to MLflow.
 
     Args:
@@ -113,6 +114,7 @@ def finish(made: Variant, params, groups: tuple[str, ...], model, test: training
       measurements: what the technique measured (sparsity, unique values, ...); numeric leaves are kept.
       history: per-epoch fine-tuning curves.
       strategy_name: `train.strategy`, recorded with the devices that trained.
+      tags: more MLflow tags of the run (train: its starting weights and phases).
 
     Returns:
       The metrics written.
@@ -151,8 +153,8 @@ def finish(made: Variant, params, groups: tuple[str, ...], model, test: training
     training_setup = distribute.describe(strategy_name, strategy)
     mlflow_log.log_run(stage, params=section(params, *groups), metrics=flat_metrics({**metrics, **per_layer}),
                      history=history, artifacts=[path for path in outputs.values() if path.exists()],
-                     tags={f"distribute.{key}": ", ".join(value) if isinstance(value, list) else str(value)
-                           for key, value in training_setup.items()})
+                     tags={**{f"distribute.{key}": ", ".join(value) if isinstance(value, list) else str(value)
+                              for key, value in training_setup.items()}, **(tags or {})})
     return {**metrics, **per_layer}
 
 
