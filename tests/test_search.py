@@ -180,7 +180,7 @@ def test_a_search_through_the_dvc_queue_respects_its_bound_and_a_repeat_trains_n
     restore_committed(project)
     # The range ends at the committed setting (0.5): that probe re-runs no stage and logs no summary of its own.
     command = ["compresslab", "search", "prune.final_sparsity", "--max-drop", "45", "--low", "0.1", "--high", "0.5",
-               "--resolution", "0.1", "--max-probes", "4", "-j", "2", "--register", "tiny-search"]
+               "--resolution", "0.1", "--max-probes", "3", "-j", "2", "--register", "tiny-search"]
     first = run(command, project, timeout=1500)
     result = read_json(project / "reports" / "search" / "prune.final_sparsity.json")
     probes = result["probes"]

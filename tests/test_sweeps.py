@@ -1,5 +1,6 @@
-"""Experiments at scale, end to end: a queued sweep with two workers plus a study preset writing to a real
-`mlflow server` on 127.0.0.1, and the summary runs compared through its REST API."""
+"""Experiments at scale, end to end: a queued sweep with two workers plus a study preset (the EfficientNet study,
+`dvc exp run -S model=efficientnet_lite0` through the whole pipeline) writing to a real `mlflow server` on
+127.0.0.1, and the summary runs compared through its REST API."""
 
 import json
 import time
@@ -9,17 +10,21 @@ import pytest
 
 from mlflow.tracking import MlflowClient
 
+from compresslab import variants
 from compresslab.tools.dvc_queue import queue_state
 from conftest import restore_committed, run
 
 pytestmark = pytest.mark.slow
 
-SWEEP = (0.3, 0.6, 0.7)
-# The FireNet preset at its own sizes, with the epoch counts cut so it runs in a test.
-FIRENET_QUICK = ["experiment=firenet_study", "data.max_images_per_class=30", "train.epochs=2", "prune.epochs=1",
-                 "quantize.epochs=1", "pqat.epochs=1", "cluster.epochs=1", "cqat.epochs=1",
-                 "pcqat.cluster_epochs=1", "pcqat.epochs=1", "evaluate.threads=[1]", "evaluate.min_runs=5",
-                 "evaluate.min_seconds=0.05", "evaluate.measure_memory=false"]
+SWEEP = (0.3, 0.7)
+# The EfficientNet study preset, its default model EfficientNet-Lite0 run end to end (every technique, every file
+# evaluated) at the family's smallest width and depth on 32x32 images, epochs cut so it runs in a test. Only the
+# classifier is clustered: TFMOT's cluster-preserving QAT of every layer traces for 90 s before its first step.
+LITE0_QUICK = ["experiment=efficientnet_study", "model=efficientnet_lite0", "model.alpha=0.25", "model.depth=0.25",
+               "data.image_size=32", "data.max_images_per_class=30", "train.epochs=2", "prune.epochs=1",
+               "quantize.epochs=1", "pqat.epochs=1", "cluster.epochs=1", "cluster.layers=dense", "cqat.epochs=1",
+               "pcqat.cluster_epochs=1", "pcqat.epochs=1", "convert.modes=[float32,int8]", "evaluate.threads=[1]",
+               "evaluate.min_runs=5", "evaluate.min_seconds=0.05", "evaluate.measure_memory=false"]
 
 
 def experiments(root) -> dict:
@@ -46,17 +51,17 @@ def test_queued_sweep_and_preset_land_in_dvc_and_in_a_real_mlflow_server(project
     env = {"MLFLOW_TRACKING_URI": mlflow_server}
     earlier = set(experiments(project))   # other modules' experiments on the shared project (e.g. search probes)
     run(["dvc", "exp", "run", "--queue", "-S", f"prune.final_sparsity={','.join(map(str, SWEEP))}"], project)
-    run(["dvc", "exp", "run", "--queue", "-n", "firenet-quick", *[a for o in FIRENET_QUICK for a in ("-S", o)]],
+    run(["dvc", "exp", "run", "--queue", "-n", "lite0-quick", *[a for o in LITE0_QUICK for a in ("-S", o)]],
         project)
     run(["dvc", "queue", "start", "-j", "2"], project, env=env)  # the workers inherit the tracking URI
     status = wait_for_queue(project)
-    assert "Failed" not in status.values(), f"{status}\n" + run(["dvc", "queue", "logs", "firenet-quick"], project,
+    assert "Failed" not in status.values(), f"{status}\n" + run(["dvc", "queue", "logs", "lite0-quick"], project,
                                                                  False).stdout
     found = {name: exp for name, exp in experiments(project).items() if name not in earlier}
     swept = {}
     for name, exp in found.items():
         params = exp["params"]["params.yaml"]["data"]
-        if params.get("experiment", {}) and params["experiment"].get("name") == "firenet_study":
+        if params.get("experiment", {}) and params["experiment"].get("name") == "efficientnet_study":
             continue
         swept[params["prune"]["final_sparsity"]] = (name, exp)
     assert set(SWEEP) <= set(swept)
@@ -83,12 +88,18 @@ def test_queued_sweep_and_preset_land_in_dvc_and_in_a_real_mlflow_server(project
     children = [r for r in runs if r.data.tags.get("stage") not in (None, "pipeline")]
     parents = {r.info.run_id for r in runs if r.data.tags.get("stage") == "pipeline"}
     assert all(r.data.tags.get("mlflow.parentRunId") in parents for r in children)  # none orphaned
-    preset = found["firenet-quick"]
-    assert preset["params"]["params.yaml"]["data"]["model"]["name"] == "firenet"
-    assert preset["metrics"]["reports/prune/metrics.json"]["data"]["sparsity"] == pytest.approx(0.8, abs=0.03)
-    assert preset["metrics"]["reports/quantize/metrics.json"]["data"]["quantized_layers"] == 3  # dense only
-    assert len(preset["metrics"]["reports/metrics.json"]["data"]) == 8  # every variant evaluated
-    (preset_summary,) = [r for r in runs if r.data.tags.get("summary") == "true" and r.info.run_name == "firenet-quick"]
+    preset = found["lite0-quick"]
+    assert preset["params"]["params.yaml"]["data"]["model"]["name"] == "efficientnet_lite0"
+    from compresslab.models import zoo   # noqa: PLC0415
+
+    lite0 = zoo.build_model({"name": "efficientnet_lite0", "alpha": 0.25, "depth": 0.25}, (32, 32, 3), 3)
+    assert preset["metrics"]["reports/train/metrics.json"]["data"]["parameters"] == zoo.count_parameters(lite0)
+    assert preset["metrics"]["reports/prune/metrics.json"]["data"]["sparsity"] == pytest.approx(0.5, abs=0.03)
+    evaluated = preset["metrics"]["reports/metrics.json"]["data"]
+    assert set(evaluated) == set(variants.VARIANTS)   # every variant evaluated
+    assert all(0 <= evaluated[variant]["int8"]["accuracy"] <= 1 for variant in variants.VARIANTS)
+    (preset_summary,) = [r for r in runs if r.data.tags.get("summary") == "true" and r.info.run_name == "lite0-quick"]
+    assert preset_summary.data.params["model.name"] == "efficientnet_lite0"
     preset_children = {r.data.tags["stage"] for r in runs
                        if r.data.tags.get("mlflow.parentRunId") == preset_summary.info.run_id}
     assert preset_children == {"train", "finetune", "prune", "quantize", "pqat", "cluster", "cqat", "pcqat"}
