@@ -44,7 +44,7 @@ def wait_for_queue(root, timeout=1500) -> dict[str, str]:
     raise AssertionError(f"queue still busy after {timeout} s: {status}")
 
 
-@pytest.mark.slow(minutes=8)
+@pytest.mark.slow(minutes=9)
 def test_queued_sweep_and_preset_land_in_dvc_and_in_a_real_mlflow_server(project, mlflow_server):
     """Two queue workers write to one MLflow server: every run arrives, nested under its own execution's parent."""
     restore_committed(project)

@@ -48,6 +48,7 @@ def test_efficientnets_refuse_inputs_they_cannot_take(name, shape, message):
         build(name, shape)
 
 
+@pytest.mark.slow(minutes=1)
 def test_every_technique_runs_on_efficientnet_b0_and_its_int8_file_runs_in_litert(tmp_path):
     """QAT, PQAT and PCQAT wrap B0's squeeze-excite Multiply and swish; the QAT model saves, reloads and converts."""
     import tensorflow_model_optimization as tfmot
