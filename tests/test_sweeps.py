@@ -18,13 +18,15 @@ pytestmark = pytest.mark.slow
 
 SWEEP = (0.3, 0.7)
 # The EfficientNet study preset, its default model EfficientNet-Lite0 run end to end (every technique, every file
-# evaluated) at the family's smallest width and depth on 32x32 images, epochs cut so it runs in a test. Only the
-# classifier is clustered: TFMOT's cluster-preserving QAT of every layer traces for 90 s before its first step.
+# evaluated) at the family's smallest width and depth on 32x32 images, epochs and timing cut (as in the smoke
+# preset) so it runs in a test. Only the classifier is clustered: TFMOT's cluster-preserving QAT of every layer
+# traces for 90 s before its first step.
 LITE0_QUICK = ["experiment=efficientnet_study", "model=efficientnet_lite0", "model.alpha=0.25", "model.depth=0.25",
                "data.image_size=32", "data.max_images_per_class=30", "train.epochs=2", "prune.epochs=1",
                "quantize.epochs=1", "pqat.epochs=1", "cluster.epochs=1", "cluster.layers=dense", "cqat.epochs=1",
                "pcqat.cluster_epochs=1", "pcqat.epochs=1", "convert.modes=[float32,int8]", "evaluate.threads=[1]",
-               "evaluate.min_runs=5", "evaluate.min_seconds=0.05", "evaluate.measure_memory=false"]
+               "evaluate.warmup_runs=2", "evaluate.min_runs=5", "evaluate.min_seconds=0.05", "evaluate.ratio_rounds=4",
+               "evaluate.measure_memory=false", "evaluate.profile_seconds=0.05"]
 
 
 def experiments(root) -> dict:
