@@ -9,17 +9,16 @@ layers left out, so every other layer (names, shapes, initialisers) is the appli
 Its squeeze-excite `Multiply` (#733) has no entry in TFMOT's registry: `techniques/quantization.py` gives it
 TFMOT's output-only quantize config (`QUANTIZE_CONFIGS`), which is how TFMOT treats `Add`.
 
-EfficientNet-Lite (tensorflow/tpu models/official/efficientnet/lite): the B0 blocks without squeeze-excite,
-ReLU6 instead of swish (both fuse into int8 kernels and keep ranges bounded), and the stem and head widths
-fixed; at width and depth 1.0 (Lite0) these equal B0's.
+EfficientNet-Lite (tensorflow/tpu models/official/efficientnet/lite): the B0 blocks without squeeze-excite and
+with ReLU6 instead of swish (ReLU6 fuses into the int8 kernels and bounds the activation ranges; swish does
+neither), and the stem and head widths fixed; at width and depth 1.0 (Lite0) these equal B0's.
 
 `model.alpha` and `model.depth` are EfficientNet's width and depth coefficients (1.0: B0 and Lite0 as published;
-B1-B4 scale both). The suite's tiny configs shrink them so an end-to-end run takes a minute, with every layer type.
+B1-B4 scale both). The suite's tiny configs shrink them so an end-to-end run takes minutes, with every layer type.
 """
 
-from collections.abc import Mapping
-
 import math
+from collections.abc import Mapping
 
 import tf_keras as keras
 from tf_keras.src.applications.efficientnet import CONV_KERNEL_INITIALIZER, DEFAULT_BLOCKS_ARGS, EfficientNet
