@@ -90,12 +90,10 @@ def efficientnet_lite0(input_shape, num_classes: int, cfg: Mapping) -> keras.Mod
     """EfficientNet-Lite0: 4,694,024 parameters (4,652,008 trainable; published: 4.7 M) at 224x224x3 with 1,000
     classes. Lite keeps the stem (32) and head (1280) widths and the first stage's single block unscaled."""
     _check_size(input_shape, "efficientnet_lite0")
-    width, depth = coefficients(cfg)
+    # MobileNet's channel rounding, which EfficientNet shares (zoo imports this module, hence here).
+    from compresslab.models.zoo import _divisible  # noqa: PLC0415
 
-    def scaled_filters(count):   # EfficientNet's rounding: a multiple of 8, never 10 % below the scaled count
-        scaled = count * width
-        rounded = max(8, int(scaled + 4) // 8 * 8)
-        return int(rounded + 8 if rounded < 0.9 * scaled else rounded)
+    width, depth = coefficients(cfg)
 
     def conv_bn(x, filters, kernel, name, strides=1, activate=True):
         if strides == 2:   # pad as keras.applications does, then a 'valid' convolution
@@ -119,7 +117,7 @@ def efficientnet_lite0(input_shape, num_classes: int, cfg: Mapping) -> keras.Mod
         for repeat in range(count):
             name = f"block{stage}{chr(ord('a') + repeat)}"
             filters_in = int(x.shape[-1])
-            filters_out = scaled_filters(args["filters_out"])
+            filters_out = _divisible(args["filters_out"] * width)
             strides = args["strides"] if repeat == 0 else 1
             block_input = x
             if args["expand_ratio"] != 1:
