@@ -25,7 +25,7 @@ from compresslab.detection.anchors import AnchorSpec, anchor_spec
 from compresslab.errors import UserError
 # The classifier's block table and channel rounding. zoo imports this module only inside `builders`, so importing
 # zoo here is not circular; zoo must keep it so.
-from compresslab.models.zoo import MOBILENETV2_BLOCKS, _divisible
+from compresslab.models.zoo import BN_MOMENTUM, MOBILENETV2_BLOCKS, _divisible
 
 layers = keras.layers
 
@@ -45,11 +45,6 @@ MIN_STRIDE = 8
 # match nothing). On grids this coarse the centre offset, not the size, limits the overlap, so anchors a little
 # larger than the boxes match best (they still contain an off-centre box): the sizes below were picked on those
 # boxes for the share whose best anchor has IoU >= 0.5 (SSD's matching threshold) and the mean best IoU.
-# BatchNorm's moving statistics, which validation and every converted file use, move 10 % towards each batch's.
-# MobileNetV2's 0.999 suits ImageNet's hundreds of thousands of steps; a detector trained from scratch for a few
-# hundred steps here kept statistics near their initial values, and its validation loss never fell while its
-# training loss did (ssd_study, 22 steps an epoch).
-BN_MOMENTUM = 0.9
 
 SSDLITE_ANCHORS = {
     # Taps at stride 8 (12x12 cells at 96) and 16 (6x6); 2 sizes x 3 ratios per cell, 1,080 anchors. Best IoU
