@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help setup data run sensitivity test test-fast params benchmark benchmark-latency benchmark-data benchmark-sparse clean
+.PHONY: help setup data run sensitivity test test-fast params benchmark benchmark-latency benchmark-data benchmark-sparse benchmark-conversion clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -53,6 +53,9 @@ benchmark-latency: setup  ## time one file against baseline-float32 in five sepa
 
 benchmark-data: data  ## peak memory and time of prepare and one train epoch at 5,000 images and at ten times that many
 	. $(BIN)/activate && python benchmarks/data_scale.py
+
+benchmark-conversion: setup  ## save + convert with and without Keras' per-layer traces: same bytes, how much faster?
+	. $(BIN)/activate && python benchmarks/conversion.py
 
 benchmark-sparse: setup  ## a pruned MobileNetV2 against its dense self: does sparsity buy speed on this CPU?
 	. $(BIN)/activate && python benchmarks/sparse_inference.py
