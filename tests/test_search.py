@@ -233,9 +233,9 @@ def test_a_search_through_the_dvc_queue_respects_its_bound_and_a_repeat_trains_n
 
 
 @pytest.mark.slow(minutes=4)
-def test_a_two_knob_search_probes_its_grid_through_the_queue_and_a_repeat_trains_nothing(project):
+def test_a_two_knob_search_probes_its_grid_through_the_queue(project):
     """Sparsity x clusters for pcqat-int8 (the file both change): every pair a DVC experiment with an MLflow
-    summary, the front and the choice by the shared rule; the second search is cached."""
+    summary, the front and the choice by the shared rule."""
     restore_committed(project)
     # One probe at a time: the second clusters=4 probe takes cluster and cqat from the first's run cache, and
     # the sparsities' prune stages come from the one-knob search above.
@@ -276,14 +276,7 @@ def test_a_two_knob_search_probes_its_grid_through_the_queue_and_a_repeat_trains
     assert f"chosen: {setting} -> pcqat-int8" in first.stdout
     assert (project / "reports" / "search" / "prune.final_sparsity+cluster.number_of_clusters.png").stat().st_size \
         > 10_000
-
-    trained = training_runs(project)
-    run(command, project, timeout=900)
-    again = read_json(project / "reports" / "search" / "prune.final_sparsity+cluster.number_of_clusters.json")
-    assert [(p["value"], p["gzip_bytes"], p["decision_accuracy"]) for p in again["probes"]] == \
-        [(p["value"], p["gzip_bytes"], p["decision_accuracy"]) for p in probes]
-    assert again["chosen"]["value"] == chosen["value"]
-    assert training_runs(project) == trained
+    # A repeat trains nothing: the one-knob search above checks it through the same queue and run cache.
 
 
 @pytest.mark.slow
