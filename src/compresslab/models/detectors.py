@@ -23,9 +23,10 @@ import tf_keras as keras
 
 from compresslab.detection.anchors import AnchorSpec, anchor_spec
 from compresslab.errors import UserError
-# The classifier's block table and channel rounding. zoo imports this module only inside `builders`, so importing
-# zoo here is not circular; zoo must keep it so.
-from compresslab.models.zoo import BN_MOMENTUM, MOBILENETV2_BLOCKS, _divisible
+from compresslab.models.conventions import BN_MOMENTUM, divisible
+# The classifier's block table. zoo imports this module only inside `builders`, so importing zoo here is not
+# circular; zoo must keep it so.
+from compresslab.models.zoo import MOBILENETV2_BLOCKS
 
 layers = keras.layers
 
@@ -87,7 +88,7 @@ def ssdlite_mobilenetv2(input_shape, num_classes: int, cfg: Mapping) -> keras.Mo
 
     inputs = layers.Input(shape=tuple(input_shape), name="images")
     x = layers.ZeroPadding2D(1)(inputs)
-    x = batch_norm_relu6(layers.Conv2D(_divisible(32 * alpha), 3, strides=2, padding="valid", use_bias=False)(x))
+    x = batch_norm_relu6(layers.Conv2D(divisible(32 * alpha), 3, strides=2, padding="valid", use_bias=False)(x))
     stride, features = 2, {}
     for block, (filters, block_stride, expansion) in enumerate(MOBILENETV2_BLOCKS):
         block_input, channels = x, int(x.shape[-1])
@@ -97,12 +98,12 @@ def ssdlite_mobilenetv2(input_shape, num_classes: int, cfg: Mapping) -> keras.Mo
             features[stride] = x
             stride *= 2
         x = depthwise(x, block_stride)
-        out_channels = _divisible(filters * alpha)
+        out_channels = divisible(filters * alpha)
         x = pointwise(x, out_channels, activate=False)
         if block_stride == 1 and channels == out_channels:
             x = layers.Add()([block_input, x])
-    features[stride] = x = pointwise(x, _divisible(1280 * alpha))
-    extra_channels = _divisible(256 * alpha)
+    features[stride] = x = pointwise(x, divisible(1280 * alpha))
+    extra_channels = divisible(256 * alpha)
     while stride < spec.strides[-1]:  # SSD's extra feature layers, halving the grid each
         x = pointwise(depthwise(pointwise(x, extra_channels // 2), 2), extra_channels)
         stride *= 2

@@ -24,6 +24,7 @@ import tf_keras as keras
 from tf_keras.src.applications.efficientnet import CONV_KERNEL_INITIALIZER, DEFAULT_BLOCKS_ARGS, EfficientNet
 
 from compresslab.errors import UserError
+from compresslab.models.conventions import BN_MOMENTUM, divisible
 
 layers = keras.layers
 
@@ -47,10 +48,14 @@ def classifier_head(x, num_classes: int):
     return layers.Dense(num_classes, activation="softmax", name="predictions")(x)
 
 
-def without_input_scaling(model: keras.Model) -> keras.Model:
-    """`model` rebuilt from its config without its Rescaling / Normalization layers: what fed one of them
-    feeds what read it. Weights are not carried over (the caller builds a fresh model)."""
+def rebuilt_for_training(model: keras.Model) -> keras.Model:
+    """`model` rebuilt from its config without its Rescaling / Normalization layers (what fed one of them feeds
+    what read it) and with BatchNorm momentum BN_MOMENTUM. Weights are not carried over (the caller builds a
+    fresh model)."""
     config = model.get_config()
+    for layer in config["layers"]:
+        if layer["class_name"] == "BatchNormalization":
+            layer["config"]["momentum"] = BN_MOMENTUM
     dropped = {layer["name"]: layer["inbound_nodes"][0][0] for layer in config["layers"]
                if layer["class_name"] in INPUT_SCALING}
 
@@ -77,12 +82,12 @@ def coefficients(cfg: Mapping) -> tuple[float, float]:
 
 def efficientnet_b0(input_shape, num_classes: int, cfg: Mapping) -> keras.Model:
     """EfficientNet-B0 (5,330,564 parameters at 224x224x3 with 1,000 classes: the application's 5,330,571 less
-    its Normalization's 7 statistics), swish and squeeze-excite as published."""
+    its Normalization's 7 statistics), swish and squeeze-excite as published, BatchNorm at BN_MOMENTUM."""
     _check_size(input_shape, "efficientnet_b0")
     width, depth = coefficients(cfg)
     # keras.applications.EfficientNetB0 is this call at (1.0, 1.0); the base function takes other coefficients.
-    backbone = without_input_scaling(EfficientNet(width, depth, default_size=224, model_name="efficientnetb0",
-                                                  include_top=False, weights=None, input_shape=tuple(input_shape)))
+    backbone = rebuilt_for_training(EfficientNet(width, depth, default_size=224, model_name="efficientnetb0",
+                                                 include_top=False, weights=None, input_shape=tuple(input_shape)))
     return keras.Model(backbone.input, classifier_head(backbone.output, num_classes), name="efficientnet_b0")
 
 
@@ -90,9 +95,6 @@ def efficientnet_lite0(input_shape, num_classes: int, cfg: Mapping) -> keras.Mod
     """EfficientNet-Lite0: 4,694,024 parameters (4,652,008 trainable; published: 4.7 M) at 224x224x3 with 1,000
     classes. Lite keeps the stem (32) and head (1280) widths and the first stage's single block unscaled."""
     _check_size(input_shape, "efficientnet_lite0")
-    # MobileNet's channel rounding, which EfficientNet shares (zoo imports this module, hence here).
-    from compresslab.models.zoo import _divisible  # noqa: PLC0415
-
     width, depth = coefficients(cfg)
 
     def conv_bn(x, filters, kernel, name, strides=1, activate=True):
@@ -105,7 +107,7 @@ def efficientnet_lite0(input_shape, num_classes: int, cfg: Mapping) -> keras.Mod
         else:
             x = layers.Conv2D(filters, kernel, strides=strides, padding="valid" if strides == 2 else "same",
                               use_bias=False, kernel_initializer=CONV_KERNEL_INITIALIZER, name=name)(x)
-        x = layers.BatchNormalization(name=f"{name}_bn")(x)
+        x = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_bn")(x)
         return layers.ReLU(6.0, name=f"{name}_relu6")(x) if activate else x
 
     inputs = layers.Input(shape=tuple(input_shape))
@@ -117,7 +119,7 @@ def efficientnet_lite0(input_shape, num_classes: int, cfg: Mapping) -> keras.Mod
         for repeat in range(count):
             name = f"block{stage}{chr(ord('a') + repeat)}"
             filters_in = int(x.shape[-1])
-            filters_out = _divisible(args["filters_out"] * width)
+            filters_out = divisible(args["filters_out"] * width)
             strides = args["strides"] if repeat == 0 else 1
             block_input = x
             if args["expand_ratio"] != 1:

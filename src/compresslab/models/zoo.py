@@ -12,6 +12,7 @@ import tf_keras as keras
 
 from compresslab.errors import UserError
 from compresslab.models import efficientnet
+from compresslab.models.conventions import BN_MOMENTUM, divisible
 
 layers = keras.layers
 
@@ -65,13 +66,6 @@ def resnet8(input_shape, num_classes: int, cfg: Mapping) -> keras.Model:
     return keras.Model(inputs, outputs, name="resnet8")
 
 
-# BatchNorm's moving statistics, which validation and every converted file use, move 10 % towards each batch's.
-# Keras' MobileNetV2 uses 0.999, which suits ImageNet's hundreds of thousands of steps. Trained from scratch for
-# a few hundred steps here, the statistics stayed near their initial values: the validation loss never fell while
-# the training loss did, and early stopping kept a chance-level model (a detector in ssd_study at 22 steps an
-# epoch; MobileNetV2 in efficientnet_study at 55, 99 % train and 10 % validation accuracy after 5 epochs).
-BN_MOMENTUM = 0.9
-
 # MobileNetV2's inverted residual blocks: (output filters before alpha, stride, expansion), as in the paper
 # and in keras.applications.MobileNetV2.
 MOBILENETV2_BLOCKS = ((16, 1, 1), (24, 2, 6), (24, 1, 6), (32, 2, 6), (32, 1, 6), (32, 1, 6), (64, 2, 6),
@@ -96,7 +90,7 @@ def mobilenetv2(input_shape, num_classes: int, cfg: Mapping) -> keras.Model:
 
     inputs = layers.Input(shape=tuple(input_shape))
     x = layers.ZeroPadding2D(1)(inputs)
-    x = batch_norm_relu6(layers.Conv2D(_divisible(32 * alpha), 3, strides=2, padding="valid", use_bias=False)(x))
+    x = batch_norm_relu6(layers.Conv2D(divisible(32 * alpha), 3, strides=2, padding="valid", use_bias=False)(x))
     for block, (filters, stride, expansion) in enumerate(MOBILENETV2_BLOCKS):
         block_input, channels = x, int(x.shape[-1])
         if block:
@@ -105,20 +99,14 @@ def mobilenetv2(input_shape, num_classes: int, cfg: Mapping) -> keras.Model:
             x = layers.ZeroPadding2D(1)(x)
         x = batch_norm_relu6(layers.DepthwiseConv2D(3, strides=stride, padding="same" if stride == 1 else "valid",
                                                     use_bias=False)(x))
-        out_channels = _divisible(filters * alpha)
+        out_channels = divisible(filters * alpha)
         x = batch_norm_relu6(layers.Conv2D(out_channels, 1, use_bias=False)(x), activate=False)
         if stride == 1 and channels == out_channels:
             x = layers.Add()([block_input, x])
-    x = batch_norm_relu6(layers.Conv2D(_divisible(1280 * alpha) if alpha > 1.0 else 1280, 1, use_bias=False)(x))
+    x = batch_norm_relu6(layers.Conv2D(divisible(1280 * alpha) if alpha > 1.0 else 1280, 1, use_bias=False)(x))
     x = layers.Flatten()(layers.GlobalAveragePooling2D(keepdims=True)(x))
     outputs = layers.Dense(num_classes, activation="softmax")(x)
     return keras.Model(inputs, outputs, name=f"mobilenetv2_{alpha:g}")
-
-
-def _divisible(value: float, divisor: int = 8) -> int:
-    """Channels rounded to a multiple of `divisor`, never more than 10 % below `value` (MobileNet's rule)."""
-    rounded = max(divisor, int(value + divisor / 2) // divisor * divisor)
-    return rounded + divisor if rounded < 0.9 * value else rounded
 
 
 BUILDERS: dict[str, Callable[..., keras.Model]] = {
