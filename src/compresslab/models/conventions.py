@@ -1,4 +1,6 @@
-"""Rules every architecture here builds by: BatchNorm's momentum and MobileNet's channel rounding."""
+"""Rules the MobileNet-style architectures here (MobileNetV2, the EfficientNets, the detectors) build by:
+BatchNorm's momentum and MobileNet's channel rounding. ResNet-8 keeps Keras' default momentum (0.99).
+"""
 
 # BatchNorm's moving statistics, which validation and every converted file use, move 10 % towards each batch's.
 # Keras' 0.999 (MobileNetV2) and 0.99 (EfficientNet) suit ImageNet's hundreds of thousands of steps. Trained from
