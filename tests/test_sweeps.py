@@ -46,9 +46,19 @@ def wait_for_queue(root, timeout=1500) -> dict[str, str]:
     raise AssertionError(f"queue still busy after {timeout} s: {status}")
 
 
+def rest(base, path, payload=None):
+    """POST `payload` as JSON to MLflow's REST API (GET when there is none); returns the decoded answer."""
+    body = json.dumps(payload).encode() if payload is not None else None
+    request = urllib.request.Request(f"{base}/api/2.0/mlflow/{path}", data=body,
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
+
+
 @pytest.mark.slow(minutes=9)
 def test_queued_sweep_and_preset_land_in_dvc_and_in_a_real_mlflow_server(project, mlflow_server):
-    """Two queue workers write to one MLflow server: every run arrives, nested under its own execution's parent."""
+    """Two queue workers write to one MLflow server: every run arrives, nested under its own execution's parent,
+    and the REST API finds each summary by its setting."""
     restore_committed(project)
     env = {"MLFLOW_TRACKING_URI": mlflow_server}
     earlier = set(experiments(project))   # other modules' experiments on the shared project (e.g. search probes)
@@ -106,34 +116,19 @@ def test_queued_sweep_and_preset_land_in_dvc_and_in_a_real_mlflow_server(project
                        if r.data.tags.get("mlflow.parentRunId") == preset_summary.info.run_id}
     assert preset_children == {"train", "finetune", "prune", "quantize", "pqat", "cluster", "cqat", "pcqat"}
 
-
-def rest(base, path, payload=None):
-    """POST `payload` as JSON to MLflow's REST API (GET when there is none); returns the decoded answer."""
-    body = json.dumps(payload).encode() if payload is not None else None
-    request = urllib.request.Request(f"{base}/api/2.0/mlflow/{path}", data=body,
-                                     headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=30) as response:
-        return json.loads(response.read())
-
-
-@pytest.mark.slow(minutes=2)
-def test_summary_runs_compare_through_a_real_mlflow_server(project, mlflow_server):
-    restore_committed(project)
-    env = {"MLFLOW_TRACKING_URI": mlflow_server}
-    for name, min_runs in (("server-a", 6), ("server-b", 7)):  # only evaluate re-runs
-        run(["dvc", "exp", "run", "-n", name, "-S", f"evaluate.min_runs={min_runs}"], project, env=env)
-    experiment = rest(mlflow_server, "experiments/get-by-name?experiment_name=compresslab")
-    experiment_id = experiment["experiment"]["experiment_id"]
-    for name, min_runs in (("server-a", 6), ("server-b", 7)):
-        found = rest(mlflow_server, "runs/search", {
-            "experiment_ids": [experiment_id],
-            "filter": f"params.`evaluate.min_runs` = '{min_runs}' and tags.summary = 'true'"})["runs"]
-        assert len(found) == 1
-        data = found[0]["data"]
-        tags = {t["key"]: t["value"] for t in data["tags"]}
-        metrics = {m["key"]: m["value"] for m in data["metrics"]}
+    # The same summaries through MLflow's REST API, as the UI and other tools search them: one per setting.
+    experiment_id = rest(mlflow_server, "experiments/get-by-name?experiment_name=compresslab")["experiment"][
+        "experiment_id"]
+    sweep_name = swept[SWEEP[0]][0]
+    for name, setting in ((sweep_name, f"params.`prune.final_sparsity` = '{SWEEP[0]}'"),
+                          ("lite0-quick", "params.`model.name` = 'efficientnet_lite0'")):
+        found = rest(mlflow_server, "runs/search", {"experiment_ids": [experiment_id],
+                                                    "filter": f"{setting} and tags.summary = 'true'"})["runs"]
+        assert len(found) == 1, setting
+        tags = {t["key"]: t["value"] for t in found[0]["data"]["tags"]}
+        metrics = {m["key"]: m["value"] for m in found[0]["data"]["metrics"]}
         assert tags["dvc_exp_name"] == name and found[0]["info"]["run_name"] == name
         assert 0 <= metrics["pruned.int8.accuracy"] <= 1 and metrics["baseline.float32.gzip_ratio"] == 1.0
     both = rest(mlflow_server, "runs/search", {"experiment_ids": [experiment_id],
-                                               "filter": "params.`prune.final_sparsity` = '0.5'"})["runs"]
-    assert len(both) == 2
+                                               "filter": "tags.summary = 'true'"})["runs"]
+    assert sorted(r["info"]["run_name"] for r in both) == sorted([sweep_name, "lite0-quick"])
