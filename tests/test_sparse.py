@@ -66,10 +66,12 @@ def test_which_files_qualify_for_sparse_inference_and_why_not(mobilenet):
     dense = converter.convert(mobilenet, "float32")
     assert sparse.sparse_inference(dense).startswith("no: no 1x1 convolution is 67% zeros")
     pruned = pruned_copy(mobilenet, 0.8)  # its float32 files: the next test
-    assert sparse.sparse_inference(converter.convert(pruned, "float16")) == sparse.ELIGIBLE
-    assert "integer weights" in sparse.sparse_inference(converter.convert(pruned, "dynamic"))
     calibration = np.random.default_rng(0).random((4, 64, 64, 3), dtype=np.float32)
-    assert "integer weights" in sparse.sparse_inference(converter.convert(pruned, "int8", representative=calibration))
+    with converter.exported_model(pruned) as exported:   # saved once for its three modes, as the stage does
+        assert sparse.sparse_inference(converter.convert(pruned, "float16", exported=exported)) == sparse.ELIGIBLE
+        assert "integer weights" in sparse.sparse_inference(converter.convert(pruned, "dynamic", exported=exported))
+        assert "integer weights" in sparse.sparse_inference(
+            converter.convert(pruned, "int8", representative=calibration, exported=exported))
     firenet = firenet_like(3)
     assert sparse.sparse_inference(converter.convert(firenet, "float32")) == \
         "no: it does not start with a 3x3 stride-2 convolution over 3 channels"
@@ -81,7 +83,9 @@ def test_which_files_qualify_for_sparse_inference_and_why_not(mobilenet):
 @pytest.mark.slow(minutes=0.6)  # two MobileNetV2 conversions
 def test_sparse_weights_store_only_the_kept_values_and_keep_the_predictions(mobilenet, tmp_path):
     pruned = pruned_copy(mobilenet, 0.8)
-    plain, packed = (converter.convert(pruned, "float32", sparse_weights=flag) for flag in (False, True))
+    with converter.exported_model(pruned) as exported:
+        plain, packed = (converter.convert(pruned, "float32", sparse_weights=flag, exported=exported)
+                         for flag in (False, True))
     assert sparse.sparse_inference(plain) == sparse.sparse_inference(packed) == sparse.ELIGIBLE
     assert len(packed) < 0.75 * len(plain)
     model, _ = flatbuffer.read_model(packed)

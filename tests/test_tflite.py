@@ -5,6 +5,7 @@ import compresslab  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -164,13 +165,23 @@ def test_conversion_repeats_byte_for_byte(model, samples, files, mode):
     assert convert(model, mode, representative=samples) == files[mode]
 
 
-def test_one_saved_model_converts_every_mode_to_the_same_bytes_as_the_keras_path(model, qat_model, samples, files):
+def keras_saved_model(model, folder) -> Path:
+    """`model` saved as `TFLiteConverter.from_keras_model` saves it: every layer's call traced."""
+    tf.saved_model.save(model, str(folder), options=tf.saved_model.SaveOptions(save_debug_info=True))
+    return Path(folder)
+
+
+def test_the_signature_alone_converts_every_mode_to_the_same_bytes_as_keras_own_saved_model(model, qat_model, samples,
+                                                                                           files, tmp_path):
+    """`convert` saves the serving signature alone (`exported_model`); the SavedModel Keras writes itself, every
+    layer traced (what `from_keras_model` converts), gives the same bytes in every mode."""
     with exported_model(model) as exported:
-        assert exported is not None
-        for mode in MODES:
-            assert convert(model, mode, representative=samples, exported=exported) == files[mode]
-    with exported_model(qat_model) as exported:
-        assert convert(qat_model, "int8", qat=True, exported=exported) == convert(qat_model, "int8", qat=True)
+        assert exported is not None and (exported / "saved_model.pb").is_file()
+    keras_path = keras_saved_model(model, tmp_path / "keras")
+    for mode in MODES:
+        assert convert(model, mode, representative=samples, exported=keras_path) == files[mode], mode
+    keras_qat = keras_saved_model(qat_model, tmp_path / "keras-qat")
+    assert convert(qat_model, "int8", qat=True, exported=keras_qat) == convert(qat_model, "int8", qat=True)
 
 
 def test_stages_never_load_keras_3():

@@ -87,7 +87,8 @@ def convert(model: keras.Model, mode: str, *, representative: np.ndarray | None 
         smaller files, DENSIFY operators at load), the form XNNPACK's sparse inference is documented with.
         The converter's modes only: the quantizer's (int4, int8_weights) store dense weights, whose zeros
         gzip takes.
-      exported: `model` already saved by `exported_model`, to convert several modes from one SavedModel.
+      exported: `model` already saved by `exported_model`, to convert several modes from one SavedModel;
+        None: saved by `exported_model` for this conversion alone.
 
     Returns:
       The flatbuffer bytes.
@@ -101,6 +102,10 @@ def convert(model: keras.Model, mode: str, *, representative: np.ndarray | None 
     if mode in QUANTIZER_RECIPES:
         return quantize_file(convert(model, "float32", exported=exported), mode)
     if exported is None:
+        with exported_model(model) as folder:   # the signature alone: faster than Keras' own save, same bytes
+            if folder is not None:
+                return convert(model, mode, representative=representative, int8_io=int8_io, qat=qat,
+                               sparse_weights=sparse_weights, exported=folder)
         converter = tf.lite.TFLiteConverter.from_keras_model(model)
     else:
         converter = tf.lite.TFLiteConverter.from_saved_model(str(exported))
@@ -142,7 +147,8 @@ def exported_model(model: keras.Model) -> Iterator[Path | None]:
 
     `from_keras_model` saves and traces the model anew for every conversion (about half a second each);
     saved once with the same options, every mode converts to the same bytes. Yields None when the model
-    cannot be saved so: `convert` then takes the Keras path, which falls back to freezing the model.
+    cannot be saved so: `convert` then takes the Keras path (`from_keras_model`), which falls back to
+    freezing the model.
 
     Only the serving signature is saved, traced as Keras traces it (`default_save_signature`), without the
     per-layer call functions Keras adds to a SavedModel for reloading it as Keras layers (`save_traces`):
