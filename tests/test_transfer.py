@@ -209,6 +209,10 @@ def test_transfer_through_the_train_stage_beats_random_weights_and_mlflow_shows_
     splits = shards.open_splits(project / "data" / "prepared")
     images = np.concatenate([x for x, _ in splits["train"].batches(64)])
     labels = np.concatenate([y for _, y in splits["train"].batches(64)])
+    # Seeded: unseeded, the source's weights came from whatever the worker's earlier tests left in the global
+    # generators. Over source seeds 0-5 five fine-tunes beat random weights (7/11 test images against 4/11, test
+    # loss 0.61-0.76 against 0.88); seed 1's source tied in accuracy and lost in loss (0.95).
+    keras.utils.set_random_seed(0)
     source = build("firenet", images.shape[1:], 2)
     training.fit(source, (images, labels % 2), (images, labels % 2), epochs=15, batch_size=8, learning_rate=3e-3)
     (project / "weights" / "other-task.keras").parent.mkdir(exist_ok=True)
