@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help setup data run sensitivity test test-fast params benchmark benchmark-latency benchmark-data benchmark-sparse benchmark-conversion clean
+.PHONY: help setup data run sensitivity test test-fast params benchmark benchmark-latency benchmark-data benchmark-sparse benchmark-conversion benchmark-qat-folding clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -56,6 +56,9 @@ benchmark-data: data  ## peak memory and time of prepare and one train epoch at 
 
 benchmark-conversion: setup  ## save + convert with and without Keras' per-layer traces: same bytes, how much faster?
 	. $(BIN)/activate && python benchmarks/conversion.py
+
+benchmark-qat-folding: setup  ## QAT int8 files with and without BatchNorm folded into their convolutions: operators, latency
+	. $(BIN)/activate && python benchmarks/qat_folding.py
 
 benchmark-sparse: setup  ## a pruned MobileNetV2 against its dense self: does sparsity buy speed on this CPU?
 	. $(BIN)/activate && python benchmarks/sparse_inference.py
