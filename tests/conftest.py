@@ -116,6 +116,12 @@ def stages_ran(output: str) -> list[str]:
     return re.findall(r"Running stage '([^']+)'", output)
 
 
+def per_variant(*names: str) -> set[str]:
+    """The convert, evaluate and device stages of these variants (device: nothing to time by default, but its
+    inputs, the variant's files, changed)."""
+    return {f"{kind}@{name}" for kind in ("convert", "evaluate", "device") for name in names}
+
+
 def copy_project(dest: Path, preset: str | None = "smoke", sample_data: bool = False) -> Path:
     """Copy the project into dest as a fresh git repository with data, committed.
 

@@ -11,7 +11,7 @@ from mlflow.tracking import MlflowClient
 
 from compresslab import variants
 from compresslab.tracking import mlflow_log
-from conftest import mlflow_runs, read_json, run, stages_ran
+from conftest import mlflow_runs, per_variant, read_json, run, stages_ran
 
 pytestmark = pytest.mark.slow
 
@@ -20,12 +20,6 @@ ALL_STAGES = {"prepare", *TRAINING_STAGES, "report", *(f"{kind}@{variant}" for k
                                                         for variant in variants.VARIANTS)}
 FILES = [f"{v}-{m}" for v in variants.FLOAT_VARIANTS for m in ("float32", "dynamic", "float16", "int8")] + [
     f"{v}-int8" for v in variants.QAT_VARIANTS]
-
-
-def per_variant(*names: str) -> set[str]:
-    """The convert, evaluate and device stages of these variants (device: nothing to time by default, but its
-    inputs, the variant's files, changed)."""
-    return {f"{kind}@{name}" for kind in ("convert", "evaluate", "device") for name in names}
 
 
 def test_repro_runs_every_stage_and_writes_every_output(project):
@@ -157,14 +151,6 @@ def test_exp_run_reruns_only_what_the_knob_touches(project):
     assert "pruned" in sparse["metrics"]["reports/metrics.json"]["data"]
     names = {r.data.tags["dvc_exp_name"] for r in mlflow_runs(project, summary="true")}
     assert {"sparse80", "dense-qat"} <= names
-
-
-@pytest.mark.slow(minutes=2.5)
-def test_cluster_count_change_reruns_only_the_clustering_branch(project):
-    result = run(["dvc", "exp", "run", "-S", "cluster.number_of_clusters=4", "-n", "clusters4"], project)
-    assert set(stages_ran(result.stdout)) == {"cluster", "cqat", "pcqat", *per_variant("clustered", "cqat", "pcqat"),
-                                              "report"}
-    assert read_json(project / "reports/cluster/metrics.json")["max_unique_values"] <= 4
 
 
 def test_the_control_is_evaluated_and_report_and_compare_carry_the_statistics(project):

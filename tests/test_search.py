@@ -1,6 +1,6 @@
 """`compresslab search`: the bracketing strategy on known answers, the up-front checks, and real searches (one
-knob, then a grid of two) through DVC's queue and MLflow on the tiny project, each repeated to show that a second
-search trains nothing."""
+knob, repeated to show that a second search trains nothing, then a grid of two) through DVC's queue and MLflow on
+the tiny project."""
 
 import json
 import math
@@ -15,7 +15,7 @@ from compresslab.tools.grid_search import pareto_front
 from compresslab.tools.search_request import plan, plan_grid
 
 from compresslab.tools import sandbox
-from conftest import REPO, mlflow_runs, read_json, restore_committed, run
+from conftest import REPO, mlflow_runs, per_variant, read_json, restore_committed, run, stages_ran
 
 TRAINING_STAGES = {"train", "finetune", "prune", "quantize", "pqat", "cluster", "cqat", "pcqat"}
 
@@ -232,13 +232,24 @@ def test_a_search_through_the_dvc_queue_respects_its_bound_and_a_repeat_trains_n
     assert "champion moved from version 1 to version 2" in second.stdout   # same size: the newer one
 
 
+@pytest.mark.slow(minutes=2)
+def test_cluster_count_change_reruns_only_the_clustering_branch(project):
+    """`dvc exp run -S cluster.number_of_clusters=4` re-runs the clustering branch alone. In this module rather
+    than test_pipeline's: the two-knob search below then finds its clusters=4 stages in the run cache."""
+    restore_committed(project)
+    result = run(["dvc", "exp", "run", "-S", "cluster.number_of_clusters=4", "-n", "clusters4"], project)
+    assert set(stages_ran(result.stdout)) == {"cluster", "cqat", "pcqat", *per_variant("clustered", "cqat", "pcqat"),
+                                              "report"}
+    assert read_json(project / "reports/cluster/metrics.json")["max_unique_values"] <= 4
+
+
 @pytest.mark.slow(minutes=4)
 def test_a_two_knob_search_probes_its_grid_through_the_queue(project):
     """Sparsity x clusters for pcqat-int8 (the file both change): every pair a DVC experiment with an MLflow
     summary, the front and the choice by the shared rule."""
     restore_committed(project)
-    # One probe at a time: the second clusters=4 probe takes cluster and cqat from the first's run cache, and
-    # the sparsities' prune stages come from the one-knob search above.
+    # Only pcqat at (0.1, 4) trains: the one-knob search above trained both sparsities at the preset's 8
+    # clusters, and the test above 4 clusters at the committed sparsity (0.5), all in the run cache.
     command = ["compresslab", "search", *PAIR, "--file", "pcqat-int8", "--max-drop", "60", "-j", "1",
                "--range", "prune.final_sparsity=0.1:0.5:0.4", "--range", "cluster.number_of_clusters=4:8:4"]
     first = run(command, project, timeout=1500)
