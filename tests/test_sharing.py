@@ -148,7 +148,7 @@ def test_two_clones_sweep_at_once_into_one_tracking_server_and_lose_no_run_or_ar
     --artifacts-destination folder."""
     env = {"MLFLOW_TRACKING_URI": mlflow_server}
     # evaluate.name: a key the report stage alone reads, so each experiment re-runs only the stage that logs the
-    # summary run with every file (a timing knob re-ran eight evaluate stages as well: 3 minutes for nothing here)
+    # summary run with every file (a timing knob re-ran the eight evaluate stages of each experiment as well)
     sweeps = {"alice": ("alice-1", "alice-2"), "bob": ("bob-1", "bob-2")}
     clones = {}
     for who, values in sweeps.items():

@@ -39,8 +39,9 @@ QUANTIZE_CONFIGS = {keras.layers.Multiply: Default8BitOutputQuantizeConfig}
 # TFMOT folds a BatchNormalization and an activation into the convolution before them (its layout transforms,
 # matched by class name) only when they are annotated too: its transforms match annotated layers only. A
 # convolution annotated alone has its output fake-quantized before the BatchNorm, which the converter can then
-# not fold: MobileNetV2's int8 file kept a MUL and an ADD per BatchNorm (52 of each) and ran 1.6x slower than
-# float32. So a selected convolution brings the BatchNorm and activation that follow it.
+# not fold: MobileNetV2's QAT int8 file kept its 52 BatchNorms as MUL operators and ran 1.3-1.6x slower than its
+# float32 file (`make benchmark-qat-folding`). So a selected convolution brings the BatchNorm and activation
+# that follow it.
 FOLDING_CONVS = ("Conv2D", "DepthwiseConv2D")
 FOLDED_INTO_CONV = (keras.layers.BatchNormalization, keras.layers.ReLU, keras.layers.Activation)
 
